@@ -1,0 +1,31 @@
+"""hf_tokenprune: faster Vision Transformers for Hugging Face transformers, by spending less on tokens that carry
+little (token skipping, pruning, merging) and on attention that repeats itself (attention reuse)."""
+
+from transformers import AutoConfig, AutoModel, AutoModelForImageClassification
+
+from .models.configuration_tokenprune_vit import TokenPruneViTConfig
+from .models.modeling_tokenprune_vit import (
+    TokenPruneViTForImageClassification,
+    TokenPruneViTImageClassifierOutput,
+    TokenPruneViTModel,
+    TokenPruneViTModelOutput,
+)
+from .models.token_reduction import REDUCTION_METHODS, TokenReduction, register_reduction
+
+__version__ = "0.1.0"
+
+# An installed package needs no remote code: the Auto classes know our model type.
+AutoConfig.register(TokenPruneViTConfig.model_type, TokenPruneViTConfig, exist_ok=True)
+AutoModel.register(TokenPruneViTConfig, TokenPruneViTModel, exist_ok=True)
+AutoModelForImageClassification.register(TokenPruneViTConfig, TokenPruneViTForImageClassification, exist_ok=True)
+
+__all__ = [
+    "REDUCTION_METHODS",
+    "TokenPruneViTConfig",
+    "TokenPruneViTForImageClassification",
+    "TokenPruneViTImageClassifierOutput",
+    "TokenPruneViTModel",
+    "TokenPruneViTModelOutput",
+    "TokenReduction",
+    "register_reduction",
+]

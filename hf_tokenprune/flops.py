@@ -1,0 +1,156 @@
+"""Analytic FLOPs and MACs of a TokenPruneViT plan, per layer and in total.
+
+A multiply-accumulate (MAC) is counted as 2 FLOPs, the convention of ``torch.utils.flop_counter``. Counted: the
+patch embedding, the q/k/v/o projections, the two attention matmuls, the MLP, the classifier, and what a method
+adds (the CLS attention row, ToMe's matching, learned scorers). Not counted, as the FLOP counter does not count
+them either: LayerNorm, softmax, GELU, residual additions, gathers and scatters (all linear in tokens x width).
+
+The ideal speed-up of a plan is the stock model's FLOPs over the plan's.
+"""
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from .models.configuration_tokenprune_vit import grid_of
+from .models.token_reduction import get_reduction_class
+
+
+@dataclass
+class LayerFlops:
+    """One layer: token counts and MACs (per image)."""
+
+    attention_tokens: int
+    mlp_tokens: int
+    attention_macs: int
+    mlp_macs: int
+    extra_macs: int = 0
+
+    @property
+    def macs(self) -> int:
+        return self.attention_macs + self.mlp_macs + self.extra_macs
+
+
+@dataclass
+class FlopsReport:
+    """Per-layer and total cost of one plan at one input size, per image, next to the stock model's."""
+
+    layers: list[LayerFlops]
+    embedding_macs: int
+    head_macs: int
+    stock_macs: int
+    image_size: tuple[int, int] = (0, 0)
+    keep_rate: float | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def macs(self) -> int:
+        return self.embedding_macs + sum(layer.macs for layer in self.layers) + self.head_macs
+
+    @property
+    def flops(self) -> int:
+        return 2 * self.macs
+
+    @property
+    def gflops(self) -> float:
+        return self.flops / 1e9
+
+    @property
+    def stock_gflops(self) -> float:
+        return 2 * self.stock_macs / 1e9
+
+    @property
+    def ideal_speedup(self) -> float:
+        return self.stock_macs / self.macs
+
+    @property
+    def token_counts(self) -> list[tuple[int, int]]:
+        return [(layer.attention_tokens, layer.mlp_tokens) for layer in self.layers]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "gflops": self.gflops,
+            "stock_gflops": self.stock_gflops,
+            "ideal_speedup": self.ideal_speedup,
+            "image_size": list(self.image_size),
+            "keep_rate": self.keep_rate,
+            "token_counts": [list(c) for c in self.token_counts],
+            "layer_gflops": [2 * layer.macs / 1e9 for layer in self.layers],
+        }
+
+
+def attention_macs(config: Any, tokens: int) -> int:
+    """q/k/v/o projections and the two (tokens x tokens) attention matmuls, per image."""
+    width = config.hidden_size
+    return 4 * tokens * width * width + 2 * tokens * tokens * width
+
+
+def mlp_macs(config: Any, tokens: int) -> int:
+    return 2 * tokens * config.hidden_size * config.intermediate_size
+
+
+def _embedding_macs(config: Any, num_patches: int) -> int:
+    patch = grid_of(config.patch_size, 1)
+    return num_patches * config.num_channels * patch[0] * patch[1] * config.hidden_size
+
+
+def _head_macs(config: Any) -> int:
+    return config.hidden_size * max(int(getattr(config, "num_labels", 0) or 0), 0)
+
+
+def stock_macs(config: Any, image_size: Any = None) -> int:
+    """MACs per image of the same model with no reduction and no reuse."""
+    rows, columns = grid_of(image_size if image_size is not None else config.image_size, config.patch_size)
+    tokens = rows * columns + 1
+    per_layer = attention_macs(config, tokens) + mlp_macs(config, tokens)
+    return _embedding_macs(config, rows * columns) + config.num_hidden_layers * per_layer + _head_macs(config)
+
+
+def count_flops(
+    config: Any,
+    keep_rate: float | None = None,
+    image_size: Any = None,
+    token_counts: list[tuple[int, int]] | None = None,
+) -> FlopsReport:
+    """FLOPs of ``config``'s plan for one image.
+
+    Args:
+        config: a `TokenPruneViTConfig` (or any ViT config; then the stock cost).
+        keep_rate: a runtime keep rate, as passed to the model's forward.
+        image_size: an input size other than ``config.image_size`` (with ``interpolate_pos_encoding``).
+        token_counts: per-layer (attention, MLP) token counts, e.g. ``outputs.token_counts``; computed from the
+            plan when not given.
+    """
+    image = grid_of(image_size if image_size is not None else config.image_size, 1)
+    rows, columns = grid_of(image, config.patch_size)
+    plan = getattr(config, "token_reduction", None)
+    method = get_reduction_class(plan["method"]) if plan else None
+    if token_counts is None:
+        if method is None:
+            token_counts = [(rows * columns + 1, rows * columns + 1)] * config.num_hidden_layers
+        else:
+            token_counts = method.token_counts(plan, config.num_hidden_layers, rows * columns, keep_rate)
+    extras = method.extra_macs(plan, config, token_counts) if method else [0] * len(token_counts)
+    layers = [
+        LayerFlops(a, m, attention_macs(config, a), mlp_macs(config, m), extra)
+        for (a, m), extra in zip(token_counts, extras)
+    ]
+    return FlopsReport(
+        layers=layers,
+        embedding_macs=_embedding_macs(config, rows * columns),
+        head_macs=_head_macs(config),
+        stock_macs=stock_macs(config, image),
+        image_size=image,
+        keep_rate=keep_rate,
+    )
+
+
+def format_report(report: FlopsReport) -> str:
+    """A small per-layer table for a terminal."""
+    lines = [f"{'layer':>5} {'attn tokens':>11} {'MLP tokens':>10} {'GFLOPs':>8}"]
+    for index, layer in enumerate(report.layers):
+        lines.append(f"{index:>5} {layer.attention_tokens:>11} {layer.mlp_tokens:>10} {2 * layer.macs / 1e9:>8.3f}")
+    lines.append(
+        f"total {report.gflops:.3f} GFLOPs per image (stock {report.stock_gflops:.3f}); "
+        f"ideal speed-up {report.ideal_speedup:.2f}x"
+    )
+    return "\n".join(lines)

@@ -1,0 +1,343 @@
+"""TokenPruneViT: HF ViT whose layers can reduce tokens between attention and MLP.
+
+Only the difference from ``transformers.models.vit.modeling_vit`` is written here: the attention can report its
+CLS row and its keys, each layer calls the token-reduction hooks of its plan, and the model threads a
+``TokenState`` through the layers and reports per-layer token bookkeeping.
+"""
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from transformers.conversion_mapping import (
+    get_checkpoint_conversion_mapping,
+    register_checkpoint_conversion_mapping,
+)
+from transformers.masking_utils import create_bidirectional_mask
+from transformers.modeling_outputs import BaseModelOutputWithPooling, ImageClassifierOutput
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+from transformers.models.vit.modeling_vit import (
+    ViTAttention,
+    ViTEmbeddings,
+    ViTForImageClassification,
+    ViTLayer,
+    ViTMLP,
+    ViTModel,
+    ViTPooler,
+    ViTPreTrainedModel,
+    eager_attention_forward,
+)
+from transformers.utils.generic import can_return_tuple
+from transformers.utils.output_capturing import capture_outputs
+
+from .configuration_tokenprune_vit import TokenPruneViTConfig, grid_of
+from .reduction_evit import EViTReduction  # noqa: F401  (every built-in method is imported, so it registers)
+from .reduction_evo_vit import EvoViTReduction  # noqa: F401
+from .reduction_skipvit import SkipViTReduction  # noqa: F401
+from .reduction_tome import ToMeReduction  # noqa: F401
+from .token_reduction import (
+    REDUCTION_METHODS,
+    AttentionProbe,
+    TokenState,
+    check_keep_rate,
+    get_reduction_class,
+    restore_full_length,
+)
+
+# transformers renames stock ViT weights (4.x layout on disk, 5.x names in memory) only for its own classes; the
+# same renaming makes google/vit-* and facebook/deit-* checkpoints load into ours.
+register_checkpoint_conversion_mapping(
+    "TokenPruneViTModel", get_checkpoint_conversion_mapping("ViTModel"), overwrite=True
+)
+
+
+@dataclass
+class TokenPruneViTModelOutput(BaseModelOutputWithPooling):
+    """`BaseModelOutputWithPooling` plus per-layer token bookkeeping.
+
+    Args:
+        token_counts: per layer, (tokens entering the attention, tokens entering the MLP), CLS included.
+        token_positions: per layer, a (batch, tokens in the MLP) tensor: the index of each token in the embedding
+            sequence (0 is CLS, ``p + 1`` is patch ``p`` in row-major order, -1 a token a method made up).
+        token_owner: per layer, ``None`` or, for merging methods, a (batch, 1 + patches) tensor: the index of the
+            token in that layer's MLP sequence that holds each embedding token.
+        patch_grid: (rows, columns) of patches of this input.
+    """
+
+    token_counts: tuple | None = None
+    token_positions: tuple | None = None
+    token_owner: tuple | None = None
+    patch_grid: tuple | None = None
+
+
+@dataclass
+class TokenPruneViTImageClassifierOutput(ImageClassifierOutput):
+    """`ImageClassifierOutput` plus the token bookkeeping of `TokenPruneViTModelOutput`."""
+
+    token_counts: tuple | None = None
+    token_positions: tuple | None = None
+    token_owner: tuple | None = None
+    patch_grid: tuple | None = None
+
+
+def cls_attention_row(query, key, attention_mask, scaling):
+    """The CLS token's attention over all keys, averaged over heads: (B, N). Costs O(N * d), not O(N^2 * d)."""
+    logits = (query[:, :, :1] @ key.transpose(-1, -2)) * scaling  # (B, H, 1, N)
+    if attention_mask is not None and attention_mask.dtype != torch.bool:
+        logits = logits + attention_mask[..., :1, :]
+    return logits.softmax(dim=-1, dtype=torch.float32).mean(dim=1)[:, 0].to(query.dtype)
+
+
+class TokenPruneViTAttention(ViTAttention):
+    """`ViTAttention` that can also report its CLS attention row and its head-averaged keys.
+
+    The attention itself still goes through the configured interface (SDPA by default); the probes are computed
+    from the same q/k only when a reduction method asks for them.
+    """
+
+    def forward(self, hidden_states, attention_mask=None, probe_cls=False, probe_keys=False, **kwargs):
+        input_shape = hidden_states.shape[:-1]
+        hidden_shape = (*input_shape, -1, self.head_dim)
+        query = self.q_proj(hidden_states).view(hidden_shape).transpose(1, 2)  # (B, H, N, d)
+        key = self.k_proj(hidden_states).view(hidden_shape).transpose(1, 2)
+        value = self.v_proj(hidden_states).view(hidden_shape).transpose(1, 2)
+
+        interface = ALL_ATTENTION_FUNCTIONS.get_interface(self.config._attn_implementation, eager_attention_forward)
+        attn_output, attn_weights = interface(
+            self,
+            query,
+            key,
+            value,
+            attention_mask,
+            dropout=0.0 if not self.training else self.attention_dropout,
+            scaling=self.scaling,
+            **kwargs,
+        )
+        attn_output = self.o_proj(attn_output.reshape(*input_shape, -1).contiguous())
+
+        probe = None
+        if probe_cls or probe_keys:
+            probe = AttentionProbe(
+                cls_attention=cls_attention_row(query, key, attention_mask, self.scaling) if probe_cls else None,
+                keys=key.mean(dim=1) if probe_keys else None,
+            )
+        return attn_output, attn_weights, probe
+
+
+class TokenPruneViTLayer(ViTLayer):
+    """`ViTLayer` that runs its plan's token-reduction hooks before the block, between attention and MLP, and after
+    the block. It takes and returns a `TokenState` and a trace of what it computed."""
+
+    def __init__(self, config: TokenPruneViTConfig, layer_idx: int):
+        super(ViTLayer, self).__init__()
+        self.attention = TokenPruneViTAttention(config)
+        self.layernorm_before = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.layernorm_after = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.mlp = ViTMLP(config)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        plan = config.token_reduction
+        self.token_reduction = (
+            None if plan is None else get_reduction_class(plan["method"]).build(plan, config, layer_idx)
+        )
+
+    def forward(self, hidden_states, attention_mask=None, state=None, **kwargs):
+        reduction = self.token_reduction
+        if reduction is not None:
+            hidden_states, state = reduction.before_block(hidden_states, state)
+        attention_tokens = hidden_states.shape[1]
+        if state.key_bias is not None:  # e.g. ToMe's proportional attention: log(size) added to each key's logits
+            bias = state.key_bias[:, None, None, :].to(hidden_states.dtype)
+            attention_mask = bias if attention_mask is None else attention_mask + bias
+
+        # Self attention
+        residual = hidden_states
+        hidden_states, _, probe = self.attention(
+            self.layernorm_before(hidden_states),
+            attention_mask,
+            probe_cls=reduction is not None and reduction.needs_cls_attention,
+            probe_keys=reduction is not None and reduction.needs_keys,
+            **kwargs,
+        )
+        hidden_states = self.dropout(hidden_states) + residual
+        if reduction is not None:
+            hidden_states, state = reduction.after_attention(hidden_states, state, probe)
+        trace = (attention_tokens, hidden_states.shape[1], state.positions, state.owner)
+
+        # Fully connected
+        residual = hidden_states
+        hidden_states = self.dropout(self.mlp(self.layernorm_after(hidden_states))) + residual
+        if reduction is not None:
+            hidden_states, state = reduction.after_block(hidden_states, state)
+        return hidden_states, state, trace
+
+
+class TokenPruneViTPreTrainedModel(ViTPreTrainedModel):
+    """`ViTPreTrainedModel` with our config class; `save_pretrained` also maps `AutoModel` to the base model."""
+
+    config_class = TokenPruneViTConfig
+    config: TokenPruneViTConfig
+    _no_split_modules = ["ViTEmbeddings", "TokenPruneViTLayer"]
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        module = type(self).__module__.split(".")[-1]
+        self.config.auto_map = {
+            **(getattr(self.config, "auto_map", None) or {}),
+            "AutoModel": f"{module}.TokenPruneViTModel",
+            "AutoModelForImageClassification": f"{module}.TokenPruneViTForImageClassification",
+        }
+        return super().save_pretrained(save_directory, *args, **kwargs)
+
+
+def check_pixel_values(pixel_values, config, interpolate_pos_encoding):
+    """Clear errors for inputs that would otherwise fail deep inside with a shape error."""
+    if pixel_values is None:
+        raise ValueError("pixel_values is required: a (batch, channels, height, width) tensor.")
+    if pixel_values.dim() != 4:
+        raise ValueError(
+            f"pixel_values must be (batch, channels, height, width); got shape {tuple(pixel_values.shape)}."
+        )
+    if pixel_values.shape[1] != config.num_channels:
+        raise ValueError(
+            f"pixel_values has {pixel_values.shape[1]} channels but config.num_channels = {config.num_channels}."
+        )
+    height, width = pixel_values.shape[-2:]
+    expected = grid_of(config.image_size, 1)
+    if not interpolate_pos_encoding and (height, width) != expected:
+        raise ValueError(
+            f"pixel_values are {height}x{width} but config.image_size is {expected[0]}x{expected[1]}; resize the "
+            "images or pass interpolate_pos_encoding=True."
+        )
+    rows, columns = grid_of((height, width), config.patch_size)
+    if rows < 1 or columns < 1:
+        raise ValueError(f"pixel_values are {height}x{width}, smaller than one patch ({config.patch_size}).")
+    return rows, columns
+
+
+def check_runtime_keep_rate(keep_rate, config):
+    if keep_rate is None:
+        return None
+    plan = config.token_reduction
+    if plan is None or not get_reduction_class(plan["method"]).uses_keep_rate:
+        with_rate = sorted(name for name, cls in REDUCTION_METHODS.items() if cls.uses_keep_rate)
+        method = None if plan is None else plan["method"]
+        raise ValueError(
+            f"keep_rate={keep_rate!r} was given, but method {method!r} has none; methods with a keep "
+            f"rate: {with_rate}."
+        )
+    return check_keep_rate(keep_rate, "keep_rate")
+
+
+class TokenPruneViTModel(TokenPruneViTPreTrainedModel, ViTModel):
+    """`ViTModel` whose layers follow a token-reduction plan; it threads a `TokenState` through the layers and
+    returns `TokenPruneViTModelOutput` (the ViT outputs plus per-layer token bookkeeping)."""
+
+    def __init__(self, config: TokenPruneViTConfig, add_pooling_layer: bool = True, use_mask_token: bool = False):
+        ViTPreTrainedModel.__init__(self, config)
+        self.config = config
+        self.embeddings = ViTEmbeddings(config, use_mask_token=use_mask_token)
+        self.layers = nn.ModuleList([TokenPruneViTLayer(config, i) for i in range(config.num_hidden_layers)])
+        self.layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.pooler = ViTPooler(config) if add_pooling_layer else None
+        self.post_init()
+
+    @capture_outputs(tie_last_hidden_states=False)
+    def forward(
+        self,
+        pixel_values: torch.Tensor | None = None,
+        bool_masked_pos: torch.BoolTensor | None = None,
+        interpolate_pos_encoding: bool | None = None,
+        attention_mask: torch.Tensor | None = None,
+        keep_rate: float | None = None,
+        **kwargs,
+    ) -> TokenPruneViTModelOutput:
+        r"""
+        keep_rate (`float`, *optional*):
+            Overrides the plan's keep rate for this call (methods with a keep rate); the config is unchanged.
+        """
+        grid = check_pixel_values(pixel_values, self.config, interpolate_pos_encoding)
+        keep_rate = check_runtime_keep_rate(keep_rate, self.config)
+        if attention_mask is not None and self.config.token_reduction is not None:
+            raise ValueError("attention_mask cannot be combined with token_reduction: the sequence changes length.")
+        expected_dtype = self.embeddings.patch_embeddings.projection.weight.dtype
+        if pixel_values.dtype != expected_dtype:
+            pixel_values = pixel_values.to(expected_dtype)
+
+        hidden_states = self.embeddings(
+            pixel_values, bool_masked_pos=bool_masked_pos, interpolate_pos_encoding=interpolate_pos_encoding
+        )
+        attention_mask = create_bidirectional_mask(
+            config=self.config, inputs_embeds=hidden_states, attention_mask=attention_mask
+        )
+        state = TokenState.start(hidden_states, grid, keep_rate)
+        traces = []
+        for layer in self.layers:
+            hidden_states, state, trace = layer(hidden_states, attention_mask, state, **kwargs)
+            traces.append(trace)
+        if self.config.restore_tokens:
+            hidden_states = restore_full_length(hidden_states, state)
+
+        sequence_output = self.layernorm(hidden_states)
+        pooled_output = self.pooler(sequence_output) if self.pooler is not None else None
+        return TokenPruneViTModelOutput(
+            last_hidden_state=sequence_output,
+            pooler_output=pooled_output,
+            token_counts=tuple((t[0], t[1]) for t in traces),
+            token_positions=tuple(t[2] for t in traces),
+            token_owner=tuple(t[3] for t in traces),
+            patch_grid=grid,
+        )
+
+
+class TokenPruneViTForImageClassification(TokenPruneViTPreTrainedModel, ViTForImageClassification):
+    """`ViTForImageClassification` on a `TokenPruneViTModel`; the output also carries the token bookkeeping."""
+
+    def __init__(self, config: TokenPruneViTConfig):
+        ViTPreTrainedModel.__init__(self, config)
+        self.num_labels = config.num_labels
+        self.vit = TokenPruneViTModel(config, add_pooling_layer=False)
+        self.classifier = nn.Linear(config.hidden_size, config.num_labels) if config.num_labels > 0 else nn.Identity()
+        self.post_init()
+
+    @can_return_tuple
+    def forward(
+        self,
+        pixel_values: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        interpolate_pos_encoding: bool | None = None,
+        attention_mask: torch.Tensor | None = None,
+        keep_rate: float | None = None,
+        **kwargs,
+    ) -> TokenPruneViTImageClassifierOutput:
+        outputs = self.vit(
+            pixel_values,
+            interpolate_pos_encoding=interpolate_pos_encoding,
+            attention_mask=attention_mask,
+            keep_rate=keep_rate,
+            **kwargs,
+        )
+        logits = self.classifier(outputs.last_hidden_state[:, 0, :])
+        loss = None
+        if labels is not None:
+            loss = self.loss_function(labels, logits, self.config, **kwargs)
+        return TokenPruneViTImageClassifierOutput(
+            loss=loss,
+            logits=logits,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+            token_counts=outputs.token_counts,
+            token_positions=outputs.token_positions,
+            token_owner=outputs.token_owner,
+            patch_grid=outputs.patch_grid,
+        )
+
+
+TokenPruneViTModel.register_for_auto_class("AutoModel")
+TokenPruneViTForImageClassification.register_for_auto_class("AutoModelForImageClassification")
+
+__all__ = [
+    "TokenPruneViTForImageClassification",
+    "TokenPruneViTModel",
+    "TokenPruneViTPreTrainedModel",
+    "TokenPruneViTModelOutput",
+    "TokenPruneViTImageClassifierOutput",
+]

@@ -1,0 +1,195 @@
+"""Evo-ViT: slow-fast token evolution.
+
+Xu et al., "Evo-ViT: Slow-Fast Token Evolution for Dynamic Vision Transformer", AAAI 2022 (arXiv 2108.01390);
+reference code YifanXu74/Evo-ViT.
+
+A global class attention ``g`` follows the CLS token's attention over the layers as a moving average
+(``g = (1 - a) * g + a * a_cls``, with ``a = 1`` before the first stage). At the start of each stage the patch tokens
+are ranked by ``g``: the top ``ceil(keep_rate * N)`` are *informative* and go through attention and MLP (slow
+update); the others are *placeholders*. Placeholders either stay as they are (``placeholder_update="none"``, the
+reference code's default) or are summarised into one representative token, weighted by ``g``, that goes through
+the block with the informative tokens and whose residual update is added to every placeholder
+(``"representative"``, the paper's fast update). Placeholders rejoin the sequence at the end of each stage, so the
+full token map exists again after it. Only informative tokens update ``g``.
+"""
+
+import torch
+
+from .token_reduction import (
+    AttentionProbe,
+    TokenReduction,
+    TokenState,
+    check_choice,
+    check_keep_rate,
+    check_layers,
+    check_options,
+    keep_tokens,
+    kept_count,
+    park_tokens,
+    rank_patches,
+    register_reduction,
+    rejoin_parked,
+    scaled_layers,
+)
+
+PLACEHOLDER_UPDATES = ("none", "representative")
+
+
+def _check_stages(plan: dict, num_layers: int) -> list[list[int]]:
+    """Stages as ``[[start, end), ...]``, from ``stages`` or from ``layers`` (each stage runs to the next start)."""
+    if plan["stages"] is not None and plan["layers"] is not None:
+        raise ValueError("token_reduction gives both 'stages' and 'layers' for evo_vit; give one of them.")
+    if plan["stages"] is None:
+        starts = plan["layers"] if plan["layers"] is not None else scaled_layers([4, 8], num_layers)
+        starts = check_layers(starts, "token_reduction['layers']", num_layers, low=1)
+        return [[start, end] for start, end in zip(starts, starts[1:] + [num_layers])]
+    stages = plan["stages"]
+    shape_ok = (
+        isinstance(stages, (list, tuple))
+        and stages
+        and all(isinstance(s, (list, tuple)) and len(s) == 2 and all(isinstance(v, int) for v in s) for s in stages)
+    )
+    if not shape_ok:
+        raise ValueError(f"token_reduction['stages'] = {stages!r} must be a list of [start, end) layer pairs.")
+    previous_end = 1
+    for start, end in stages:
+        if not previous_end <= start < end <= num_layers:
+            raise ValueError(
+                f"token_reduction['stages'] = {[list(s) for s in stages]!r}: stage [{start}, {end}) must satisfy "
+                f"{previous_end} <= start < end <= {num_layers}; stages are ordered, do not overlap, and the first "
+                "starts at layer 1 or later (it ranks tokens by the attention of an earlier layer)."
+            )
+        previous_end = end
+    return [list(s) for s in stages]
+
+
+@register_reduction("evo_vit")
+class EvoViTReduction(TokenReduction):
+    options = {
+        "stages": None,
+        "layers": None,
+        "keep_rate": 0.5,
+        "placeholder_update": "none",
+        "attention_momentum": 0.5,
+    }
+    uses_keep_rate = True
+
+    @classmethod
+    def check_plan(cls, plan, num_layers, num_patches):
+        plan = check_options(plan, cls.options, "token_reduction")
+        plan["stages"] = _check_stages(plan, num_layers)
+        del plan["layers"]  # the canonical plan names stages only
+        plan["keep_rate"] = check_keep_rate(plan["keep_rate"], "token_reduction['keep_rate']")
+        check_choice(plan["placeholder_update"], "token_reduction['placeholder_update']", PLACEHOLDER_UPDATES)
+        plan["attention_momentum"] = check_keep_rate(
+            plan["attention_momentum"], "token_reduction['attention_momentum']"
+        )
+        return plan
+
+    @classmethod
+    def _stage_of(cls, plan, layer):
+        return next((s for s in plan["stages"] if s[0] <= layer < s[1]), None)
+
+    @classmethod
+    def token_counts(cls, plan, num_layers, num_patches, keep_rate=None):
+        keep_rate = plan["keep_rate"] if keep_rate is None else keep_rate
+        kept = kept_count(num_patches, keep_rate)
+        if kept >= num_patches:
+            return [(num_patches + 1, num_patches + 1)] * num_layers
+        inside = 1 + kept + int(plan["placeholder_update"] == "representative")
+        return [
+            (inside, inside) if cls._stage_of(plan, layer) else (num_patches + 1, num_patches + 1)
+            for layer in range(num_layers)
+        ]
+
+    @classmethod
+    def extra_macs(cls, plan, config, counts):
+        # The CLS attention row where the global attention is tracked; the representative token's weighted sum.
+        first, last = plan["stages"][0][0], plan["stages"][-1][0]
+        macs = []
+        for layer, (a, _) in enumerate(counts):
+            placeholders = counts[0][0] - a if plan["placeholder_update"] == "representative" else 0
+            macs.append(
+                (a if first - 1 <= layer < last else 0) * config.hidden_size + placeholders * config.hidden_size
+            )
+        return macs
+
+    @classmethod
+    def build(cls, plan, config, layer_idx):
+        first_start, last_start = plan["stages"][0][0], plan["stages"][-1][0]
+        tracks_attention = first_start - 1 <= layer_idx < last_start
+        return cls(plan, config, layer_idx) if tracks_attention or cls._stage_of(plan, layer_idx) else None
+
+    def __init__(self, plan, config, layer_idx):
+        super().__init__(plan, config, layer_idx)
+        stage = self._stage_of(plan, layer_idx)
+        self.starts_stage = stage is not None and stage[0] == layer_idx
+        self.ends_stage = stage is not None and stage[1] == layer_idx + 1
+        self.in_stage = stage is not None
+        self.representative = plan["placeholder_update"] == "representative" and self.in_stage
+        # g is read only at stage starts, so layers after the last start need not track it.
+        self.needs_cls_attention = plan["stages"][0][0] - 1 <= layer_idx < plan["stages"][-1][0]
+        # a = 1 before the first stage: g is the CLS attention of the layer just before it.
+        self.momentum = 1.0 if layer_idx < plan["stages"][0][0] else plan["attention_momentum"]
+
+    def before_block(self, x: torch.Tensor, state: TokenState):
+        if self.starts_stage:
+            x, state = self._split(x, state)
+        if self.representative and state.parked:
+            x, state = self._add_representative(x, state)
+        return x, state
+
+    def after_attention(self, x: torch.Tensor, state: TokenState, probe: AttentionProbe):
+        if self.needs_cls_attention:
+            state = self._update_global_attention(state, probe.cls_attention)
+        return x, state
+
+    def after_block(self, x: torch.Tensor, state: TokenState):
+        if self.representative and state.parked:
+            x, state = self._spread_representative(x, state)
+        if self.ends_stage:
+            x, state = rejoin_parked(x, state)
+        return x, state
+
+    def _split(self, x, state):
+        """Ranks patch tokens by global class attention; the low-ranked become placeholders (parked)."""
+        num_prefix = state.num_prefix
+        num_patches = x.shape[1] - num_prefix
+        num_keep = kept_count(num_patches, self.keep_rate(state))
+        if num_keep >= num_patches:
+            return x, state
+        scores = state.global_attention.gather(1, state.positions[:, num_prefix:])  # (B, N)
+        keep, placeholders = rank_patches(scores, num_keep, num_prefix)
+        state = park_tokens(x, state, placeholders)
+        return keep_tokens(x, state, keep)
+
+    def _add_representative(self, x, state):
+        """Appends one token summarising the placeholders, weighted by their global class attention."""
+        values, positions = state.parked[0]  # (B, M, C), (B, M)
+        weights = state.global_attention.gather(1, positions)  # (B, M)
+        weights = weights / weights.sum(dim=1, keepdim=True).clamp_min(1e-12)
+        representative = torch.einsum("bm,bmc->bc", weights, values).unsqueeze(1)  # (B, 1, C)
+        made_up = state.positions.new_full((x.shape[0], 1), -1)
+        x = torch.cat([x, representative], dim=1)
+        return x, state.replace(positions=torch.cat([state.positions, made_up], dim=1), scratch=representative)
+
+    def _spread_representative(self, x, state):
+        """Adds the representative token's residual update to every placeholder, then drops it."""
+        values, positions = state.parked[0]
+        update = x[:, -1:] - state.scratch  # (B, 1, C)
+        parked = ((values + update, positions),) + state.parked[1:]
+        return x[:, :-1], state.replace(positions=state.positions[:, :-1], parked=parked, scratch=None)
+
+    def _update_global_attention(self, state, cls_attention):
+        """g <- (1 - a) g + a a_cls at the positions of the tokens in the sequence (informative tokens only)."""
+        num_prefix = state.num_prefix
+        attention = cls_attention[:, num_prefix:]  # (B, N_cur)
+        total = state.num_embedding_tokens
+        positions = state.positions[:, num_prefix:]
+        slots = torch.where(positions < 0, total, positions)  # made-up tokens write to a trash slot
+        if state.global_attention is None:
+            previous = attention.new_zeros(attention.shape[0], total + 1)
+        else:
+            previous = state.global_attention
+        mixed = (1 - self.momentum) * previous.gather(1, slots) + self.momentum * attention
+        return state.replace(global_attention=previous.scatter(1, slots, mixed))

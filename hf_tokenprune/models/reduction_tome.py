@@ -1,0 +1,164 @@
+"""ToMe: token merging by bipartite soft matching.
+
+Bolya et al., "Token Merging: Your ViT But Faster", ICLR 2023 (arXiv 2210.09461); reference code
+facebookresearch/ToMe.
+
+In every layer with ``r > 0``, after the attention residual and before the MLP, the tokens are split into two
+alternating sets A and B. Each A token finds its most similar B token (cosine similarity of the layer's keys,
+averaged over heads); the ``r`` most similar pairs are merged by a size-weighted average. The CLS token is never
+merged. Merged tokens remember how many patches they stand for, and later attention adds ``log(size)`` to the
+logits of each key (proportional attention, an additive float bias that keeps SDPA usable).
+
+``r`` is an int (the same every layer), a ``(r, inflection)`` ramp (``inflection`` in [-1, 1]: 0 is constant,
+positive merges fewer tokens early and more late, with the same total) or a per-layer list. A layer never merges
+more than half of its non-CLS tokens.
+"""
+
+import torch
+
+from .token_reduction import (
+    AttentionProbe,
+    TokenReduction,
+    TokenState,
+    check_bool,
+    check_options,
+    gather_tokens,
+    register_reduction,
+)
+
+
+def _schedule(value, num_layers: int) -> list[int]:
+    """Turns the ``r`` option into a per-layer list of merge counts."""
+    field = "token_reduction['r']"
+    is_int = isinstance(value, int) and not isinstance(value, bool)
+    is_pair = isinstance(value, (list, tuple)) and len(value) == 2 and (isinstance(value, tuple) or num_layers != 2)
+    if is_int:
+        schedule = [value] * num_layers
+    elif is_pair:
+        r, inflection = value
+        if isinstance(r, bool) or not isinstance(r, int) or not isinstance(inflection, (int, float)):
+            raise ValueError(f"{field} = {value!r}: a ramp is (r, inflection) with an int r and a float inflection.")
+        if not -1.0 <= inflection <= 1.0:
+            raise ValueError(f"{field} = {value!r}: the inflection must be in [-1, 1].")
+        low, step = r * (1.0 - inflection), 2.0 * r * inflection / max(num_layers - 1, 1)
+        schedule = [int(low + step * layer) for layer in range(num_layers)]
+    elif isinstance(value, (list, tuple)) and len(value) == num_layers:
+        schedule = list(value)
+    else:
+        raise ValueError(
+            f"{field} = {value!r} must be an int, an (r, inflection) pair or a list of {num_layers} per-layer ints."
+        )
+    if any(isinstance(r, bool) or not isinstance(r, int) or r < 0 for r in schedule):
+        raise ValueError(f"{field} = {value!r}: merge counts must be non-negative integers.")
+    return schedule
+
+
+def merge_counts(schedule: list[int], num_tokens: int, num_prefix: int = 1) -> list[tuple[int, int, int]]:
+    """(tokens entering the attention, tokens entering the MLP, r merged) per layer; r is capped at half the
+    non-prefix tokens, as many as set A can give."""
+    counts = []
+    for r in schedule:
+        r = min(r, (num_tokens - num_prefix) // 2)
+        counts.append((num_tokens, num_tokens - r, r))
+        num_tokens -= r
+    return counts
+
+
+@register_reduction("tome")
+class ToMeReduction(TokenReduction):
+    options = {"r": 8, "proportional_attention": True}
+
+    @classmethod
+    def check_plan(cls, plan, num_layers, num_patches):
+        plan = check_options(plan, cls.options, "token_reduction")
+        plan["r"] = _schedule(plan["r"], num_layers)
+        plan["proportional_attention"] = check_bool(
+            plan["proportional_attention"], "token_reduction['proportional_attention']"
+        )
+        tokens = num_patches + 1
+        for layer, r in enumerate(plan["r"]):
+            if r > (tokens - 1) // 2:
+                raise ValueError(
+                    f"token_reduction['r'] asks layer {layer} to merge {r} tokens, but it holds {tokens} tokens "
+                    f"and can merge at most {(tokens - 1) // 2} (half of its non-CLS tokens); lower r."
+                )
+            tokens -= r
+        return plan
+
+    @classmethod
+    def token_counts(cls, plan, num_layers, num_patches, keep_rate=None):
+        return [(a, m) for a, m, _ in merge_counts(plan["r"], num_patches + 1)]
+
+    @classmethod
+    def extra_macs(cls, plan, config, counts):
+        # Bipartite matching: (N/2 x N/2) cosine similarities of head-averaged keys.
+        head_dim = config.hidden_size // config.num_attention_heads
+        return [((a + 1) // 2) * (a // 2) * head_dim if a > m else 0 for a, m in counts]
+
+    @classmethod
+    def build(cls, plan, config, layer_idx):
+        return cls(plan, config, layer_idx) if plan["r"][layer_idx] > 0 else None
+
+    def __init__(self, plan, config, layer_idx):
+        super().__init__(plan, config, layer_idx)
+        self.needs_keys = True
+
+    def after_attention(self, x: torch.Tensor, state: TokenState, probe: AttentionProbe):
+        num_prefix = state.num_prefix
+        r = min(self.plan["r"][self.layer_idx], (x.shape[1] - num_prefix) // 2)
+        if r <= 0:
+            return x, state
+        src, dst, unmerged = bipartite_matching(probe.keys, r, num_prefix)
+        x, state = merge_tokens(x, state, src, dst, unmerged)
+        if self.plan["proportional_attention"]:
+            state = state.replace(key_bias=state.sizes[..., 0].log())
+        return x, state
+
+
+def bipartite_matching(keys: torch.Tensor, r: int, num_prefix: int):
+    """Decides which ``r`` tokens of set A (even indices) merge into which tokens of set B (odd indices).
+
+    Returns ``src`` (B, r) and ``unmerged`` (B, N_a - r) indices into A, and ``dst`` (B, r) indices into B.
+    """
+    metric = keys / keys.norm(dim=-1, keepdim=True)
+    a, b = metric[:, ::2], metric[:, 1::2]  # (B, N_a, d), (B, N_b, d)
+    scores = a @ b.transpose(1, 2)  # (B, N_a, N_b) cosine similarity
+    # Prefix tokens are never merged: as a source (A, even indices) or as a target (B, odd indices).
+    protected_a = torch.arange(a.shape[1], device=keys.device) * 2 < num_prefix
+    protected_b = torch.arange(b.shape[1], device=keys.device) * 2 + 1 < num_prefix
+    scores = scores.masked_fill(protected_a[None, :, None] | protected_b[None, None, :], -torch.inf)
+    best, best_b = scores.max(dim=-1)  # (B, N_a) each A token's best B match
+    order = best.argsort(dim=-1, descending=True)  # most similar pairs first
+    src = order[:, :r]
+    unmerged = order[:, r:].sort(dim=-1).values  # keep spatial order; prefix tokens first
+    dst = best_b.gather(1, src)
+    return src, dst, unmerged
+
+
+def merge_tokens(x: torch.Tensor, state: TokenState, src, dst, unmerged) -> tuple[torch.Tensor, TokenState]:
+    """Applies a matching: size-weighted average of merged tokens; sizes, positions and owner follow."""
+    batch, length, _ = x.shape
+    sizes = state.sizes if state.sizes is not None else x.new_ones(batch, length, 1)
+    owner = state.owner if state.owner is not None else torch.arange(length, device=x.device).expand(batch, -1)
+
+    def split_merge(values):  # sums A's merged tokens into their B targets; (B, N_a - r + N_b, ...)
+        values_a, values_b = values[:, ::2], values[:, 1::2]
+        index = dst.reshape(*dst.shape, *([1] * (values.dim() - 2))).expand(-1, -1, *values.shape[2:])
+        merged_b = values_b.scatter_add(1, index, gather_tokens(values_a, src))
+        return torch.cat([gather_tokens(values_a, unmerged), merged_b], dim=1)
+
+    new_sizes = split_merge(sizes)  # (B, N', 1)
+    new_x = split_merge(x * sizes) / new_sizes  # size-weighted average
+    positions = state.positions
+    new_positions = torch.cat([positions[:, ::2].gather(1, unmerged), positions[:, 1::2]], dim=1)
+
+    # Where each old token went: unmerged A tokens to their rank, merged A tokens to their B target, B after A.
+    num_unmerged = unmerged.shape[1]
+    arange = torch.arange(num_unmerged, device=x.device).expand(batch, -1)
+    to_a = torch.zeros_like(positions[:, ::2])
+    to_a = to_a.scatter(1, unmerged, arange).scatter(1, src, dst + num_unmerged)
+    to_b = (torch.arange(positions[:, 1::2].shape[1], device=x.device) + num_unmerged).expand(batch, -1)
+    destination = torch.stack([to_a[:, : to_b.shape[1]], to_b], dim=2).flatten(1)  # interleave A and B
+    if to_a.shape[1] > to_b.shape[1]:
+        destination = torch.cat([destination, to_a[:, -1:]], dim=1)
+    return new_x, state.replace(sizes=new_sizes, positions=new_positions, owner=destination.gather(1, owner))

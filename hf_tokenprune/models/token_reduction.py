@@ -1,0 +1,302 @@
+"""Token reduction: the per-forward bookkeeping, the registry and the shared decide-then-apply helpers.
+
+A method *decides* (which tokens to keep, which pairs to merge, which tokens to park) and the helpers here *apply*
+that decision to the hidden states and to the bookkeeping that travels with them through the layers:
+
+- ``positions``: for each token in the sequence, its index in the embedding sequence (0 is CLS, ``p + 1`` is patch
+  ``p``, -1 is a token a method made up, such as EViT's fused token);
+- ``sizes`` and ``owner``: for merging methods, how many embedding tokens each token stands for, and which token of
+  the sequence now holds each embedding token;
+- ``parked``: tokens taken out of the sequence on an identity path, with their positions, so that they can rejoin.
+
+Everything here is part of the remote-code island: it imports only the standard library and torch.
+"""
+
+import dataclasses
+import math
+from typing import Any
+
+import torch
+from torch import nn
+
+# ----------------------------------------------------------------------------------------------------------------
+# Registry
+# ----------------------------------------------------------------------------------------------------------------
+
+REDUCTION_METHODS: dict[str, type["TokenReduction"]] = {}
+
+
+def register_reduction(name: str):
+    """Class decorator that registers a token-reduction method under ``name`` (lower case, digits, underscores)."""
+
+    def wrap(cls):
+        if not isinstance(name, str) or not name or not all(c.islower() or c.isdigit() or c == "_" for c in name):
+            raise ValueError(
+                f"A token-reduction method name must be lower-case letters, digits and '_'; got {name!r}."
+            )
+        known = REDUCTION_METHODS.get(name)
+        same_class = known is not None and (known.__module__, known.__qualname__) == (cls.__module__, cls.__qualname__)
+        if known is not None and not same_class:
+            raise ValueError(f"Token-reduction method {name!r} is already registered by {known.__qualname__}.")
+        cls.method = name
+        REDUCTION_METHODS[name] = cls
+        return cls
+
+    return wrap
+
+
+def get_reduction_class(name: Any) -> type["TokenReduction"]:
+    if name not in REDUCTION_METHODS:
+        raise ValueError(
+            f"token_reduction['method'] = {name!r} is not a known method; allowed: {sorted(REDUCTION_METHODS)}."
+        )
+    return REDUCTION_METHODS[name]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Plan validation helpers (pure Python: used by the config, so errors come at construction)
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def check_options(plan: dict, allowed: dict, field: str) -> dict:
+    """Returns ``plan`` with defaults filled in; unknown keys raise a ``ValueError`` that lists the allowed ones."""
+    unknown = sorted(set(plan) - set(allowed) - {"method"})
+    if unknown:
+        raise ValueError(
+            f"{field} has unknown option(s) {unknown} for method {plan.get('method')!r}; allowed: {sorted(allowed)}."
+        )
+    return {"method": plan["method"], **{k: plan.get(k, v) for k, v in allowed.items()}}
+
+
+def check_keep_rate(value: Any, field: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 < float(value) <= 1.0:
+        raise ValueError(f"{field} = {value!r} is outside the allowed range (0, 1] (the fraction of tokens kept).")
+    return float(value)
+
+
+def check_int(value: Any, field: str, low: int, high: int, meaning: str = "") -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        extra = f" ({meaning})" if meaning else ""
+        raise ValueError(f"{field} = {value!r} must be an integer in [{low}, {high}]{extra}.")
+    return value
+
+
+def check_bool(value: Any, field: str) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"{field} = {value!r} must be true or false.")
+    return value
+
+
+def check_choice(value: Any, field: str, choices: tuple) -> Any:
+    if value not in choices:
+        raise ValueError(f"{field} = {value!r} is not allowed; allowed: {list(choices)}.")
+    return value
+
+
+def check_layers(value: Any, field: str, num_layers: int, low: int = 0) -> list[int]:
+    """A strictly increasing list of layer indices in ``[low, num_layers - 1]``."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = [value]
+    if not isinstance(value, (list, tuple)) or not value:
+        raise ValueError(
+            f"{field} = {value!r} must be a non-empty list of layer indices in [{low}, {num_layers - 1}]."
+        )
+    layers = [
+        check_int(v, field, low, num_layers - 1, f"a layer index of this {num_layers}-layer model") for v in value
+    ]
+    if any(b <= a for a, b in zip(layers, layers[1:])):
+        raise ValueError(f"{field} = {list(value)!r} must be strictly increasing (no repeated or unordered layers).")
+    return layers
+
+
+def scaled_layers(base: list[int], num_layers: int, base_depth: int = 12) -> list[int]:
+    """Scales layer indices given for a ``base_depth``-layer model to ``num_layers`` (duplicates removed)."""
+    scaled = [min(num_layers - 1, max(0, round(layer * num_layers / base_depth))) for layer in base]
+    return sorted(set(scaled))
+
+
+def kept_count(num_tokens: int, keep_rate: float) -> int:
+    """``ceil(keep_rate * num_tokens)``, robust to float noise (0.7 * 10 is 7.000000000000001)."""
+    return min(num_tokens, max(1, math.ceil(round(keep_rate * num_tokens, 6))))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Per-forward state
+# ----------------------------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class TokenState:
+    """Bookkeeping that travels with the hidden states through the layers of one forward pass.
+
+    Layers never mutate a state; they return a new one (``dataclasses.replace``), so gradient checkpointing can
+    replay a layer safely.
+    """
+
+    positions: torch.Tensor  # (B, N_cur) index in the embedding sequence, -1 for made-up tokens
+    num_prefix: int = 1  # leading tokens (CLS) never dropped or merged
+    keep_rate: float | None = None  # runtime override of the plan's keep rate
+    sizes: torch.Tensor | None = None  # (B, N_cur, 1) embedding tokens merged into each token (ToMe)
+    owner: torch.Tensor | None = None  # (B, T) index of the token holding each embedding token (ToMe)
+    key_bias: torch.Tensor | None = None  # (B, N_cur) added to every query's logit for each key (ToMe's log size)
+    parked: tuple = ()  # ((values (B, M, C), positions (B, M)), ...) tokens on the identity path
+    global_attention: torch.Tensor | None = None  # (B, T) class attention averaged over layers (Evo-ViT)
+    grid: tuple[int, int] = (0, 0)  # patch grid (rows, columns) of this input
+    scratch: Any = None  # a value one hook of a layer hands to a later hook of the same layer
+
+    @classmethod
+    def start(cls, embeddings: torch.Tensor, grid: tuple[int, int], keep_rate: float | None) -> "TokenState":
+        batch, length = embeddings.shape[:2]
+        positions = torch.arange(length, device=embeddings.device).expand(batch, length)
+        return cls(positions=positions, keep_rate=keep_rate, grid=grid)
+
+    @property
+    def num_embedding_tokens(self) -> int:
+        return self.grid[0] * self.grid[1] + self.num_prefix
+
+    def replace(self, **changes) -> "TokenState":
+        return dataclasses.replace(self, **changes)
+
+
+@dataclasses.dataclass
+class AttentionProbe:
+    """What a layer's attention can tell a reduction method, computed only when the method asks for it."""
+
+    cls_attention: torch.Tensor | None = None  # (B, N) CLS row of the attention, averaged over heads
+    keys: torch.Tensor | None = None  # (B, N, head_dim) keys averaged over heads
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Apply helpers
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def gather_tokens(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """``x[b, index[b, j]]`` for a (B, N, ...) tensor and a (B, K) index."""
+    index = index.reshape(*index.shape, *([1] * (x.dim() - 2))).expand(-1, -1, *x.shape[2:])
+    return x.gather(1, index)
+
+
+def rank_patches(scores: torch.Tensor, num_keep: int, num_prefix: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Splits the non-prefix tokens by score: returns (kept, dropped) sequence indices, best first.
+
+    ``scores`` is (B, N_cur - num_prefix); the returned indices point into the full sequence.
+    """
+    order = scores.argsort(dim=1, descending=True) + num_prefix  # (B, N_patches)
+    return order[:, :num_keep], order[:, num_keep:]
+
+
+def keep_tokens(x: torch.Tensor, state: TokenState, keep: torch.Tensor) -> tuple[torch.Tensor, TokenState]:
+    """Keeps the prefix tokens and the tokens at ``keep`` (B, K) sequence indices, in that order."""
+    prefix = torch.arange(state.num_prefix, device=x.device).expand(x.shape[0], -1)
+    index = torch.cat([prefix, keep], dim=1)  # (B, P + K)
+    sizes = None if state.sizes is None else gather_tokens(state.sizes, index)
+    key_bias = None if state.key_bias is None else state.key_bias.gather(1, index)
+    positions = state.positions.gather(1, index)
+    return gather_tokens(x, index), state.replace(positions=positions, sizes=sizes, key_bias=key_bias)
+
+
+def park_tokens(x: torch.Tensor, state: TokenState, index: torch.Tensor) -> TokenState:
+    """Puts the tokens at ``index`` (B, M) on the identity path, with their current values."""
+    parked = (gather_tokens(x, index), state.positions.gather(1, index))
+    return state.replace(parked=state.parked + (parked,))
+
+
+def scatter_to_embedding_order(x: torch.Tensor, state: TokenState) -> torch.Tensor:
+    """Writes the sequence and every parked token to their embedding positions: (B, T, C).
+
+    Made-up tokens (position -1) are left out; positions that no token holds stay zero.
+    """
+    batch, _, channels = x.shape
+    total = state.num_embedding_tokens
+    out = x.new_zeros(batch, total + 1, channels)  # one extra trash slot for made-up tokens
+    for values, positions in ((x, state.positions), *state.parked):
+        slot = torch.where(positions < 0, total, positions)
+        out = out.scatter(1, slot.unsqueeze(-1).expand(-1, -1, channels), values)
+    return out[:, :total]
+
+
+def rejoin_parked(x: torch.Tensor, state: TokenState) -> tuple[torch.Tensor, TokenState]:
+    """Puts every parked token back: the sequence becomes full length, in embedding order."""
+    if not state.parked:
+        return x, state
+    full = scatter_to_embedding_order(x, state)
+    positions = torch.arange(full.shape[1], device=x.device).expand(full.shape[0], -1)
+    return full, state.replace(positions=positions, parked=(), sizes=None, key_bias=None)
+
+
+def restore_full_length(x: torch.Tensor, state: TokenState) -> torch.Tensor:
+    """A full-length (B, T, C) sequence in embedding order: parked tokens with the value they had when they left,
+    merged tokens copied to every position they stand for."""
+    if state.owner is not None:
+        return gather_tokens(x, state.owner)
+    if x.shape[1] == state.num_embedding_tokens and not state.parked:
+        return x  # nothing was removed: the sequence is already in embedding order
+    return scatter_to_embedding_order(x, state)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Base class of a method
+# ----------------------------------------------------------------------------------------------------------------
+
+
+class TokenReduction(nn.Module):
+    """One method's work at one layer. The layer calls three hooks; each returns ``(hidden_states, state)``.
+
+    - ``before_block``: before the layer's attention (rejoin parked tokens, start a stage);
+    - ``after_attention``: after the attention residual and before the MLP (where EViT and ToMe act);
+    - ``after_block``: after the MLP residual (end a stage).
+
+    Class-level pure-Python helpers describe the plan: ``check_plan`` validates and fills defaults, ``token_counts``
+    simulates the token count each layer sees (used for validation, FLOPs and tests), ``build`` says whether a
+    layer needs a module at all.
+    """
+
+    method: str = ""
+    options: dict = {}  # option name -> default
+    uses_keep_rate: bool = False
+
+    def __init__(self, plan: dict, config: Any, layer_idx: int):
+        super().__init__()
+        self.plan = plan
+        self.layer_idx = layer_idx
+        self.num_layers = config.num_hidden_layers
+        self.needs_cls_attention = False
+        self.needs_keys = False
+
+    # -- plan (class level, no tensors) --------------------------------------------------------------------------
+    @classmethod
+    def check_plan(cls, plan: dict, num_layers: int, num_patches: int) -> dict:
+        return check_options(plan, cls.options, "token_reduction")
+
+    @classmethod
+    def token_counts(
+        cls, plan: dict, num_layers: int, num_patches: int, keep_rate: float | None = None
+    ) -> list[tuple[int, int]]:
+        """(tokens entering the attention, tokens entering the MLP) of every layer, CLS included."""
+        return [(num_patches + 1, num_patches + 1)] * num_layers
+
+    @classmethod
+    def extra_macs(cls, plan: dict, config: Any, counts: list[tuple[int, int]]) -> list[int]:
+        """Multiply-accumulates per image that the method adds at each layer (scorers, CLS rows, matching)."""
+        return [0] * len(counts)
+
+    @classmethod
+    def build(cls, plan: dict, config: Any, layer_idx: int) -> "TokenReduction | None":
+        return cls(plan, config, layer_idx)
+
+    def keep_rate(self, state: TokenState) -> float:
+        return self.plan["keep_rate"] if state.keep_rate is None else state.keep_rate
+
+    # -- hooks ----------------------------------------------------------------------------------------------------
+    def before_block(self, x: torch.Tensor, state: TokenState):
+        return x, state
+
+    def after_attention(self, x: torch.Tensor, state: TokenState, probe: AttentionProbe):
+        return x, state
+
+    def after_block(self, x: torch.Tensor, state: TokenState):
+        return x, state
+
+    def extra_repr(self) -> str:
+        return f"method={self.method!r}, layer={self.layer_idx}"

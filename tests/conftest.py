@@ -1,0 +1,83 @@
+"""Shared tiny models and the per-method test matrix.
+
+Every registered token-reduction method must appear in ``REDUCING_PLANS`` and ``KEEP_ALL_PLANS``: the matrix test
+fails otherwise, so a new method is tested by adding its rows here.
+"""
+
+import os
+
+import pytest
+import torch
+from transformers import ViTConfig, ViTForImageClassification
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import hf_tokenprune  # noqa: E402
+from hf_tokenprune import TokenPruneViTConfig, TokenPruneViTForImageClassification  # noqa: E402
+
+# Tiny ViT: 32x32 images, 4x4 patches (64 patches), 4 layers, odd MLP width.
+TINY = dict(
+    image_size=32,
+    patch_size=4,
+    hidden_size=48,
+    num_hidden_layers=4,
+    num_attention_heads=4,
+    intermediate_size=75,
+    num_labels=5,
+)
+
+# A plan that really removes tokens, per method (4-layer model).
+REDUCING_PLANS = {
+    "evit": {"method": "evit", "layers": [1, 2], "keep_rate": 0.6, "fuse": True},
+    "skipvit": {"method": "skipvit", "drop_layer": 1, "rejoin_layer": 3, "keep_rate": 0.5},
+    "evo_vit": {"method": "evo_vit", "layers": [1, 3], "keep_rate": 0.5, "placeholder_update": "representative"},
+    "tome": {"method": "tome", "r": 6},
+}
+
+# The same methods with nothing removed: must reproduce stock ViT.
+KEEP_ALL_PLANS = {
+    "evit": {"method": "evit", "layers": [1, 2], "keep_rate": 1.0},
+    "skipvit": {"method": "skipvit", "drop_layer": 1, "keep_rate": 1.0},
+    "evo_vit": {"method": "evo_vit", "keep_rate": 1.0, "placeholder_update": "representative"},
+    "tome": {"method": "tome", "r": 0},
+}
+
+# More variants that must also behave (counts, restore, compile).
+VARIANT_PLANS = {
+    "evit-drop": {"method": "evit", "layers": [0, 2], "keep_rate": 0.5, "fuse": False},
+    "skipvit-rejoin-at-end": {"method": "skipvit", "drop_layer": 2, "rejoin_layer": 4, "keep_rate": 0.4},
+    "evo_vit-none": {"method": "evo_vit", "stages": [[1, 3]], "keep_rate": 0.3, "placeholder_update": "none"},
+    "tome-ramp": {"method": "tome", "r": (8, 0.5)},
+    "tome-list": {"method": "tome", "r": [10, 0, 6, 4], "proportional_attention": False},
+}
+
+ALL_REDUCING = {**REDUCING_PLANS, **VARIANT_PLANS}
+
+
+def tiny_config(**overrides) -> TokenPruneViTConfig:
+    return TokenPruneViTConfig(**{**TINY, **overrides})
+
+
+@pytest.fixture(scope="session")
+def stock_model() -> ViTForImageClassification:
+    torch.manual_seed(0)
+    return ViTForImageClassification(ViTConfig(**TINY)).eval()
+
+
+@pytest.fixture(scope="session")
+def pixels() -> torch.Tensor:
+    return torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+
+
+def pruned_model(stock: ViTForImageClassification, **config) -> TokenPruneViTForImageClassification:
+    """A TokenPruneViT with the stock model's weights."""
+    model = TokenPruneViTForImageClassification(tiny_config(**config)).eval()
+    missing, unexpected = model.load_state_dict(stock.state_dict(), strict=False)
+    new = {name for name, _ in model.named_parameters()} - set(stock.state_dict())
+    assert set(missing) == new and not unexpected
+    return model
+
+
+def registered_methods() -> set[str]:
+    return set(hf_tokenprune.REDUCTION_METHODS)

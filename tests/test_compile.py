@@ -1,0 +1,29 @@
+"""Static shapes: torch.compile(fullgraph=True) runs every method and gives the eager logits.
+
+The four main plans go through the default (inductor) backend; the variants and restore_tokens go through
+``aot_eager``, which traces the same full graph (no data-dependent shapes, no graph break) without the slow
+code generation, to keep the suite fast on a 2-core machine.
+"""
+
+import pytest
+import torch
+from conftest import ALL_REDUCING, REDUCING_PLANS, pruned_model
+
+CASES = [(name, False, "inductor") for name in sorted(REDUCING_PLANS)] + [
+    (name, restore, "aot_eager")
+    for name in sorted(ALL_REDUCING)
+    for restore in (False, True)
+    if (restore or name not in REDUCING_PLANS)
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name, restore, backend", CASES)
+def test_compile_fullgraph_matches_eager(stock_model, pixels, name, restore, backend):
+    torch._dynamo.reset()
+    model = pruned_model(stock_model, token_reduction=ALL_REDUCING[name], restore_tokens=restore)
+    with torch.no_grad():
+        eager = model(pixels)
+        compiled = torch.compile(model, fullgraph=True, backend=backend)(pixels)
+    torch.testing.assert_close(compiled.logits, eager.logits, atol=1e-5, rtol=1e-4)
+    assert compiled.token_counts == eager.token_counts
