@@ -11,8 +11,7 @@ The ideal speed-up of a plan is the stock model's FLOPs over the plan's.
 from dataclasses import dataclass, field
 from typing import Any
 
-from .models.configuration_tokenprune_vit import grid_of
-from .models.token_reduction import get_reduction_class
+from .models.token_reduction import get_reduction_class, grid_of
 
 
 @dataclass

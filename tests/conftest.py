@@ -33,6 +33,7 @@ REDUCING_PLANS = {
     "skipvit": {"method": "skipvit", "drop_layer": 1, "rejoin_layer": 3, "keep_rate": 0.5},
     "evo_vit": {"method": "evo_vit", "layers": [1, 3], "keep_rate": 0.5, "placeholder_update": "representative"},
     "tome": {"method": "tome", "r": 6},
+    "supervit": {"method": "supervit", "layers": [1, 2], "keep_rate": 0.5},
 }
 
 # The same methods with nothing removed: must reproduce stock ViT.
@@ -41,6 +42,7 @@ KEEP_ALL_PLANS = {
     "skipvit": {"method": "skipvit", "drop_layer": 1, "keep_rate": 1.0},
     "evo_vit": {"method": "evo_vit", "keep_rate": 1.0, "placeholder_update": "representative"},
     "tome": {"method": "tome", "r": 0},
+    "supervit": {"method": "supervit", "keep_rate": 1.0},
 }
 
 # More variants that must also behave (counts, restore, compile).
@@ -50,6 +52,7 @@ VARIANT_PLANS = {
     "evo_vit-none": {"method": "evo_vit", "stages": [[1, 3]], "keep_rate": 0.3, "placeholder_update": "none"},
     "tome-ramp": {"method": "tome", "r": (8, 0.5)},
     "tome-list": {"method": "tome", "r": [10, 0, 6, 4], "proportional_attention": False},
+    "evo_vit-two-heads": {"method": "evo_vit", "layers": [2], "keep_rate": 0.5, "two_heads": True},
 }
 
 ALL_REDUCING = {**REDUCING_PLANS, **VARIANT_PLANS}
@@ -71,7 +74,8 @@ def pixels() -> torch.Tensor:
 
 
 def pruned_model(stock: ViTForImageClassification, **config) -> TokenPruneViTForImageClassification:
-    """A TokenPruneViT with the stock model's weights."""
+    """A TokenPruneViT with the stock model's weights (new parameters seeded, so two calls agree)."""
+    torch.manual_seed(0)
     model = TokenPruneViTForImageClassification(tiny_config(**config)).eval()
     missing, unexpected = model.load_state_dict(stock.state_dict(), strict=False)
     new = {name for name, _ in model.named_parameters()} - set(stock.state_dict())

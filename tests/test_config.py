@@ -117,3 +117,15 @@ def test_non_vit_checkpoints_are_refused(tmp_path):
     DeiTConfig(**TINY).save_pretrained(tmp_path)
     with pytest.raises(ValueError, match="'deit' checkpoint.*distillation token"):
         TokenPruneViTConfig.from_pretrained(tmp_path)
+
+
+def test_supervit_plan_is_checked():
+    with pytest.raises(
+        ValueError, match=r"resolutions'\] = \[20, 30\]: every size must be a multiple of the patch size 4"
+    ):
+        tiny_config(token_reduction={"method": "supervit", "resolutions": [20, 30]})
+    with pytest.raises(ValueError, match=r"keep_rates'\] = 0.0 is outside"):
+        tiny_config(token_reduction={"method": "supervit", "keep_rates": [0.5, 0.0]})
+    base = TokenPruneViTConfig(token_reduction={"method": "supervit"})
+    assert base.token_reduction["resolutions"] == [128, 160, 192, 224]
+    assert base.token_reduction["layers"] == [3, 6, 9]

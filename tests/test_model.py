@@ -239,3 +239,45 @@ def test_classifier_loss_and_tuple_output(stock_model, pixels):
     assert out.loss.ndim == 0 and torch.isfinite(out.loss)
     as_tuple = model(pixels, labels=labels, return_dict=False)
     torch.testing.assert_close(as_tuple[0], out.loss)
+
+
+def test_runtime_options_follow_the_config_and_structure_cannot_change(stock_model, pixels):
+    model = pruned_model(stock_model, token_reduction=REDUCING_PLANS["evit"])
+    model.config.token_reduction = {**model.config.token_reduction, "keep_rate": 0.3}  # what a schedule does
+    with torch.no_grad():
+        assert list(model(pixels).token_counts) == model.config.token_counts()
+        assert model(pixels).token_counts[1] == (65, 1 + 20 + 1)
+    model.config.token_reduction = {**model.config.token_reduction, "layers": [0]}
+    with pytest.raises(ValueError, match=r"changed since the model was built.*only \['keep_rate'\] may change"):
+        model(pixels)
+    tome = pruned_model(stock_model, token_reduction={"method": "tome", "r": [0, 0, 0, 0]})
+    tome.config.token_reduction = {**tome.config.token_reduction, "r": [0, 8, 8, 0]}
+    with torch.no_grad():
+        assert tome(pixels).token_counts == ((65, 65), (65, 57), (57, 49), (49, 49))
+
+
+def test_evo_vit_two_heads_trains_both_and_predicts_with_the_mean_head(stock_model, pixels):
+    model = pruned_model(stock_model, token_reduction={"method": "evo_vit", "layers": [2], "two_heads": True})
+    assert model.mean_classifier is not None
+    labels = torch.tensor([1, 2, 3])
+    out = model(pixels, labels=labels, output_hidden_states=False)
+    sequence = model.vit(pixels).last_hidden_state
+    cls_logits = model.classifier(sequence[:, 0])
+    mean_logits = model.mean_classifier(sequence[:, 1:].mean(dim=1))
+    torch.testing.assert_close(out.logits, mean_logits)
+    ce = torch.nn.functional.cross_entropy
+    torch.testing.assert_close(out.loss, 0.5 * ce(mean_logits, labels) + 0.5 * ce(cls_logits, labels))
+
+
+def test_supervit_serves_several_operating_points(stock_model):
+    model = pruned_model(stock_model, token_reduction={"method": "supervit", "layers": [1, 2]})
+    plan = model.config.token_reduction
+    assert plan["fuse"] is False and plan["keep_rates"] == [0.5, 0.7, 1.0]
+    assert plan["resolutions"] == [20, 24, 28, 32]
+    with torch.no_grad():
+        for size in plan["resolutions"]:
+            for keep_rate in plan["keep_rates"]:
+                out = model(torch.randn(2, 3, size, size), keep_rate=keep_rate, interpolate_pos_encoding=True)
+                rows = size // 4
+                assert out.token_counts == tuple(model.config.token_counts(keep_rate=keep_rate, image_size=size))
+                assert out.token_counts[0][0] == rows * rows + 1

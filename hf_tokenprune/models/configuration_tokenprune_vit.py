@@ -9,18 +9,12 @@ from .attention_reuse import check_attention_reuse, check_reuse_with_reduction
 from .reduction_evit import EViTReduction  # noqa: F401  (imported to register the method)
 from .reduction_evo_vit import EvoViTReduction  # noqa: F401
 from .reduction_skipvit import SkipViTReduction  # noqa: F401
+from .reduction_supervit import SuperViTReduction  # noqa: F401
 from .reduction_tome import ToMeReduction  # noqa: F401
-from .token_reduction import REDUCTION_METHODS, get_reduction_class
+from .token_reduction import REDUCTION_METHODS, get_reduction_class, grid_of
 
 PLAN_FIELDS = ("token_reduction", "attention_reuse", "restore_tokens")
 STOCK_MODEL_TYPE = "vit"  # checkpoints whose weights load into TokenPruneViT as they are
-
-
-def grid_of(image_size: Any, patch_size: Any) -> tuple[int, int]:
-    """(rows, columns) of patches for an image size and a patch size (ints or pairs)."""
-    image = tuple(image_size) if isinstance(image_size, (list, tuple)) else (image_size, image_size)
-    patch = tuple(patch_size) if isinstance(patch_size, (list, tuple)) else (patch_size, patch_size)
-    return image[0] // patch[0], image[1] // patch[1]
 
 
 class TokenPruneViTConfig(ViTConfig):
@@ -92,7 +86,7 @@ class TokenPruneViTConfig(ViTConfig):
                 f"allowed methods: {sorted(REDUCTION_METHODS)}."
             )
         method = get_reduction_class(value["method"])
-        return method.check_plan(copy.deepcopy(value), self.num_hidden_layers, self.num_patches)
+        return method.check_plan(copy.deepcopy(value), self)
 
     def token_counts(self, keep_rate: float | None = None, image_size: Any = None) -> list[tuple[int, int]]:
         """(tokens entering the attention, tokens entering the MLP) of every layer for this plan, CLS included."""

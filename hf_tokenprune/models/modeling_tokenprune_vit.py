@@ -5,6 +5,7 @@ CLS row and its keys, each layer calls the token-reduction hooks of its plan, an
 ``TokenState`` through the layers and reports per-layer token bookkeeping.
 """
 
+import copy
 from dataclasses import dataclass
 
 import torch
@@ -30,10 +31,11 @@ from transformers.models.vit.modeling_vit import (
 from transformers.utils.generic import can_return_tuple
 from transformers.utils.output_capturing import capture_outputs
 
-from .configuration_tokenprune_vit import TokenPruneViTConfig, grid_of
+from .configuration_tokenprune_vit import TokenPruneViTConfig
 from .reduction_evit import EViTReduction  # noqa: F401  (every built-in method is imported, so it registers)
 from .reduction_evo_vit import EvoViTReduction  # noqa: F401
 from .reduction_skipvit import SkipViTReduction  # noqa: F401
+from .reduction_supervit import SuperViTReduction  # noqa: F401
 from .reduction_tome import ToMeReduction  # noqa: F401
 from .token_reduction import (
     REDUCTION_METHODS,
@@ -41,6 +43,7 @@ from .token_reduction import (
     TokenState,
     check_keep_rate,
     get_reduction_class,
+    grid_of,
     restore_full_length,
 )
 
@@ -213,10 +216,24 @@ def check_pixel_values(pixel_values, config, interpolate_pos_encoding):
     return rows, columns
 
 
-def check_runtime_keep_rate(keep_rate, config):
-    if keep_rate is None:
-        return None
+def plan_in_force(config, built_plan, keep_rate):
+    """The config's current plan with a runtime keep rate applied; refuses structural changes since the build."""
     plan = config.token_reduction
+    if (plan is None) != (built_plan is None) or (
+        plan is not None
+        and (
+            plan["method"] != built_plan["method"]
+            or get_reduction_class(plan["method"]).structure(plan)
+            != get_reduction_class(plan["method"]).structure(built_plan)
+        )
+    ):
+        runtime = [] if plan is None else list(get_reduction_class(plan["method"]).runtime_options)
+        raise ValueError(
+            f"config.token_reduction changed since the model was built ({built_plan} -> {plan}); on a built model "
+            f"only {runtime} may change. Build a new model (from_pretrained / from_config) for another plan."
+        )
+    if keep_rate is None:
+        return plan
     if plan is None or not get_reduction_class(plan["method"]).uses_keep_rate:
         with_rate = sorted(name for name, cls in REDUCTION_METHODS.items() if cls.uses_keep_rate)
         method = None if plan is None else plan["method"]
@@ -224,7 +241,7 @@ def check_runtime_keep_rate(keep_rate, config):
             f"keep_rate={keep_rate!r} was given, but method {method!r} has none; methods with a keep "
             f"rate: {with_rate}."
         )
-    return check_keep_rate(keep_rate, "keep_rate")
+    return {**plan, "keep_rate": check_keep_rate(keep_rate, "keep_rate")}
 
 
 class TokenPruneViTModel(TokenPruneViTPreTrainedModel, ViTModel):
@@ -238,6 +255,9 @@ class TokenPruneViTModel(TokenPruneViTPreTrainedModel, ViTModel):
         self.layers = nn.ModuleList([TokenPruneViTLayer(config, i) for i in range(config.num_hidden_layers)])
         self.layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.pooler = ViTPooler(config) if add_pooling_layer else None
+        self.built_plan = copy.deepcopy(
+            config.token_reduction
+        )  # runtime options may change in the config; the rest may not
         self.post_init()
 
     @capture_outputs(tie_last_hidden_states=False)
@@ -255,7 +275,7 @@ class TokenPruneViTModel(TokenPruneViTPreTrainedModel, ViTModel):
             Overrides the plan's keep rate for this call (methods with a keep rate); the config is unchanged.
         """
         grid = check_pixel_values(pixel_values, self.config, interpolate_pos_encoding)
-        keep_rate = check_runtime_keep_rate(keep_rate, self.config)
+        plan = plan_in_force(self.config, self.built_plan, keep_rate)
         if attention_mask is not None and self.config.token_reduction is not None:
             raise ValueError("attention_mask cannot be combined with token_reduction: the sequence changes length.")
         expected_dtype = self.embeddings.patch_embeddings.projection.weight.dtype
@@ -268,7 +288,7 @@ class TokenPruneViTModel(TokenPruneViTPreTrainedModel, ViTModel):
         attention_mask = create_bidirectional_mask(
             config=self.config, inputs_embeds=hidden_states, attention_mask=attention_mask
         )
-        state = TokenState.start(hidden_states, grid, keep_rate)
+        state = TokenState.start(hidden_states, grid, plan)
         traces = []
         for layer in self.layers:
             hidden_states, state, trace = layer(hidden_states, attention_mask, state, **kwargs)
@@ -296,6 +316,13 @@ class TokenPruneViTForImageClassification(TokenPruneViTPreTrainedModel, ViTForIm
         self.num_labels = config.num_labels
         self.vit = TokenPruneViTModel(config, add_pooling_layer=False)
         self.classifier = nn.Linear(config.hidden_size, config.num_labels) if config.num_labels > 0 else nn.Identity()
+        # Evo-ViT's two-head option: a head on the mean of the patch tokens, the one used for predictions.
+        wants_mean_head = (config.token_reduction or {}).get("two_heads", False)
+        self.mean_classifier = None
+        if wants_mean_head:
+            self.mean_classifier = (
+                nn.Linear(config.hidden_size, config.num_labels) if config.num_labels > 0 else nn.Identity()
+            )
         self.post_init()
 
     @can_return_tuple
@@ -315,9 +342,15 @@ class TokenPruneViTForImageClassification(TokenPruneViTPreTrainedModel, ViTForIm
             keep_rate=keep_rate,
             **kwargs,
         )
-        logits = self.classifier(outputs.last_hidden_state[:, 0, :])
+        sequence = outputs.last_hidden_state
+        logits = self.classifier(sequence[:, 0, :])
         loss = None
-        if labels is not None:
+        if self.mean_classifier is not None:  # two heads: train both, predict with the mean-pooled one
+            cls_logits, logits = logits, self.mean_classifier(sequence[:, 1:, :].mean(dim=1))
+            if labels is not None:
+                loss = 0.5 * self.loss_function(labels, logits, self.config, **kwargs)
+                loss = loss + 0.5 * self.loss_function(labels, cls_logits, self.config, **kwargs)
+        elif labels is not None:
             loss = self.loss_function(labels, logits, self.config, **kwargs)
         return TokenPruneViTImageClassifierOutput(
             loss=loss,

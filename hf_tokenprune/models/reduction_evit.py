@@ -32,10 +32,12 @@ from .token_reduction import (
 @register_reduction("evit")
 class EViTReduction(TokenReduction):
     options = {"layers": None, "keep_rate": 0.7, "fuse": True}
+    runtime_options = ("keep_rate",)
     uses_keep_rate = True
 
     @classmethod
-    def check_plan(cls, plan, num_layers, num_patches):
+    def check_plan(cls, plan, config):
+        num_layers = config.num_hidden_layers
         plan = check_options(plan, cls.options, "token_reduction")
         if plan["layers"] is None:
             plan["layers"] = scaled_layers([3, 6, 9], num_layers)

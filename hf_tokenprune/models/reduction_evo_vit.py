@@ -11,6 +11,9 @@ reference code's default) or are summarised into one representative token, weigh
 the block with the informative tokens and whose residual update is added to every placeholder
 (``"representative"``, the paper's fast update). Placeholders rejoin the sequence at the end of each stage, so the
 full token map exists again after it. Only informative tokens update ``g``.
+
+With ``two_heads`` the classifier gets a second head on the mean of the patch tokens, trained with the CLS head
+(0.5 * cross-entropy each) and used alone at inference, as in the reference training.
 """
 
 import torch
@@ -19,6 +22,7 @@ from .token_reduction import (
     AttentionProbe,
     TokenReduction,
     TokenState,
+    check_bool,
     check_choice,
     check_keep_rate,
     check_layers,
@@ -71,11 +75,14 @@ class EvoViTReduction(TokenReduction):
         "keep_rate": 0.5,
         "placeholder_update": "none",
         "attention_momentum": 0.5,
+        "two_heads": False,
     }
+    runtime_options = ("keep_rate",)
     uses_keep_rate = True
 
     @classmethod
-    def check_plan(cls, plan, num_layers, num_patches):
+    def check_plan(cls, plan, config):
+        num_layers = config.num_hidden_layers
         plan = check_options(plan, cls.options, "token_reduction")
         plan["stages"] = _check_stages(plan, num_layers)
         del plan["layers"]  # the canonical plan names stages only
@@ -84,6 +91,7 @@ class EvoViTReduction(TokenReduction):
         plan["attention_momentum"] = check_keep_rate(
             plan["attention_momentum"], "token_reduction['attention_momentum']"
         )
+        plan["two_heads"] = check_bool(plan["two_heads"], "token_reduction['two_heads']")
         return plan
 
     @classmethod

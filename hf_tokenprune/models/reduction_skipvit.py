@@ -33,10 +33,12 @@ from .token_reduction import (
 class SkipViTReduction(TokenReduction):
     # keep_rate 0.45: the paper's headline drops 55% of the tokens.
     options = {"drop_layer": None, "rejoin_layer": None, "keep_rate": 0.45}
+    runtime_options = ("keep_rate",)
     uses_keep_rate = True
 
     @classmethod
-    def check_plan(cls, plan, num_layers, num_patches):
+    def check_plan(cls, plan, config):
+        num_layers = config.num_hidden_layers
         plan = check_options(plan, cls.options, "token_reduction")
         if num_layers < 2:
             raise ValueError(f"skipvit needs at least 2 layers (one to drop in, one to rejoin at); got {num_layers}.")

@@ -67,15 +67,17 @@ def merge_counts(schedule: list[int], num_tokens: int, num_prefix: int = 1) -> l
 @register_reduction("tome")
 class ToMeReduction(TokenReduction):
     options = {"r": 8, "proportional_attention": True}
+    runtime_options = ("r",)
 
     @classmethod
-    def check_plan(cls, plan, num_layers, num_patches):
+    def check_plan(cls, plan, config):
+        num_layers = config.num_hidden_layers
         plan = check_options(plan, cls.options, "token_reduction")
         plan["r"] = _schedule(plan["r"], num_layers)
         plan["proportional_attention"] = check_bool(
             plan["proportional_attention"], "token_reduction['proportional_attention']"
         )
-        tokens = num_patches + 1
+        tokens = config.num_patches + 1
         for layer, r in enumerate(plan["r"]):
             if r > (tokens - 1) // 2:
                 raise ValueError(
@@ -97,7 +99,7 @@ class ToMeReduction(TokenReduction):
 
     @classmethod
     def build(cls, plan, config, layer_idx):
-        return cls(plan, config, layer_idx) if plan["r"][layer_idx] > 0 else None
+        return cls(plan, config, layer_idx)  # every layer: r is a runtime option and may become > 0
 
     def __init__(self, plan, config, layer_idx):
         super().__init__(plan, config, layer_idx)
@@ -105,7 +107,7 @@ class ToMeReduction(TokenReduction):
 
     def after_attention(self, x: torch.Tensor, state: TokenState, probe: AttentionProbe):
         num_prefix = state.num_prefix
-        r = min(self.plan["r"][self.layer_idx], (x.shape[1] - num_prefix) // 2)
+        r = min(state.plan["r"][self.layer_idx], (x.shape[1] - num_prefix) // 2)
         if r <= 0:
             return x, state
         src, dst, unmerged = bipartite_matching(probe.keys, r, num_prefix)

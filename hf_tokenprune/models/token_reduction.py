@@ -115,6 +115,13 @@ def scaled_layers(base: list[int], num_layers: int, base_depth: int = 12) -> lis
     return sorted(set(scaled))
 
 
+def grid_of(image_size: Any, patch_size: Any) -> tuple[int, int]:
+    """(rows, columns) of patches for an image size and a patch size (ints or pairs)."""
+    image = tuple(image_size) if isinstance(image_size, (list, tuple)) else (image_size, image_size)
+    patch = tuple(patch_size) if isinstance(patch_size, (list, tuple)) else (patch_size, patch_size)
+    return image[0] // patch[0], image[1] // patch[1]
+
+
 def kept_count(num_tokens: int, keep_rate: float) -> int:
     """``ceil(keep_rate * num_tokens)``, robust to float noise (0.7 * 10 is 7.000000000000001)."""
     return min(num_tokens, max(1, math.ceil(round(keep_rate * num_tokens, 6))))
@@ -135,7 +142,7 @@ class TokenState:
 
     positions: torch.Tensor  # (B, N_cur) index in the embedding sequence, -1 for made-up tokens
     num_prefix: int = 1  # leading tokens (CLS) never dropped or merged
-    keep_rate: float | None = None  # runtime override of the plan's keep rate
+    plan: dict | None = None  # the plan in force for this call: the config's, with a runtime keep rate applied
     sizes: torch.Tensor | None = None  # (B, N_cur, 1) embedding tokens merged into each token (ToMe)
     owner: torch.Tensor | None = None  # (B, T) index of the token holding each embedding token (ToMe)
     key_bias: torch.Tensor | None = None  # (B, N_cur) added to every query's logit for each key (ToMe's log size)
@@ -145,10 +152,10 @@ class TokenState:
     scratch: Any = None  # a value one hook of a layer hands to a later hook of the same layer
 
     @classmethod
-    def start(cls, embeddings: torch.Tensor, grid: tuple[int, int], keep_rate: float | None) -> "TokenState":
+    def start(cls, embeddings: torch.Tensor, grid: tuple[int, int], plan: dict | None) -> "TokenState":
         batch, length = embeddings.shape[:2]
         positions = torch.arange(length, device=embeddings.device).expand(batch, length)
-        return cls(positions=positions, keep_rate=keep_rate, grid=grid)
+        return cls(positions=positions, plan=plan, grid=grid)
 
     @property
     def num_embedding_tokens(self) -> int:
@@ -254,6 +261,9 @@ class TokenReduction(nn.Module):
 
     method: str = ""
     options: dict = {}  # option name -> default
+    # Options that only set amounts: read from the plan in force at every forward, so a built model follows
+    # changes to them (keep-rate schedules, runtime overrides). The others are fixed when the model is built.
+    runtime_options: tuple = ()
     uses_keep_rate: bool = False
 
     def __init__(self, plan: dict, config: Any, layer_idx: int):
@@ -266,7 +276,8 @@ class TokenReduction(nn.Module):
 
     # -- plan (class level, no tensors) --------------------------------------------------------------------------
     @classmethod
-    def check_plan(cls, plan: dict, num_layers: int, num_patches: int) -> dict:
+    def check_plan(cls, plan: dict, config: Any) -> dict:
+        """Validates ``plan`` for ``config`` (depth, image and patch size) and fills its defaults."""
         return check_options(plan, cls.options, "token_reduction")
 
     @classmethod
@@ -285,8 +296,13 @@ class TokenReduction(nn.Module):
     def build(cls, plan: dict, config: Any, layer_idx: int) -> "TokenReduction | None":
         return cls(plan, config, layer_idx)
 
+    @classmethod
+    def structure(cls, plan: dict) -> dict:
+        """The part of a plan that decides which modules exist; it cannot change on a built model."""
+        return {key: value for key, value in plan.items() if key not in cls.runtime_options}
+
     def keep_rate(self, state: TokenState) -> float:
-        return self.plan["keep_rate"] if state.keep_rate is None else state.keep_rate
+        return state.plan["keep_rate"]
 
     # -- hooks ----------------------------------------------------------------------------------------------------
     def before_block(self, x: torch.Tensor, state: TokenState):
