@@ -281,3 +281,12 @@ def test_supervit_serves_several_operating_points(stock_model):
                 rows = size // 4
                 assert out.token_counts == tuple(model.config.token_counts(keep_rate=keep_rate, image_size=size))
                 assert out.token_counts[0][0] == rows * rows + 1
+
+
+@pytest.mark.parametrize("method", sorted(REDUCING_PLANS))
+def test_disable_plans_runs_the_stock_model(stock_model, pixels, method):
+    model = pruned_model(stock_model, token_reduction=REDUCING_PLANS[method])
+    with torch.no_grad():
+        out = model(pixels, disable_plans=True)
+    torch.testing.assert_close(out.logits, stock_model(pixels).logits, atol=1e-5, rtol=0)
+    assert all(counts == (65, 65) for counts in out.token_counts)

@@ -144,7 +144,7 @@ class TokenPruneViTLayer(ViTLayer):
         )
 
     def forward(self, hidden_states, attention_mask=None, state=None, **kwargs):
-        reduction = self.token_reduction
+        reduction = self.token_reduction if state.plan is not None else None  # no plan in force: a stock layer
         if reduction is not None:
             hidden_states, state = reduction.before_block(hidden_states, state)
         attention_tokens = hidden_states.shape[1]
@@ -268,14 +268,17 @@ class TokenPruneViTModel(TokenPruneViTPreTrainedModel, ViTModel):
         interpolate_pos_encoding: bool | None = None,
         attention_mask: torch.Tensor | None = None,
         keep_rate: float | None = None,
+        disable_plans: bool = False,
         **kwargs,
     ) -> TokenPruneViTModelOutput:
         r"""
         keep_rate (`float`, *optional*):
             Overrides the plan's keep rate for this call (methods with a keep rate); the config is unchanged.
+        disable_plans (`bool`, *optional*, defaults to `False`):
+            Runs every layer in full, as the stock ViT with the same weights (the unreduced teacher for distillation).
         """
         grid = check_pixel_values(pixel_values, self.config, interpolate_pos_encoding)
-        plan = plan_in_force(self.config, self.built_plan, keep_rate)
+        plan = None if disable_plans else plan_in_force(self.config, self.built_plan, keep_rate)
         if attention_mask is not None and self.config.token_reduction is not None:
             raise ValueError("attention_mask cannot be combined with token_reduction: the sequence changes length.")
         expected_dtype = self.embeddings.patch_embeddings.projection.weight.dtype
@@ -333,13 +336,21 @@ class TokenPruneViTForImageClassification(TokenPruneViTPreTrainedModel, ViTForIm
         interpolate_pos_encoding: bool | None = None,
         attention_mask: torch.Tensor | None = None,
         keep_rate: float | None = None,
+        disable_plans: bool = False,
         **kwargs,
     ) -> TokenPruneViTImageClassifierOutput:
+        r"""
+        keep_rate (`float`, *optional*):
+            Overrides the plan's keep rate for this call (methods with a keep rate); the config is unchanged.
+        disable_plans (`bool`, *optional*, defaults to `False`):
+            Runs every layer in full, as the stock ViT with the same weights (the unreduced teacher for distillation).
+        """
         outputs = self.vit(
             pixel_values,
             interpolate_pos_encoding=interpolate_pos_encoding,
             attention_mask=attention_mask,
             keep_rate=keep_rate,
+            disable_plans=disable_plans,
             **kwargs,
         )
         sequence = outputs.last_hidden_state
