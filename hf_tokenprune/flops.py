@@ -1,8 +1,9 @@
 """Analytic FLOPs and MACs of a TokenPruneViT plan, per layer and in total.
 
 A multiply-accumulate (MAC) is counted as 2 FLOPs, the convention of ``torch.utils.flop_counter``. Counted: the
-patch embedding, the q/k/v/o projections, the two attention matmuls, the MLP, the classifier, and what a method
-adds (the CLS attention row, ToMe's matching, learned scorers). Not counted, as the FLOP counter does not count
+patch embedding, the q/k/v/o projections, the two attention matmuls, the MLP, the classifier, what a method adds
+(the CLS attention row, ToMe's matching, learned scorers and predictors), and for attention reuse the reuse
+function in place of the attention. Not counted, as the FLOP counter does not count
 them either: LayerNorm, softmax, GELU, residual additions, gathers and scatters (all linear in tokens x width).
 
 The ideal speed-up of a plan is the stock model's FLOPs over the plan's.
@@ -11,6 +12,7 @@ The ideal speed-up of a plan is the stock model's FLOPs over the plan's.
 from dataclasses import dataclass, field
 from typing import Any
 
+from .models.attention_reuse import ATTENTION_REUSE_METHODS
 from .models.token_reduction import get_reduction_class, grid_of
 
 
@@ -129,10 +131,15 @@ def count_flops(
         else:
             token_counts = method.token_counts(plan, config.num_hidden_layers, rows * columns, keep_rate)
     extras = method.extra_macs(plan, config, token_counts) if method else [0] * len(token_counts)
-    layers = [
-        LayerFlops(a, m, attention_macs(config, a), mlp_macs(config, m), extra)
-        for (a, m), extra in zip(token_counts, extras)
-    ]
+    reuse = getattr(config, "attention_reuse", None)
+    reused = set(reuse["layers"]) if reuse else set()
+    layers = []
+    for index, ((a, m), extra) in enumerate(zip(token_counts, extras)):
+        if index in reused:  # the layer's attention is replaced by the reuse function on the patch tokens
+            attention = ATTENTION_REUSE_METHODS[reuse["method"]].macs(reuse, config, a - 1)
+        else:
+            attention = attention_macs(config, a)
+        layers.append(LayerFlops(a, m, attention, mlp_macs(config, m), extra))
     return FlopsReport(
         layers=layers,
         embedding_macs=_embedding_macs(config, rows * columns),

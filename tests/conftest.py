@@ -34,6 +34,8 @@ REDUCING_PLANS = {
     "evo_vit": {"method": "evo_vit", "layers": [1, 3], "keep_rate": 0.5, "placeholder_update": "representative"},
     "tome": {"method": "tome", "r": 6},
     "supervit": {"method": "supervit", "layers": [1, 2], "keep_rate": 0.5},
+    "cropr": {"method": "cropr", "tokens_per_layer": 8, "last_layer_fusion": True},
+    "dynamicvit": {"method": "dynamicvit", "layers": [1, 2], "keep_rate": 0.7},
 }
 
 # The same methods with nothing removed: must reproduce stock ViT.
@@ -43,6 +45,8 @@ KEEP_ALL_PLANS = {
     "evo_vit": {"method": "evo_vit", "keep_rate": 1.0, "placeholder_update": "representative"},
     "tome": {"method": "tome", "r": 0},
     "supervit": {"method": "supervit", "keep_rate": 1.0},
+    "cropr": {"method": "cropr", "tokens_per_layer": 0},
+    "dynamicvit": {"method": "dynamicvit", "layers": [1, 2], "keep_rate": 1.0},
 }
 
 # More variants that must also behave (counts, restore, compile).
@@ -53,6 +57,21 @@ VARIANT_PLANS = {
     "tome-ramp": {"method": "tome", "r": (8, 0.5)},
     "tome-list": {"method": "tome", "r": [10, 0, 6, 4], "proportional_attention": False},
     "evo_vit-two-heads": {"method": "evo_vit", "layers": [2], "keep_rate": 0.5, "two_heads": True},
+    "cropr-no-fusion": {"method": "cropr", "tokens_per_layer": [10, 8, 6], "last_layer_fusion": False},
+    "dynamicvit-gather": {"method": "dynamicvit", "layers": [2], "keep_rate": 0.5, "train_mode": "gather"},
+}
+
+# Attention reuse alone and combined with a reduction that starts after the reused layers.
+REUSE_PLANS = {
+    "skipat": {"attention_reuse": {"method": "skipat", "layers": [1, 2]}},
+    "skipat+evit": {
+        "attention_reuse": {"method": "skipat", "layers": [1]},
+        "token_reduction": {"method": "evit", "layers": [2, 3], "keep_rate": 0.5},
+    },
+    "skipat+tome": {
+        "attention_reuse": {"method": "skipat", "layers": [1, 2]},
+        "token_reduction": {"method": "tome", "r": [0, 0, 0, 10]},
+    },
 }
 
 ALL_REDUCING = {**REDUCING_PLANS, **VARIANT_PLANS}

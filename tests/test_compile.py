@@ -7,7 +7,7 @@ code generation, to keep the suite fast on a 2-core machine.
 
 import pytest
 import torch
-from conftest import ALL_REDUCING, REDUCING_PLANS, pruned_model
+from conftest import ALL_REDUCING, REDUCING_PLANS, REUSE_PLANS, pruned_model
 
 CASES = [(name, False, "inductor") for name in sorted(REDUCING_PLANS)] + [
     (name, restore, "aot_eager")
@@ -15,6 +15,17 @@ CASES = [(name, False, "inductor") for name in sorted(REDUCING_PLANS)] + [
     for restore in (False, True)
     if (restore or name not in REDUCING_PLANS)
 ]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(REUSE_PLANS))
+def test_compile_fullgraph_with_attention_reuse(stock_model, pixels, name):
+    torch._dynamo.reset()
+    model = pruned_model(stock_model, **REUSE_PLANS[name])
+    with torch.no_grad():
+        eager = model(pixels)
+        compiled = torch.compile(model, fullgraph=True, backend="aot_eager")(pixels)
+    torch.testing.assert_close(compiled.logits, eager.logits, atol=1e-5, rtol=1e-4)
 
 
 @pytest.mark.slow

@@ -9,7 +9,10 @@ from transformers import ViTConfig, ViTForImageClassification
 from hf_tokenprune import TokenPruneViTConfig, TokenPruneViTForImageClassification
 
 BAD_PLANS = [
-    ({"method": "nope"}, r"token_reduction\['method'\] = 'nope' is not a known method; allowed: \['evit'"),
+    (
+        {"method": "nope"},
+        r"token_reduction\['method'\] = 'nope' is not a known method; allowed: \['cropr', 'dynamicvit', 'evit'",
+    ),
     ({"layers": [1]}, r"must be None or a dict with a 'method' key; allowed methods"),
     ({"method": "evit", "layers": [1, 7]}, r"token_reduction\['layers'\] = 7 must be an integer in \[0, 3\]"),
     ({"method": "evit", "layers": [2, 1]}, r"token_reduction\['layers'\] = \[2, 1\] must be strictly increasing"),

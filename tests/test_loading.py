@@ -8,7 +8,7 @@ import textwrap
 
 import pytest
 import torch
-from conftest import ALL_REDUCING, REDUCING_PLANS, TINY, pruned_model, tiny_config
+from conftest import ALL_REDUCING, REDUCING_PLANS, REUSE_PLANS, TINY, pruned_model, tiny_config
 from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessor
 
 from hf_tokenprune import TokenPruneViTForImageClassification, TokenPruneViTModel
@@ -38,9 +38,8 @@ def test_stock_checkpoint_loads_with_no_missing_or_unexpected_keys(stock_folder,
     assert set(info["missing_keys"]) == new_parameters
     assert not info["unexpected_keys"] and not info["mismatched_keys"]
     with torch.no_grad():
-        keep_all = model.eval()(pixels, keep_rate=1.0) if plan and plan["method"] != "tome" else None
-    if keep_all is not None:
-        torch.testing.assert_close(keep_all.logits, stock_model(pixels).logits, atol=1e-5, rtol=0)
+        keep_all = model.eval()(pixels, disable_plans=True)
+    torch.testing.assert_close(keep_all.logits, stock_model(pixels).logits, atol=1e-5, rtol=0)
 
 
 def test_stock_checkpoint_on_disk_uses_the_4x_layout(stock_folder):
@@ -110,9 +109,14 @@ CLEAN_PROCESS = textwrap.dedent(
 @pytest.mark.slow
 def test_remote_code_loads_in_a_clean_offline_process(tmp_path, stock_model, pixels):
     folders, plans = [], {}
-    for name, plan in REDUCING_PLANS.items():
+    cases = {name: {"token_reduction": plan} for name, plan in REDUCING_PLANS.items()}
+    cases.update(REUSE_PLANS)
+    cases["cropr-inference"] = {"token_reduction": REDUCING_PLANS["cropr"]}
+    for name, plan in cases.items():
         folder = tmp_path / name
-        model = pruned_model(stock_model, token_reduction=plan)
+        model = pruned_model(stock_model, **plan)
+        if name.endswith("-inference"):
+            assert model.drop_training_modules()
         model.config.id2label = {i: f"class-{i}" for i in range(5)}
         model.config.label2id = {v: k for k, v in model.config.id2label.items()}
         model.save_pretrained(folder)

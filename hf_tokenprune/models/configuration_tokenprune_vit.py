@@ -5,8 +5,10 @@ from typing import Any
 
 from transformers import ViTConfig
 
-from .attention_reuse import check_attention_reuse, check_reuse_with_reduction
-from .reduction_evit import EViTReduction  # noqa: F401  (imported to register the method)
+from .attention_reuse import ATTENTION_REUSE_METHODS, check_attention_reuse
+from .reduction_cropr import CroprReduction  # noqa: F401  (every built-in method is imported, so it registers)
+from .reduction_dynamicvit import DynamicViTReduction  # noqa: F401
+from .reduction_evit import EViTReduction  # noqa: F401
 from .reduction_evo_vit import EvoViTReduction  # noqa: F401
 from .reduction_skipvit import SkipViTReduction  # noqa: F401
 from .reduction_supervit import SuperViTReduction  # noqa: F401
@@ -23,10 +25,12 @@ class TokenPruneViTConfig(ViTConfig):
     Args:
         token_reduction (`dict`, *optional*):
             `None` for a plain ViT, or a plan: `{"method": name, **options}`. Methods: `evit`, `skipvit`,
-            `evo_vit`, `tome` (and any other registered one). The plan is validated and completed with defaults
-            when it is set, also when it arrives as a `from_pretrained(..., token_reduction=...)` keyword.
+            `evo_vit`, `tome`, `supervit`, `cropr`, `dynamicvit` (and any other registered one). The plan is
+            validated and completed with defaults when it is set, also when it arrives as a
+            `from_pretrained(..., token_reduction=...)` keyword.
         attention_reuse (`dict`, *optional*):
-            `None`, or an attention-reuse plan `{"method": name, **options}`.
+            `None`, or an attention-reuse plan `{"method": "skipat", "layers": [...]}`. It can be combined with a
+            token-reduction plan whose first active layer comes after every reused layer.
         restore_tokens (`bool`, *optional*, defaults to `False`):
             Whether `last_hidden_state` comes back full length, in the original patch order: parked and dropped
             tokens with the value they had when they left, merged tokens copied to every position they stand for.
@@ -45,7 +49,7 @@ class TokenPruneViTConfig(ViTConfig):
             value = self._checked_plan(key, value)
         super().__setattr__(key, value)
         if key in ("token_reduction", "attention_reuse") and "attention_reuse" in self.__dict__:
-            check_reuse_with_reduction(self.token_reduction, self.attention_reuse, self.num_hidden_layers)
+            self._check_reuse_with_reduction()
 
     @classmethod
     def get_config_dict(cls, pretrained_model_name_or_path, **kwargs):
@@ -77,7 +81,7 @@ class TokenPruneViTConfig(ViTConfig):
                 raise ValueError(f"restore_tokens = {value!r} must be true or false.")
             return value
         if key == "attention_reuse":
-            return check_attention_reuse(copy.deepcopy(value), self.num_hidden_layers, self.patch_grid)
+            return check_attention_reuse(copy.deepcopy(value), self)
         if value is None:
             return None
         if not isinstance(value, dict) or "method" not in value:
@@ -87,6 +91,14 @@ class TokenPruneViTConfig(ViTConfig):
             )
         method = get_reduction_class(value["method"])
         return method.check_plan(copy.deepcopy(value), self)
+
+    def _check_reuse_with_reduction(self) -> None:
+        """Rejects plans that combine attention reuse and token reduction in a way the model cannot run."""
+        if self.token_reduction is None or self.attention_reuse is None:
+            return
+        reuse = ATTENTION_REUSE_METHODS[self.attention_reuse["method"]]
+        reduction = get_reduction_class(self.token_reduction["method"])
+        reuse.check_with_reduction(self.attention_reuse, self.token_reduction, reduction, self)
 
     def token_counts(self, keep_rate: float | None = None, image_size: Any = None) -> list[tuple[int, int]]:
         """(tokens entering the attention, tokens entering the MLP) of every layer for this plan, CLS included."""

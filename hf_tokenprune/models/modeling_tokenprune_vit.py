@@ -31,8 +31,11 @@ from transformers.models.vit.modeling_vit import (
 from transformers.utils.generic import can_return_tuple
 from transformers.utils.output_capturing import capture_outputs
 
+from .attention_reuse import ATTENTION_REUSE_METHODS
 from .configuration_tokenprune_vit import TokenPruneViTConfig
-from .reduction_evit import EViTReduction  # noqa: F401  (every built-in method is imported, so it registers)
+from .reduction_cropr import CroprReduction  # noqa: F401  (every built-in method is imported, so it registers)
+from .reduction_dynamicvit import DynamicViTReduction  # noqa: F401
+from .reduction_evit import EViTReduction  # noqa: F401
 from .reduction_evo_vit import EvoViTReduction  # noqa: F401
 from .reduction_skipvit import SkipViTReduction  # noqa: F401
 from .reduction_supervit import SuperViTReduction  # noqa: F401
@@ -65,18 +68,24 @@ class TokenPruneViTModelOutput(BaseModelOutputWithPooling):
         token_owner: per layer, ``None`` or, for merging methods, a (batch, 1 + patches) tensor: the index of the
             token in that layer's MLP sequence that holds each embedding token.
         patch_grid: (rows, columns) of patches of this input.
+        aux_logits: auxiliary predictions made in training, as ((logits, weight), ...) (Cropr's heads).
+        aux_loss: an auxiliary loss that needs no labels, a batch mean (DynamicViT's keep-ratio loss).
     """
 
     token_counts: tuple | None = None
     token_positions: tuple | None = None
     token_owner: tuple | None = None
     patch_grid: tuple | None = None
+    aux_logits: tuple | None = None
+    aux_loss: torch.FloatTensor | None = None
 
 
 @dataclass
 class TokenPruneViTImageClassifierOutput(ImageClassifierOutput):
-    """`ImageClassifierOutput` plus the token bookkeeping of `TokenPruneViTModelOutput`."""
+    """`ImageClassifierOutput` plus the token bookkeeping of `TokenPruneViTModelOutput`; ``aux_loss`` is the part
+    of ``loss`` that comes from auxiliary objectives (already included in ``loss``)."""
 
+    aux_loss: torch.FloatTensor | None = None
     token_counts: tuple | None = None
     token_positions: tuple | None = None
     token_owner: tuple | None = None
@@ -91,31 +100,53 @@ def cls_attention_row(query, key, attention_mask, scaling):
     return logits.softmax(dim=-1, dtype=torch.float32).mean(dim=1)[:, 0].to(query.dtype)
 
 
+def policy_attention(query, key, value, policy, scaling, eps=1e-6):
+    """DynamicViT's masked softmax: a key is visible if its policy is 1, and always to itself; gradients reach the
+    (straight-through) policy. Returns (B, N, H, d) like the attention interfaces."""
+    logits = (query @ key.transpose(-1, -2)) * scaling  # (B, H, N, N)
+    logits = logits - logits.amax(dim=-1, keepdim=True)
+    length = logits.shape[-1]
+    eye = torch.eye(length, device=logits.device, dtype=torch.float32)
+    visible = policy[:, None, None, :].float()
+    visible = visible + (1.0 - visible) * eye  # (B, 1, N, N)
+    weights = logits.float().exp() * visible
+    weights = (weights + eps / length) / (weights.sum(dim=-1, keepdim=True) + eps)
+    return (weights.to(value.dtype) @ value).transpose(1, 2)
+
+
 class TokenPruneViTAttention(ViTAttention):
     """`ViTAttention` that can also report its CLS attention row and its head-averaged keys.
 
     The attention itself still goes through the configured interface (SDPA by default); the probes are computed
-    from the same q/k only when a reduction method asks for them.
+    from the same q/k only when a reduction method asks for them. A ``key_policy`` (DynamicViT training) switches
+    to the masked softmax of ``policy_attention``.
     """
 
-    def forward(self, hidden_states, attention_mask=None, probe_cls=False, probe_keys=False, **kwargs):
+    def forward(
+        self, hidden_states, attention_mask=None, probe_cls=False, probe_keys=False, key_policy=None, **kwargs
+    ):
         input_shape = hidden_states.shape[:-1]
         hidden_shape = (*input_shape, -1, self.head_dim)
         query = self.q_proj(hidden_states).view(hidden_shape).transpose(1, 2)  # (B, H, N, d)
         key = self.k_proj(hidden_states).view(hidden_shape).transpose(1, 2)
         value = self.v_proj(hidden_states).view(hidden_shape).transpose(1, 2)
 
-        interface = ALL_ATTENTION_FUNCTIONS.get_interface(self.config._attn_implementation, eager_attention_forward)
-        attn_output, attn_weights = interface(
-            self,
-            query,
-            key,
-            value,
-            attention_mask,
-            dropout=0.0 if not self.training else self.attention_dropout,
-            scaling=self.scaling,
-            **kwargs,
-        )
+        if key_policy is not None:
+            attn_output, attn_weights = policy_attention(query, key, value, key_policy, self.scaling), None
+        else:
+            interface = ALL_ATTENTION_FUNCTIONS.get_interface(
+                self.config._attn_implementation, eager_attention_forward
+            )
+            attn_output, attn_weights = interface(
+                self,
+                query,
+                key,
+                value,
+                attention_mask,
+                dropout=0.0 if not self.training else self.attention_dropout,
+                scaling=self.scaling,
+                **kwargs,
+            )
         attn_output = self.o_proj(attn_output.reshape(*input_shape, -1).contiguous())
 
         probe = None
@@ -129,12 +160,20 @@ class TokenPruneViTAttention(ViTAttention):
 
 class TokenPruneViTLayer(ViTLayer):
     """`ViTLayer` that runs its plan's token-reduction hooks before the block, between attention and MLP, and after
-    the block. It takes and returns a `TokenState` and a trace of what it computed."""
+    the block, and that can replace its self-attention by attention reuse. It takes and returns a `TokenState` and
+    a trace of what it computed."""
 
     def __init__(self, config: TokenPruneViTConfig, layer_idx: int):
         super(ViTLayer, self).__init__()
-        self.attention = TokenPruneViTAttention(config)
-        self.layernorm_before = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.layer_idx = layer_idx
+        reuse = config.attention_reuse
+        self.attention_reuse = (
+            None if reuse is None else ATTENTION_REUSE_METHODS[reuse["method"]].build(reuse, config, layer_idx)
+        )
+        if self.attention_reuse is None or reuse["keep_replaced_attention"]:
+            self.attention = TokenPruneViTAttention(config)
+            self.layernorm_before = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.freeze_replaced_attention()
         self.layernorm_after = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.mlp = ViTMLP(config)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
@@ -143,25 +182,31 @@ class TokenPruneViTLayer(ViTLayer):
             None if plan is None else get_reduction_class(plan["method"]).build(plan, config, layer_idx)
         )
 
+    def freeze_replaced_attention(self) -> None:
+        """A reused layer keeps its own attention for stock checkpoints and ``disable_plans``, never trained."""
+        if self.attention_reuse is not None and hasattr(self, "attention"):
+            self.attention.requires_grad_(False)
+            self.layernorm_before.requires_grad_(False)
+
     def forward(self, hidden_states, attention_mask=None, state=None, **kwargs):
         reduction = self.token_reduction if state.plan is not None else None  # no plan in force: a stock layer
         if reduction is not None:
             hidden_states, state = reduction.before_block(hidden_states, state)
         attention_tokens = hidden_states.shape[1]
-        if state.key_bias is not None:  # e.g. ToMe's proportional attention: log(size) added to each key's logits
-            bias = state.key_bias[:, None, None, :].to(hidden_states.dtype)
-            attention_mask = bias if attention_mask is None else attention_mask + bias
 
-        # Self attention
+        # Self attention, or its reuse
         residual = hidden_states
-        hidden_states, _, probe = self.attention(
-            self.layernorm_before(hidden_states),
-            attention_mask,
-            probe_cls=reduction is not None and reduction.needs_cls_attention,
-            probe_keys=reduction is not None and reduction.needs_keys,
-            **kwargs,
-        )
-        hidden_states = self.dropout(hidden_states) + residual
+        if self.attention_reuse is not None and state.reuse is not None:
+            attention_output, state = self._reuse_attention(hidden_states, state)
+            probe = None
+        else:
+            attention_output, probe = self._attend(hidden_states, attention_mask, state, reduction, **kwargs)
+            if state.reuse is not None:  # what a later reused layer starts from
+                prefix = state.num_prefix
+                state = state.replace(
+                    reused_cls=attention_output[:, :prefix], reused_patches=attention_output[:, prefix:]
+                )
+        hidden_states = self.dropout(attention_output) + residual
         if reduction is not None:
             hidden_states, state = reduction.after_attention(hidden_states, state, probe)
         trace = (attention_tokens, hidden_states.shape[1], state.positions, state.owner)
@@ -173,6 +218,36 @@ class TokenPruneViTLayer(ViTLayer):
             hidden_states, state = reduction.after_block(hidden_states, state)
         return hidden_states, state, trace
 
+    def _attend(self, hidden_states, attention_mask, state, reduction, **kwargs):
+        if not hasattr(self, "attention"):
+            raise ValueError(
+                f"layer {self.layer_idx} reuses attention and this checkpoint dropped its own attention weights "
+                "(keep_replaced_attention=false), so it cannot run with disable_plans=True."
+            )
+        if state.key_bias is not None:  # e.g. ToMe's proportional attention: log(size) added to each key's logits
+            bias = state.key_bias[:, None, None, :].to(hidden_states.dtype)
+            attention_mask = bias if attention_mask is None else attention_mask + bias
+        attention_output, _, probe = self.attention(
+            self.layernorm_before(hidden_states),
+            attention_mask,
+            probe_cls=reduction is not None and reduction.needs_cls_attention,
+            probe_keys=reduction is not None and reduction.needs_keys,
+            key_policy=state.key_policy,
+            **kwargs,
+        )
+        return attention_output, probe
+
+    def _reuse_attention(self, hidden_states, state):
+        """This layer's attention output from the previous one: CLS rows reused, patch rows through Phi."""
+        if hidden_states.shape[1] != state.num_embedding_tokens or state.reused_patches is None:
+            raise ValueError(
+                f"attention reuse at layer {self.layer_idx} needs the full patch grid and an earlier attention "
+                f"output, but the sequence holds {hidden_states.shape[1]} of {state.num_embedding_tokens} tokens; "
+                "reuse attention only in layers before the token reduction starts."
+            )
+        patches = self.attention_reuse(state.reused_patches, state.grid)  # (B, N, C)
+        return torch.cat([state.reused_cls, patches], dim=1), state.replace(reused_patches=patches)
+
 
 class TokenPruneViTPreTrainedModel(ViTPreTrainedModel):
     """`ViTPreTrainedModel` with our config class; `save_pretrained` also maps `AutoModel` to the base model."""
@@ -180,6 +255,61 @@ class TokenPruneViTPreTrainedModel(ViTPreTrainedModel):
     config_class = TokenPruneViTConfig
     config: TokenPruneViTConfig
     _no_split_modules = ["ViTEmbeddings", "TokenPruneViTLayer"]
+
+    @classmethod
+    def from_pretrained(cls, *args, **kwargs):
+        loaded = super().from_pretrained(*args, **kwargs)
+        model = loaded[0] if isinstance(loaded, tuple) else loaded
+        for module in model.modules():  # loading materialises fresh parameters, all trainable
+            if isinstance(module, TokenPruneViTLayer):
+                module.freeze_replaced_attention()
+        return loaded
+
+    @torch.no_grad()
+    def initialize_weights(self):
+        """HF's initialisation, then the schemes of our methods' modules (``init_tokenprune_weights``), which use
+        the guarded ``transformers.initialization`` functions, so weights loaded from a checkpoint stay untouched.
+        (HF skips the per-module hook for remote-code modules without direct parameters, hence this pass.)"""
+        super().initialize_weights()
+        for module in self.modules():
+            init_own = getattr(module, "init_tokenprune_weights", None)
+            if init_own is not None:
+                init_own(self.config.initializer_range)
+
+    def drop_training_modules(self) -> list[str]:
+        """Removes what only training needs (Cropr's auxiliary heads; with attention reuse, the unused attention
+        weights of reused layers) and records it in the config, so a saved checkpoint loads without them, with no
+        missing keys and the same eval logits. Returns the names of the removed modules."""
+        removed = []
+        for name, layer in self.named_modules():
+            if not isinstance(layer, TokenPruneViTLayer):
+                continue
+            reduction = layer.token_reduction
+            for path in getattr(reduction, "training_only_modules", ()) if reduction is not None else ():
+                parent_path, _, child = path.rpartition(".")
+                try:
+                    parent = reduction.get_submodule(parent_path)
+                except AttributeError:  # this layer's module has no such part (e.g. Cropr's rejoin layer)
+                    continue
+                if hasattr(parent, child):
+                    delattr(parent, child)
+                    removed.append(f"{name}.token_reduction.{path}")
+            if layer.attention_reuse is not None and hasattr(layer, "attention"):
+                del layer.attention, layer.layernorm_before
+                removed += [f"{name}.attention", f"{name}.layernorm_before"]
+        self._record_inference_plans()
+        return removed
+
+    def _record_inference_plans(self):
+        config = self.config
+        plan, reuse = config.token_reduction, config.attention_reuse
+        if plan is not None and get_reduction_class(plan["method"]).training_only_modules:
+            config.token_reduction = {**plan, "training_heads": False}
+        if reuse is not None:
+            config.attention_reuse = {**reuse, "keep_replaced_attention": False}
+        for module in self.modules():
+            if isinstance(module, TokenPruneViTModel):
+                module.built_plan = copy.deepcopy(config.token_reduction)
 
     def save_pretrained(self, save_directory, *args, **kwargs):
         module = type(self).__module__.split(".")[-1]
@@ -279,6 +409,7 @@ class TokenPruneViTModel(TokenPruneViTPreTrainedModel, ViTModel):
         """
         grid = check_pixel_values(pixel_values, self.config, interpolate_pos_encoding)
         plan = None if disable_plans else plan_in_force(self.config, self.built_plan, keep_rate)
+        reuse = None if disable_plans else self.config.attention_reuse
         if attention_mask is not None and self.config.token_reduction is not None:
             raise ValueError("attention_mask cannot be combined with token_reduction: the sequence changes length.")
         expected_dtype = self.embeddings.patch_embeddings.projection.weight.dtype
@@ -291,7 +422,7 @@ class TokenPruneViTModel(TokenPruneViTPreTrainedModel, ViTModel):
         attention_mask = create_bidirectional_mask(
             config=self.config, inputs_embeds=hidden_states, attention_mask=attention_mask
         )
-        state = TokenState.start(hidden_states, grid, plan)
+        state = TokenState.start(hidden_states, grid, plan, reuse)
         traces = []
         for layer in self.layers:
             hidden_states, state, trace = layer(hidden_states, attention_mask, state, **kwargs)
@@ -308,6 +439,8 @@ class TokenPruneViTModel(TokenPruneViTPreTrainedModel, ViTModel):
             token_positions=tuple(t[2] for t in traces),
             token_owner=tuple(t[3] for t in traces),
             patch_grid=grid,
+            aux_logits=state.aux_logits,
+            aux_loss=state.aux_loss,
         )
 
 
@@ -363,8 +496,12 @@ class TokenPruneViTForImageClassification(TokenPruneViTPreTrainedModel, ViTForIm
                 loss = loss + 0.5 * self.loss_function(labels, cls_logits, self.config, **kwargs)
         elif labels is not None:
             loss = self.loss_function(labels, logits, self.config, **kwargs)
+        aux_loss = self.auxiliary_loss(outputs, labels, **kwargs) if labels is not None else None
+        if aux_loss is not None:
+            loss = loss + aux_loss
         return TokenPruneViTImageClassifierOutput(
             loss=loss,
+            aux_loss=aux_loss,
             logits=logits,
             hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,
@@ -373,6 +510,20 @@ class TokenPruneViTForImageClassification(TokenPruneViTPreTrainedModel, ViTForIm
             token_owner=outputs.token_owner,
             patch_grid=outputs.patch_grid,
         )
+
+    def auxiliary_loss(self, outputs, labels, num_items_in_batch=None, **kwargs):
+        """The methods' training objectives, on the same footing as the main loss: auxiliary heads go through the
+        same loss function (which honours ``num_items_in_batch``); a batch-mean loss is rescaled to the per-item
+        normalisation the Trainer assumes when it passes ``num_items_in_batch`` (summed over accumulation steps
+        and multiplied by the number of processes)."""
+        terms = [
+            weight * self.loss_function(labels, logits, self.config, num_items_in_batch=num_items_in_batch, **kwargs)
+            for logits, weight in (outputs.aux_logits or ())
+        ]
+        if outputs.aux_loss is not None:
+            scale = 1.0 if num_items_in_batch is None else labels.shape[0] / num_items_in_batch
+            terms.append(outputs.aux_loss * scale)
+        return sum(terms[1:], terms[0]) if terms else None
 
 
 TokenPruneViTModel.register_for_auto_class("AutoModel")

@@ -65,6 +65,10 @@ class EViTReduction(TokenReduction):
         return [a * config.hidden_size * (2 if layer in plan["layers"] else 0) for layer, (a, _) in enumerate(counts)]
 
     @classmethod
+    def first_active_layer(cls, plan, config):
+        return plan["layers"][0]
+
+    @classmethod
     def build(cls, plan, config, layer_idx):
         return cls(plan, config, layer_idx) if layer_idx in plan["layers"] else None
 

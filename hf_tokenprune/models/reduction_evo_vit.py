@@ -123,6 +123,10 @@ class EvoViTReduction(TokenReduction):
         return macs
 
     @classmethod
+    def first_active_layer(cls, plan, config):
+        return plan["stages"][0][0] - 1  # the layer before the first stage ranks tokens with its own attention
+
+    @classmethod
     def build(cls, plan, config, layer_idx):
         first_start, last_start = plan["stages"][0][0], plan["stages"][-1][0]
         tracks_attention = first_start - 1 <= layer_idx < last_start

@@ -77,6 +77,10 @@ class SkipViTReduction(TokenReduction):
         return [a * config.hidden_size if layer == plan["drop_layer"] else 0 for layer, (a, _) in enumerate(counts)]
 
     @classmethod
+    def first_active_layer(cls, plan, config):
+        return plan["drop_layer"]
+
+    @classmethod
     def build(cls, plan, config, layer_idx):
         if (
             layer_idx == plan["drop_layer"]

@@ -98,6 +98,10 @@ class ToMeReduction(TokenReduction):
         return [((a + 1) // 2) * (a // 2) * head_dim if a > m else 0 for a, m in counts]
 
     @classmethod
+    def first_active_layer(cls, plan, config):
+        return next((layer for layer, r in enumerate(plan["r"]) if r > 0), config.num_hidden_layers)
+
+    @classmethod
     def build(cls, plan, config, layer_idx):
         return cls(plan, config, layer_idx)  # every layer: r is a runtime option and may become > 0
 

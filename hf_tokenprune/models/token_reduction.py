@@ -150,12 +150,20 @@ class TokenState:
     global_attention: torch.Tensor | None = None  # (B, T) class attention averaged over layers (Evo-ViT)
     grid: tuple[int, int] = (0, 0)  # patch grid (rows, columns) of this input
     scratch: Any = None  # a value one hook of a layer hands to a later hook of the same layer
+    key_policy: torch.Tensor | None = None  # (B, N_cur) 0/1 keys attention may use (DynamicViT training)
+    aux_logits: tuple = ()  # ((logits (B, labels), weight), ...) auxiliary predictions to train on labels (Cropr)
+    aux_loss: torch.Tensor | None = None  # auxiliary loss that needs no labels, a batch mean (DynamicViT ratio)
+    reuse: dict | None = None  # the attention-reuse plan in force
+    reused_cls: torch.Tensor | None = None  # (B, P, C) last computed attention output of the prefix tokens
+    reused_patches: torch.Tensor | None = None  # (B, N, C) last attention output of the patch tokens
 
     @classmethod
-    def start(cls, embeddings: torch.Tensor, grid: tuple[int, int], plan: dict | None) -> "TokenState":
+    def start(
+        cls, embeddings: torch.Tensor, grid: tuple[int, int], plan: dict | None, reuse: dict | None = None
+    ) -> "TokenState":
         batch, length = embeddings.shape[:2]
         positions = torch.arange(length, device=embeddings.device).expand(batch, length)
-        return cls(positions=positions, plan=plan, grid=grid)
+        return cls(positions=positions, plan=plan, grid=grid, reuse=reuse)
 
     @property
     def num_embedding_tokens(self) -> int:
@@ -265,6 +273,8 @@ class TokenReduction(nn.Module):
     # changes to them (keep-rate schedules, runtime overrides). The others are fixed when the model is built.
     runtime_options: tuple = ()
     uses_keep_rate: bool = False
+    # Submodules (relative to the method's module) needed only to train; an inference checkpoint leaves them out.
+    training_only_modules: tuple = ()
 
     def __init__(self, plan: dict, config: Any, layer_idx: int):
         super().__init__()
@@ -291,6 +301,11 @@ class TokenReduction(nn.Module):
     def extra_macs(cls, plan: dict, config: Any, counts: list[tuple[int, int]]) -> list[int]:
         """Multiply-accumulates per image that the method adds at each layer (scorers, CLS rows, matching)."""
         return [0] * len(counts)
+
+    @classmethod
+    def first_active_layer(cls, plan: dict, config: Any) -> int:
+        """The first layer whose input sequence changes or that needs its own attention probe (conservative: 0)."""
+        return 0
 
     @classmethod
     def build(cls, plan: dict, config: Any, layer_idx: int) -> "TokenReduction | None":

@@ -1,0 +1,215 @@
+"""Token Cropr: learned, task-specific token pruning with auxiliary heads.
+
+Bergner, Lippert, Mahendran, "Token Cropr: Faster ViTs for Quite a Few Tasks", arXiv 2412.00965, 2024;
+reference code benbergner/cropr.
+
+After every block but the last (the last two with ``last_layer_fusion``) a scorer removes a fixed number of tokens.
+The scorer is a cross-attention with learned queries: a token's score is the sum over heads and queries of the raw
+logits ``q . k_i``. In training an auxiliary head sees the block's output *detached* (value projection, softmax
+attention, MLP, classifier) and adds its task loss to the model's loss: it trains the queries and the scorer, never
+the backbone. At inference only the scorer is needed; because the queries are fixed, the score of a token reduces
+to ``LayerNorm(x_i) . (W_k^T sum_m q_m)`` (plus a constant), an O(N * d) product instead of a key projection.
+With ``last_layer_fusion`` the pruned tokens are kept aside and rejoin (in patch order) before the final block.
+"""
+
+import torch
+from torch import nn
+from transformers import initialization as init
+
+from .token_reduction import (
+    TokenReduction,
+    TokenState,
+    check_bool,
+    check_int,
+    check_options,
+    keep_tokens,
+    park_tokens,
+    rank_patches,
+    register_reduction,
+    rejoin_parked,
+)
+
+
+def _num_modules(plan, num_layers):
+    return num_layers - 2 if plan["last_layer_fusion"] else num_layers - 1
+
+
+def _check_schedule(plan, config) -> list[int]:
+    """``tokens_per_layer`` as a list with one count per pruning module (after blocks 0, 1, ...)."""
+    count = _num_modules(plan, config.num_hidden_layers)
+    field = "token_reduction['tokens_per_layer']"
+    value = plan["tokens_per_layer"]
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = [value] * count
+    if not isinstance(value, (list, tuple)) or len(value) != count:
+        raise ValueError(
+            f"{field} = {value!r} must be an int or a list of {count} counts, one per pruning module (after every "
+            f"block but the last{' two, with last_layer_fusion' if plan['last_layer_fusion'] else ''})."
+        )
+    patches = config.num_patches
+    for index, removed in enumerate(value):
+        check_int(removed, field, 0, patches, "tokens removed after a block")
+        patches -= removed
+        if patches < 1:
+            raise ValueError(
+                f"{field} = {list(value)!r} removes every patch token by block {index}; at most "
+                f"{config.num_patches - 1} tokens can be removed in total."
+            )
+    return list(value)
+
+
+class CrossAttentionScorer(nn.Module):
+    """Learned queries attending to the tokens: scores for pruning, and an auxiliary prediction in training."""
+
+    def __init__(self, config, plan):
+        super().__init__()
+        width, self.num_heads = config.hidden_size, plan["num_heads"] or config.num_attention_heads
+        self.head_dim = width // self.num_heads
+        self.queries = nn.Parameter(torch.empty(1, plan["num_queries"], width))
+        self.norm = nn.LayerNorm(width, eps=config.layer_norm_eps)
+        self.q_proj = nn.Linear(width, width)
+        self.k_proj = nn.Linear(width, width)
+        if plan["training_heads"]:  # training only: dropped from inference checkpoints
+            self.aux_head = AuxiliaryHead(config, plan, self.num_heads)
+        self.init_tokenprune_weights()
+
+    @torch.no_grad()
+    def init_tokenprune_weights(self, std: float = 0.02) -> None:
+        """Queries ~ N(0, 1/d), as in the reference code; HF's loader calls it for missing weights only."""
+        init.trunc_normal_(self.queries, std=self.queries.shape[-1] ** -0.5)
+
+    def fast_scores(self, x: torch.Tensor) -> torch.Tensor:
+        """Inference scores (B, N): the same ranking as ``sum_heads sum_queries q . k_i`` at O(N * d)."""
+        query = self.q_proj(self.queries).sum(dim=1)[0]  # (d,) sum over queries
+        weight = self.k_proj.weight.t() @ query  # (d,)
+        return self.norm(x) @ weight
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Training: (scores (B, N), auxiliary logits (B, labels)) from detached tokens."""
+        batch, length, width = x.shape
+        x = self.norm(x.detach())
+        query = self.q_proj(self.queries).expand(batch, -1, -1)  # (B, M, d)
+        query = query.view(batch, -1, self.num_heads, self.head_dim).transpose(1, 2)  # (B, H, M, hd)
+        key = self.k_proj(x).view(batch, length, self.num_heads, self.head_dim).transpose(1, 2)  # (B, H, N, hd)
+        logits = query @ key.transpose(-1, -2)  # (B, H, M, N) raw logits
+        return logits.sum(dim=(1, 2)), self.aux_head(x, logits)
+
+
+class AuxiliaryHead(nn.Module):
+    """Value projection, softmax attention of the learned queries, MLP and classifier (training only)."""
+
+    def __init__(self, config, plan, num_heads):
+        super().__init__()
+        width = config.hidden_size
+        self.num_heads, self.scaling = num_heads, (width // num_heads) ** -0.5
+        self.v_proj = nn.Linear(width, width)
+        self.out_proj = nn.Linear(width, width) if num_heads > 1 else nn.Identity()
+        self.mlp_norm = nn.LayerNorm(width, eps=config.layer_norm_eps)
+        hidden = int(width * plan["mlp_ratio"])
+        self.mlp = nn.Sequential(nn.Linear(width, hidden), nn.GELU(), nn.Linear(hidden, width))
+        self.head_norm = nn.LayerNorm(width, eps=config.layer_norm_eps)
+        self.head = nn.Linear(width, config.num_labels) if config.num_labels > 0 else nn.Identity()
+
+    def forward(self, x: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+        batch, length, width = x.shape
+        value = self.v_proj(x).view(batch, length, self.num_heads, -1).transpose(1, 2)  # (B, H, N, hd)
+        pooled = (logits * self.scaling).softmax(dim=-1) @ value  # (B, H, M, hd)
+        pooled = self.out_proj(pooled.transpose(1, 2).reshape(batch, -1, width))  # (B, M, d)
+        pooled = pooled + self.mlp(self.mlp_norm(pooled))
+        return self.head(self.head_norm(pooled.mean(dim=1)))  # (B, labels)
+
+
+@register_reduction("cropr")
+class CroprReduction(TokenReduction):
+    options = {
+        "tokens_per_layer": 8,
+        "last_layer_fusion": True,
+        "num_queries": 1,
+        "num_heads": None,
+        "mlp_ratio": 4.0,
+        "aux_loss_weight": 1.0,
+        "training_heads": True,
+    }
+    runtime_options = ("tokens_per_layer", "aux_loss_weight")
+    training_only_modules = ("scorer.aux_head",)
+
+    @classmethod
+    def check_plan(cls, plan, config):
+        plan = check_options(plan, cls.options, "token_reduction")
+        plan["last_layer_fusion"] = check_bool(plan["last_layer_fusion"], "token_reduction['last_layer_fusion']")
+        if _num_modules(plan, config.num_hidden_layers) < 1:
+            raise ValueError(f"cropr needs more layers than {config.num_hidden_layers} for its pruning modules.")
+        plan["tokens_per_layer"] = _check_schedule(plan, config)
+        check_int(plan["num_queries"], "token_reduction['num_queries']", 1, 4096)
+        if plan["num_heads"] is not None:
+            check_int(plan["num_heads"], "token_reduction['num_heads']", 1, config.hidden_size)
+            if config.hidden_size % plan["num_heads"]:
+                raise ValueError(
+                    f"token_reduction['num_heads'] = {plan['num_heads']} must divide hidden_size {config.hidden_size}."
+                )
+        for key in ("mlp_ratio", "aux_loss_weight"):
+            value = plan[key]
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+                raise ValueError(f"token_reduction['{key}'] = {value!r} must be a non-negative number.")
+            plan[key] = float(value)
+        plan["training_heads"] = check_bool(plan["training_heads"], "token_reduction['training_heads']")
+        return plan
+
+    @classmethod
+    def token_counts(cls, plan, num_layers, num_patches, keep_rate=None):
+        counts, tokens = [], num_patches + 1
+        for layer in range(num_layers):
+            if plan["last_layer_fusion"] and layer == num_layers - 1:
+                tokens = num_patches + 1  # the pruned tokens rejoin before the final block
+            counts.append((tokens, tokens))
+            if layer < len(plan["tokens_per_layer"]):
+                tokens -= min(plan["tokens_per_layer"][layer], tokens - 2)
+        return counts
+
+    @classmethod
+    def extra_macs(cls, plan, config, counts):
+        # Inference scorer: one d-vector product per token after each pruning module's block.
+        width = config.hidden_size
+        return [m * width if layer < len(plan["tokens_per_layer"]) else 0 for layer, (_, m) in enumerate(counts)]
+
+    @classmethod
+    def first_active_layer(cls, plan, config):
+        return 1  # the sequence shrinks after block 0
+
+    @classmethod
+    def build(cls, plan, config, layer_idx):
+        prunes = layer_idx < _num_modules(plan, config.num_hidden_layers)
+        rejoins = plan["last_layer_fusion"] and layer_idx == config.num_hidden_layers - 1
+        return cls(plan, config, layer_idx) if prunes or rejoins else None
+
+    def __init__(self, plan, config, layer_idx):
+        super().__init__(plan, config, layer_idx)
+        self.module_index = layer_idx if layer_idx < len(plan["tokens_per_layer"]) else None
+        if self.module_index is not None:
+            self.scorer = CrossAttentionScorer(config, plan)
+        self.keep_pruned = plan["last_layer_fusion"] or bool(config.restore_tokens)
+
+    def before_block(self, x: torch.Tensor, state: TokenState):
+        if self.module_index is None:  # the final block with last-layer fusion
+            return rejoin_parked(x, state)
+        return x, state
+
+    def after_block(self, x: torch.Tensor, state: TokenState):
+        if self.module_index is None:
+            return x, state
+        num_prefix = state.num_prefix
+        num_patches = x.shape[1] - num_prefix
+        removed = min(state.plan["tokens_per_layer"][self.module_index], num_patches - 1)
+        if removed <= 0:
+            return x, state
+        # 1. Score the tokens; in training the auxiliary head also predicts the label from detached tokens.
+        if self.training and hasattr(self.scorer, "aux_head"):
+            scores, aux_logits = self.scorer(x)
+            state = state.replace(aux_logits=state.aux_logits + ((aux_logits, state.plan["aux_loss_weight"]),))
+        else:
+            scores = self.scorer.fast_scores(x)
+        # 2. Keep the best-scored patch tokens (CLS always stays); set the others aside if they rejoin later.
+        keep, pruned = rank_patches(scores[:, num_prefix:], num_patches - removed, num_prefix)
+        if self.keep_pruned:
+            state = park_tokens(x, state, pruned)
+        return keep_tokens(x, state, keep)

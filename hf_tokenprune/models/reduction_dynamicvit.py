@@ -1,0 +1,163 @@
+"""DynamicViT: a learned predictor decides which tokens to keep before chosen layers.
+
+Rao et al., "DynamicViT: Efficient Vision Transformers with Dynamic Token Sparsification", NeurIPS 2021
+(arXiv 2106.02034); reference code raoyongming/DynamicViT.
+
+Before each listed layer a small predictor looks at every patch token (its own features and a global, keep-weighted
+average) and gives it a keep probability. After stage ``i`` (0-based) ``ceil(keep_rate ** (i + 1) * N)`` of the
+original ``N`` patch tokens remain.
+
+- Inference: top-k of the predicted keep score and a gather, so the sequence really shrinks (static shapes).
+- Training, ``train_mode="mask"`` (the paper): hard Gumbel-softmax decisions with a straight-through gradient;
+  dropped tokens stay in the sequence but are masked out of every other token's attention, so gradients reach the
+  predictor. A keep-ratio loss pulls the kept fraction of each stage towards its target. No training speed-up, and
+  ``token_counts`` in training report the full sequence the layers really process.
+- Training, ``train_mode="gather"`` (ours): the predictor's scores plus Gumbel noise choose exactly the inference
+  count, the sequence is gathered as at inference (training is as fast as inference), and the kept tokens are scaled
+  by ``1 + p - stop_gradient(p)`` (value unchanged, gradient to the keep probability ``p``).
+"""
+
+import torch
+from torch import nn
+
+from .token_reduction import (
+    TokenReduction,
+    TokenState,
+    check_choice,
+    check_keep_rate,
+    check_layers,
+    check_options,
+    gather_tokens,
+    keep_tokens,
+    kept_count,
+    park_tokens,
+    rank_patches,
+    register_reduction,
+    scaled_layers,
+)
+
+TRAIN_MODES = ("mask", "gather")
+
+
+def stage_keep_counts(plan, num_patches, keep_rate=None):
+    """Patch tokens kept after each stage: ceil(keep_rate ** (i + 1) * N)."""
+    rate = plan["keep_rate"] if keep_rate is None else keep_rate
+    return [kept_count(num_patches, rate ** (stage + 1)) for stage in range(len(plan["layers"]))]
+
+
+class KeepPredictor(nn.Module):
+    """Per-token keep/drop log-probabilities from local features and a keep-weighted global feature."""
+
+    def __init__(self, width: int, eps: float):
+        super().__init__()
+        self.project = nn.Sequential(nn.LayerNorm(width, eps=eps), nn.Linear(width, width), nn.GELU())
+        self.classify = nn.Sequential(
+            nn.Linear(width, width // 2),
+            nn.GELU(),
+            nn.Linear(width // 2, width // 4),
+            nn.GELU(),
+            nn.Linear(width // 4, 2),
+            nn.LogSoftmax(dim=-1),
+        )
+
+    def forward(self, tokens: torch.Tensor, keep: torch.Tensor | None) -> torch.Tensor:
+        """(B, N, 2) log-probabilities of (keep, drop); ``keep`` (B, N, 1) weights the global average."""
+        features = self.project(tokens)  # (B, N, d)
+        half = features.shape[-1] // 2
+        local, global_part = features[..., :half], features[..., half:]
+        if keep is None:
+            pooled = global_part.mean(dim=1, keepdim=True)
+        else:
+            pooled = (global_part * keep).sum(dim=1, keepdim=True) / keep.sum(dim=1, keepdim=True).clamp_min(1e-6)
+        return self.classify(torch.cat([local, pooled.expand_as(local)], dim=-1))
+
+
+@register_reduction("dynamicvit")
+class DynamicViTReduction(TokenReduction):
+    options = {"layers": None, "keep_rate": 0.7, "ratio_loss_weight": 2.0, "train_mode": "mask"}
+    runtime_options = ("keep_rate", "ratio_loss_weight")
+    uses_keep_rate = True
+
+    @classmethod
+    def check_plan(cls, plan, config):
+        plan = check_options(plan, cls.options, "token_reduction")
+        num_layers = config.num_hidden_layers
+        if plan["layers"] is None:
+            plan["layers"] = [layer for layer in scaled_layers([3, 6, 9], num_layers) if layer > 0] or [num_layers - 1]
+        plan["layers"] = check_layers(plan["layers"], "token_reduction['layers']", num_layers, low=1)
+        plan["keep_rate"] = check_keep_rate(plan["keep_rate"], "token_reduction['keep_rate']")
+        weight = plan["ratio_loss_weight"]
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or weight < 0:
+            raise ValueError(f"token_reduction['ratio_loss_weight'] = {weight!r} must be a non-negative number.")
+        plan["ratio_loss_weight"] = float(weight)
+        check_choice(plan["train_mode"], "token_reduction['train_mode']", TRAIN_MODES)
+        return plan
+
+    @classmethod
+    def token_counts(cls, plan, num_layers, num_patches, keep_rate=None):
+        counts, tokens, kept = [], num_patches + 1, stage_keep_counts(plan, num_patches, keep_rate)
+        for layer in range(num_layers):
+            if layer in plan["layers"]:
+                tokens = 1 + kept[plan["layers"].index(layer)]
+            counts.append((tokens, tokens))
+        return counts
+
+    @classmethod
+    def extra_macs(cls, plan, config, counts):
+        # The predictor on the tokens entering each listed layer: d*d + d*d/2 + d*d/8 + d/2 per token.
+        width = config.hidden_size
+        per_token = width * width + width * (width // 2) + (width // 2) * (width // 4) + (width // 4) * 2
+        tokens_before = [counts[0][0]] + [m for _, m in counts[:-1]]
+        return [(n - 1) * per_token if layer in plan["layers"] else 0 for layer, n in enumerate(tokens_before)]
+
+    @classmethod
+    def first_active_layer(cls, plan, config):
+        return plan["layers"][0]
+
+    @classmethod
+    def build(cls, plan, config, layer_idx):
+        return cls(plan, config, layer_idx) if layer_idx in plan["layers"] else None
+
+    def __init__(self, plan, config, layer_idx):
+        super().__init__(plan, config, layer_idx)
+        self.stage = plan["layers"].index(layer_idx)
+        self.predictor = KeepPredictor(config.hidden_size, config.layer_norm_eps)
+        self.park_dropped = bool(config.restore_tokens)
+
+    def before_block(self, x: torch.Tensor, state: TokenState):
+        num_prefix = state.num_prefix
+        num_patches = state.num_embedding_tokens - num_prefix
+        target = stage_keep_counts(state.plan, num_patches)[self.stage]
+        if self.training and state.plan["train_mode"] == "mask":
+            return self._mask(x, state, target / num_patches)
+        if target >= x.shape[1] - num_prefix:
+            return x, state
+        log_probs = self.predictor(x[:, num_prefix:], None)  # (B, N_cur, 2)
+        scores = log_probs[..., 0]
+        if self.training:  # gather mode: Gumbel-perturbed choice of exactly `target` tokens
+            uniform = torch.rand_like(scores).clamp(1e-9, 1 - 1e-9)
+            scores = scores - torch.log(-torch.log(uniform))
+        keep, dropped = rank_patches(scores, target, num_prefix)
+        if self.park_dropped:
+            state = park_tokens(x, state, dropped)
+        x, state = keep_tokens(x, state, keep)
+        if self.training:  # straight-through: value unchanged, gradient to the keep probability
+            probability = gather_tokens(log_probs[..., :1].exp(), keep - num_prefix)  # (B, K, 1)
+            scale = 1.0 + probability - probability.detach()
+            x = torch.cat([x[:, :num_prefix], x[:, num_prefix:] * scale], dim=1)
+        return x, state
+
+    def _mask(self, x, state, target_ratio):
+        """The paper's training: hard Gumbel decisions mask attention; a ratio loss steers the kept fraction."""
+        num_prefix = state.num_prefix
+        previous = state.key_policy  # (B, T) or None: earlier stages' decisions, 1 for prefix tokens
+        previous_patches = None if previous is None else previous[:, num_prefix:, None]
+        log_probs = self.predictor(x[:, num_prefix:], previous_patches)
+        decision = nn.functional.gumbel_softmax(log_probs, hard=True)[..., 0]  # (B, N) straight-through 0/1
+        if previous is not None:
+            decision = decision * previous[:, num_prefix:]
+        ratio_loss = ((decision.mean(dim=1) - target_ratio) ** 2).mean()
+        ratio_loss = ratio_loss * state.plan["ratio_loss_weight"] / len(state.plan["layers"])
+        policy = torch.cat([decision.new_ones(decision.shape[0], num_prefix), decision], dim=1)  # (B, T)
+        aux_loss = ratio_loss if state.aux_loss is None else state.aux_loss + ratio_loss
+        return x, state.replace(key_policy=policy, aux_loss=aux_loss)
