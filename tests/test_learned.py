@@ -196,3 +196,15 @@ def test_skipat_needs_at_least_hidden_ratio_two_for_the_identity_start():
         tiny_config(),
     )
     assert phi.expand.out_features == TINY["hidden_size"]
+
+
+def test_batch_mean_auxiliary_loss_follows_the_trainers_per_item_normalisation(stock_model):
+    from types import SimpleNamespace
+
+    model = pruned_model(stock_model, token_reduction=REDUCING_PLANS["dynamicvit"])
+    labels = torch.tensor([0, 1])
+    outputs = SimpleNamespace(aux_logits=(), aux_loss=torch.tensor(0.8))
+    torch.testing.assert_close(model.auxiliary_loss(outputs, labels), torch.tensor(0.8))
+    # Four micro-batches of 2 make a global batch of 8: the Trainer sums them, so each counts 2/8 of its mean.
+    scaled = model.auxiliary_loss(outputs, labels, num_items_in_batch=torch.tensor(8))
+    torch.testing.assert_close(4 * scaled, torch.tensor(0.8))
