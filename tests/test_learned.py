@@ -208,3 +208,11 @@ def test_batch_mean_auxiliary_loss_follows_the_trainers_per_item_normalisation(s
     # Four micro-batches of 2 make a global batch of 8: the Trainer sums them, so each counts 2/8 of its mean.
     scaled = model.auxiliary_loss(outputs, labels, num_items_in_batch=torch.tensor(8))
     torch.testing.assert_close(4 * scaled, torch.tensor(0.8))
+
+
+def test_attention_reuse_works_on_a_non_square_grid(stock_model):
+    model = pruned_model(stock_model, **REUSE_PLANS["skipat+evit"])
+    with torch.no_grad():
+        out = model(torch.randn(2, 3, 40, 48), interpolate_pos_encoding=True)
+    assert out.patch_grid == (10, 12)
+    assert list(out.token_counts) == model.config.token_counts(image_size=(40, 48))

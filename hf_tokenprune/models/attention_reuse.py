@@ -153,8 +153,13 @@ class SkipAtPhi(nn.Module):
 
     def forward(self, previous: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
         """(B, N, d) previous attention output of the patch tokens -> (B, N, d) this layer's."""
-        batch, _, _ = previous.shape
+        batch, length, _ = previous.shape
         hidden = self.activation(self.expand(previous))  # (B, N, 2d)
-        spatial = hidden.transpose(1, 2).reshape(batch, -1, grid[0], grid[1])  # (B, 2d, rows, cols)
-        hidden = self.activation(self.depthwise(spatial)).flatten(2).transpose(1, 2)  # (B, N, 2d)
+        # The token layout is already channels-last: view it as (B, 2d, rows, cols) without a copy.
+        spatial = hidden.view(batch, grid[0], grid[1], -1).permute(0, 3, 1, 2)
+        weight = self.depthwise.weight.contiguous(memory_format=torch.channels_last)
+        spatial = nn.functional.conv2d(
+            spatial, weight, self.depthwise.bias, padding=self.depthwise.padding, groups=self.depthwise.groups
+        )
+        hidden = self.activation(spatial.permute(0, 2, 3, 1).reshape(batch, length, -1))  # (B, N, 2d)
         return self.gate(self.reduce(hidden))
