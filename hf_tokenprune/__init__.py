@@ -19,6 +19,11 @@ AutoConfig.register(TokenPruneViTConfig.model_type, TokenPruneViTConfig, exist_o
 AutoModel.register(TokenPruneViTConfig, TokenPruneViTModel, exist_ok=True)
 AutoModelForImageClassification.register(TokenPruneViTConfig, TokenPruneViTForImageClassification, exist_ok=True)
 
+from . import hub as _hub  # noqa: E402
+
+# model.push_to_hub and Trainer.push_to_hub of TokenPruneViT models upload hf_tokenprune's model card.
+_hub.install()
+
 __all__ = [
     "REDUCTION_METHODS",
     "TokenPruneViTConfig",

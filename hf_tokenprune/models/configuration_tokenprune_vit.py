@@ -37,6 +37,15 @@ class TokenPruneViTConfig(ViTConfig):
     """
 
     model_type = "tokenprune_vit"
+    # Bookkeeping outputs (Python ints and ragged tensors) that Trainer.evaluate must not gather as logits.
+    keys_to_ignore_at_inference = [
+        "token_counts",
+        "token_positions",
+        "token_owner",
+        "patch_grid",
+        "aux_logits",
+        "aux_loss",
+    ]
 
     token_reduction: dict | None = None
     attention_reuse: dict | None = None
