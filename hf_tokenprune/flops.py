@@ -5,6 +5,7 @@ patch embedding, the q/k/v/o projections, the two attention matmuls, the MLP, th
 (the CLS attention row, ToMe's matching, learned scorers and predictors), and for attention reuse the reuse
 function in place of the attention. Not counted, as the FLOP counter does not count
 them either: LayerNorm, softmax, GELU, residual additions, gathers and scatters (all linear in tokens x width).
+On the CPU the counter does not see the fused SDPA kernel either, so a cross-check runs the eager attention.
 
 The ideal speed-up of a plan is the stock model's FLOPs over the plan's.
 """

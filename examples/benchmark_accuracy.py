@@ -1,0 +1,409 @@
+"""Accuracy against speed for every token-reduction method, on the embedded cluttered digits (no download).
+
+One command:
+
+    python examples/benchmark_accuracy.py                 # the full benchmark: docs/BENCHMARKS.md and PNGs
+    python examples/benchmark_accuracy.py --tiny --output-dir /tmp/acc    # a small version for CI (under a minute)
+
+The full run takes roughly half an hour on a quiet 2-core CPU (about 10 minutes to train the base ViT, then two
+fine-tuning epochs for each of about 24 operating points); measure on an otherwise idle machine.
+
+It trains a small ViT from scratch on the cluttered digits (`hf_tokenprune.data`), then, for every registered
+method at two or three operating points (and SkipAt attention reuse, when registered), measures
+
+- the validation accuracy with the trained weights as they are (zero-shot) and after a short fine-tune with the
+  plan in place (plain cross-entropy plus whatever auxiliary loss the method adds to ``loss``; no method-specific
+  recipe);
+- the FLOPs and ideal speed-up (`hf_tokenprune.flops`);
+- the measured inference speed-up against stock `ViTForImageClassification` with the same weights, paired and
+  interleaved in one process (`hf_tokenprune.benchmark`).
+
+It writes ``BENCHMARKS.md`` (the table and the machine it ran on), ``accuracy_vs_speedup.png`` (the Pareto
+picture) and ``accuracy_benchmark.json`` into ``--output-dir`` (default ``docs``).
+"""
+
+import argparse
+import copy
+import datetime
+import json
+import math
+import os
+import sys
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from hf_tokenprune import REDUCTION_METHODS, TokenPruneViTConfig, TokenPruneViTForImageClassification
+from hf_tokenprune.benchmark import BenchmarkSettings, machine_info, parse_device, run_benchmark
+from hf_tokenprune.data import cluttered_digits_arrays
+from hf_tokenprune.flops import count_flops
+from hf_tokenprune.models.token_reduction import scaled_layers
+from hf_tokenprune.visualization import plot_kept_tokens, plot_pareto
+
+SETTINGS = ("zero-shot", "fine-tuned")
+
+
+@dataclass
+class Recipe:
+    """Model size and training lengths; ``--tiny`` shrinks everything so that a CI test runs it."""
+
+    canvas_size: int = 64
+    patch_size: int = 8
+    hidden_size: int = 96
+    num_hidden_layers: int = 6
+    num_attention_heads: int = 3
+    intermediate_size: int = 192
+    copies: int = 3  # each training digit rendered this many times, at different places
+    epochs: int = 30
+    learning_rate: float = 2e-3
+    finetune_epochs: int = 2
+    finetune_learning_rate: float = 5e-4
+    batch_size: int = 32
+    max_train: int | None = None
+    max_eval: int | None = None
+    operating_points: int = 3
+    bench_batch_size: int = 64
+    bench_rounds: int = 5
+
+
+TINY = dict(
+    canvas_size=32, patch_size=4, hidden_size=48, num_hidden_layers=4, num_attention_heads=4, intermediate_size=96,
+    copies=1, epochs=1,
+    finetune_epochs=1, batch_size=32, max_train=192, max_eval=96, operating_points=2, bench_batch_size=8,
+    bench_rounds=1,
+)  # fmt: skip
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Data, training, evaluation
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def load_data(recipe: Recipe, seed: int) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Cluttered digits as normalised (N, 3, H, W) tensors (mean and std 0.5, as ViTImageProcessor) and labels."""
+    arrays = cluttered_digits_arrays(seed=seed, canvas_size=recipe.canvas_size, copies=recipe.copies)
+    limits = {"train": recipe.max_train, "validation": recipe.max_eval}
+    data = {}
+    for split, (images, labels) in arrays.items():
+        images, labels = images[: limits[split]], labels[: limits[split]]
+        pixels = torch.from_numpy((images - 0.5) / 0.5).unsqueeze(1).expand(-1, 3, -1, -1).contiguous()
+        data[split] = (pixels, torch.from_numpy(labels))
+    return data
+
+
+def base_config(recipe: Recipe, **plans: Any) -> TokenPruneViTConfig:
+    return TokenPruneViTConfig(
+        image_size=recipe.canvas_size, patch_size=recipe.patch_size, hidden_size=recipe.hidden_size,
+        num_hidden_layers=recipe.num_hidden_layers, num_attention_heads=recipe.num_attention_heads,
+        intermediate_size=recipe.intermediate_size, num_labels=10, **plans,
+    )  # fmt: skip
+
+
+def train(model, data, epochs: int, learning_rate: float, batch_size: int, seed: int, desc: str) -> None:
+    """AdamW with a cosine schedule and warm-up; the loss is whatever the model returns (auxiliary losses included)."""
+    from tqdm.auto import tqdm
+    from transformers import get_cosine_schedule_with_warmup
+
+    pixels, labels = data
+    steps_per_epoch = math.ceil(len(labels) / batch_size)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=learning_rate, weight_decay=0.05)
+    schedule = get_cosine_schedule_with_warmup(
+        optimizer, max(1, steps_per_epoch * epochs // 10), steps_per_epoch * epochs
+    )
+    generator = torch.Generator().manual_seed(seed)
+    model.train()
+    for _ in tqdm(range(epochs), desc=desc, leave=False):
+        order = torch.randperm(len(labels), generator=generator)
+        for start in range(0, len(labels), batch_size):
+            batch = order[start : start + batch_size]
+            loss = model(pixel_values=pixels[batch], labels=labels[batch]).loss
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            schedule.step()
+    model.eval()
+
+
+def evaluate(model, data, batch_size: int = 256) -> float:
+    """Top-1 accuracy on ``data``."""
+    pixels, labels = data
+    model.eval()
+    correct = 0
+    with torch.inference_mode():
+        for start in range(0, len(labels), batch_size):
+            logits = model(pixel_values=pixels[start : start + batch_size]).logits
+            correct += int((logits.argmax(-1) == labels[start : start + batch_size]).sum())
+    return correct / len(labels)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Operating points
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _amounts(recipe: Recipe, strengths: list[float]) -> list[float]:
+    """The first ``recipe.operating_points`` strengths, mildest first, keeping the strongest."""
+    count = recipe.operating_points
+    return strengths if count >= len(strengths) else strengths[len(strengths) - count :]
+
+
+def operating_points(recipe: Recipe) -> list[tuple[str, str, dict]]:
+    """(method, operating point, wrapped plan entry) for every registered method and attention-reuse method.
+
+    Methods this script does not know are run with their defaults (one point), so a new method shows up anyway.
+    """
+    from hf_tokenprune.models.attention_reuse import ATTENTION_REUSE_METHODS
+
+    patches = (recipe.canvas_size // recipe.patch_size) ** 2
+    depth = recipe.num_hidden_layers
+    keep = _amounts(recipe, [0.9, 0.7, 0.5])
+    known = {
+        "evit": [{"keep_rate": k} for k in keep],
+        "supervit": [{"keep_rate": k} for k in keep],
+        "dynamicvit": [{"keep_rate": k} for k in keep],
+        "evo_vit": [{"keep_rate": k} for k in _amounts(recipe, [0.7, 0.5, 0.3])],
+        "skipvit": [{"keep_rate": k} for k in _amounts(recipe, [0.7, 0.45, 0.3])],
+        # ToMe: merge 25%, 45%, 60% of the patches over the depth; Cropr: prune 50%, 70%, 90% by the last modules.
+        "tome": [{"r": max(1, round(f * patches / depth))} for f in _amounts(recipe, [0.25, 0.45, 0.6])],
+        "cropr": [{"tokens_per_layer": max(1, round(f * patches / max(1, depth - 2)))}
+                  for f in _amounts(recipe, [0.5, 0.7, 0.9])],
+    }  # fmt: skip
+    points = []
+    for method in sorted(REDUCTION_METHODS):
+        for options in known.get(method, [{}]):
+            name = " ".join(f"{k}={v}" for k, v in options.items()) or "defaults"
+            points.append((method, name, {"token_reduction": {"method": method, **options}}))
+    if "skipat" in ATTENTION_REUSE_METHODS:
+        spans = [[3, 4, 5], [3, 4, 5, 6, 7, 8]][2 - min(2, recipe.operating_points) :]
+        for span in spans:
+            layers = [layer for layer in scaled_layers(span, depth) if 0 < layer < depth]
+            plan = {"method": "skipat", "layers": layers}
+            points.append(("skipat", f"layers={layers}", {"token_reduction": None, "attention_reuse": plan}))
+    return points
+
+
+def plan_model(recipe: Recipe, entry: dict, weights: dict, seed: int) -> TokenPruneViTForImageClassification:
+    """A model with the plan and the base weights; the plan's own new parameters are initialised from ``seed``."""
+    torch.manual_seed(seed)
+    model = TokenPruneViTForImageClassification(base_config(recipe, **entry))
+    _, unexpected = model.load_state_dict(weights, strict=False)
+    if unexpected:
+        raise RuntimeError(f"base weights {unexpected[:3]} do not fit the plan's model.")
+    return model.eval()
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The benchmark
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def finetune(model, recipe: Recipe, data, seed: int, desc: str) -> None:
+    lr, epochs = recipe.finetune_learning_rate, recipe.finetune_epochs
+    train(model, data["train"], epochs, lr, recipe.batch_size, seed, desc)
+
+
+def train_base(recipe: Recipe, data, seed: int) -> tuple[dict, dict[str, float]]:
+    """The base ViT's weights, and the stock accuracy before and after the same fine-tune the plans get."""
+    torch.manual_seed(seed)
+    base = TokenPruneViTForImageClassification(base_config(recipe))
+    train(base, data["train"], recipe.epochs, recipe.learning_rate, recipe.batch_size, seed, "training the base ViT")
+    stock = {"zero-shot": evaluate(base, data["validation"])}
+    weights = copy.deepcopy(base.state_dict())
+    finetune(base, recipe, data, seed, "fine-tune stock")
+    stock["fine-tuned"] = evaluate(base, data["validation"])
+    return weights, stock
+
+
+def evaluate_point(recipe: Recipe, method: str, point: str, entry: dict, weights: dict, data, seed: int, stock):
+    """Zero-shot and fine-tuned rows of one operating point, and its fine-tuned model."""
+    model = plan_model(recipe, entry, weights, seed)
+    report = count_flops(model.config)
+    accuracy = {"zero-shot": evaluate(model, data["validation"])}
+    finetune(model, recipe, data, seed, f"fine-tune {method} {point}")
+    accuracy["fine-tuned"] = evaluate(model, data["validation"])
+    rows = [
+        {"method": method, "operating_point": point, "setting": setting, "accuracy": accuracy[setting],
+         "accuracy_delta": accuracy[setting] - stock[setting], "gflops": report.gflops,
+         "stock_gflops": report.stock_gflops, "ideal_speedup": report.ideal_speedup, "entry": entry}
+        for setting in SETTINGS
+    ]  # fmt: skip
+    return rows, model
+
+
+def run(recipe: Recipe, seed: int = 0, device: str = "cpu", progress: bool = True, picture_dir: str | None = None):
+    """Trains the base model, evaluates every operating point zero-shot and fine-tuned, and measures speed.
+
+    With ``picture_dir``, also saves ``kept_tokens_<method>.png``: what the fine-tuned model of each method's
+    strongest operating point keeps on one validation digit.
+    """
+    data = load_data(recipe, seed)
+    weights, stock = train_base(recipe, data, seed)
+    points = operating_points(recipe)
+    rows, pictures = [], {}
+    for method, point, entry in points:
+        point_rows, model = evaluate_point(recipe, method, point, entry, weights, data, seed, stock)
+        rows += point_rows
+        if picture_dir is not None and entry.get("token_reduction"):  # the strongest point (the last) wins
+            pictures[method] = kept_tokens_picture(model, data, picture_dir, method, point)
+    speed = measure_speed(recipe, points, weights, seed, device, progress)
+    for row in rows:
+        measured = speed[f"{row['method']} {row['operating_point']}"]
+        row.update({key: measured[key] for key in ("measured_speedup", "fraction_of_ideal", "spread")})
+    return {"recipe": asdict(recipe), "seed": seed, "stock_accuracy": stock, "rows": rows, "pictures": pictures,
+            "speed_setup": speed["_setup"], "machine": machine_info(parse_device(device))}  # fmt: skip
+
+
+def kept_tokens_picture(model, data, picture_dir: str, method: str, point: str) -> str:
+    """The patches ``model`` keeps on the first validation digit, as a PNG in ``picture_dir``."""
+    os.makedirs(picture_dir, exist_ok=True)
+    image = data["validation"][0][0].permute(1, 2, 0).numpy() * 0.5 + 0.5  # back to [0, 1] for display
+    path = os.path.join(picture_dir, f"kept_tokens_{method}.png")
+    return plot_kept_tokens(model, image, path, title=f"{method} {point} (fine-tuned)")
+
+
+def measure_speed(recipe, points, weights, seed: int, device: str, progress: bool) -> dict[str, dict]:
+    """Inference speed-ups of every operating point against stock ViT with the base weights (one paired run)."""
+    entries = [{**entry, "label": f"{method} {point}"} for method, point, entry in points]
+    settings = BenchmarkSettings(
+        device=parse_device(device), batch_size=recipe.bench_batch_size, rounds=recipe.bench_rounds,
+        modes=("inference",), seed=seed, progress=progress,
+    )  # fmt: skip
+    rows = run_benchmark(base_config(recipe), entries, settings, state_dict=weights)
+    speed = {row["label"]: row for row in rows}
+    speed["_setup"] = {"device": rows[0]["device"], "dtype": rows[0]["dtype"], "batch_size": rows[0]["batch_size"],
+                       "rounds": rows[0]["rounds"]}  # fmt: skip
+    return speed
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# BENCHMARKS.md
+# ----------------------------------------------------------------------------------------------------------------
+
+TABLE_HEADER = (
+    "| method | operating point | setting | accuracy | Δ accuracy | GFLOPs | ideal speed-up | measured speed-up "
+    "| fraction of ideal |"
+)
+
+
+def table_lines(rows: list[dict]) -> list[str]:
+    lines = [TABLE_HEADER, "|---|---|---|---:|---:|---:|---:|---:|---:|"]
+    for row in rows:
+        lines.append(
+            f"| {row['method']} | {row['operating_point']} | {row['setting']} | {row['accuracy']:.3f} | "
+            f"{row['accuracy_delta']:+.3f} | {row['gflops']:.4g} | {row['ideal_speedup']:.2f}x | "
+            f"{row['measured_speedup']:.2f}x | {row['fraction_of_ideal']:.2f} |"
+        )
+    return lines
+
+
+def markdown(results: dict, command: str, picture: str) -> str:
+    """The text of BENCHMARKS.md."""
+    recipe, machine, speed, stock = (
+        results["recipe"],
+        results["machine"],
+        results["speed_setup"],
+        results["stock_accuracy"],
+    )
+    size = f"{recipe['canvas_size']}x{recipe['canvas_size']}"
+    lines = [
+        "# Accuracy and speed of every method on cluttered digits",
+        "",
+        f"Generated by `{command}` on {datetime.date.today().isoformat()}.",
+        "",
+        f"- Machine: {machine['cpu']}, {machine['cores']} cores ({machine['threads']} torch threads); speed "
+        f"measured on {speed['device']}; Python {machine['python']}, torch {machine['torch']}, transformers "
+        f"{machine['transformers']}.",
+        f"- Data: scikit-learn's handwritten digits on cluttered {size} canvases (`hf_tokenprune.data`), "
+        f"{recipe['copies']} rendering(s) per training digit; seed {results['seed']}.",
+        f"- Model: ViT, patch {recipe['patch_size']}, {recipe['num_hidden_layers']} layers, width "
+        f"{recipe['hidden_size']}, trained from scratch for {recipe['epochs']} epoch(s). Stock accuracy "
+        f"{stock['zero-shot']:.3f}; after the same {recipe['finetune_epochs']}-epoch fine-tune as the plans: "
+        f"{stock['fine-tuned']:.3f}.",
+        "- zero-shot: the trained weights with the plan switched on; fine-tuned: then "
+        f"{recipe['finetune_epochs']} epoch(s) with the plan (lr {recipe['finetune_learning_rate']:g}). Δ accuracy "
+        "is against the stock model in the same setting.",
+        f"- Speed: inference, batch {speed['batch_size']}, {speed['dtype']}, against stock "
+        "`ViTForImageClassification` with the same weights, paired and interleaved in one process, median of "
+        f"{speed['rounds']} round(s). Ideal speed-up = stock FLOPs / plan FLOPs; fraction of ideal = measured / "
+        "ideal.",
+        "",
+        *table_lines(results["rows"]),
+        "",
+        f"![accuracy against measured speed-up]({picture})",
+        "",
+    ]
+    if results.get("pictures"):
+        lines += ["## What each method keeps", "", "The first validation digit through the fine-tuned model of each "
+                  "method's strongest operating point (dimmed: dropped or parked; coloured: merged).", ""]  # fmt: skip
+        lines += [f"![{m}]({os.path.basename(path)})" for m, path in sorted(results["pictures"].items())] + [""]
+    return "\n".join(lines)
+
+
+def write_outputs(results: dict, output_dir: str, command: str) -> dict[str, str]:
+    os.makedirs(output_dir, exist_ok=True)
+    paths = {
+        "markdown": os.path.join(output_dir, "BENCHMARKS.md"),
+        "png": os.path.join(output_dir, "accuracy_vs_speedup.png"),
+        "json": os.path.join(output_dir, "accuracy_benchmark.json"),
+    }
+    points = [{**row, "method": row["method"]} for row in results["rows"]]
+    title = f"cluttered digits, {results['speed_setup']['device']}"
+    plot_pareto(points, paths["png"], title=title, reference=results["stock_accuracy"]["zero-shot"])
+    with open(paths["markdown"], "w") as file:
+        file.write(markdown(results, command, os.path.basename(paths["png"])))
+    with open(paths["json"], "w") as file:
+        json.dump(results, file, indent=2)
+    return paths
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Command line
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tiny", action="store_true", help="a small, fast version (CI): tiny model, few samples")
+    parser.add_argument("--output-dir", default="docs", help="where BENCHMARKS.md and the PNG go")
+    parser.add_argument("--epochs", type=int, default=None, help="training epochs of the base model")
+    parser.add_argument("--finetune-epochs", type=int, default=None, help="fine-tuning epochs per operating point")
+    parser.add_argument("--operating-points", type=int, default=None, choices=(1, 2, 3), help="points per method")
+    parser.add_argument("--bench-rounds", type=int, default=None, help="rounds of the speed measurement")
+    parser.add_argument("--device", default="cpu", help="device of the speed measurement (training runs on the CPU)")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--no-progress", action="store_true")
+    return parser.parse_args(argv)
+
+
+def recipe_from_args(args: argparse.Namespace) -> Recipe:
+    recipe = Recipe(**(TINY if args.tiny else {}))
+    for name in ("epochs", "finetune_epochs", "operating_points", "bench_rounds"):
+        value = getattr(args, name)
+        if value is not None:
+            if value < 1:
+                raise ValueError(f"--{name.replace('_', '-')} {value} must be at least 1.")
+            setattr(recipe, name, value)
+    return recipe
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    recipe = recipe_from_args(args)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    np.random.seed(args.seed)
+    progress = not args.no_progress
+    results = run(recipe, seed=args.seed, device=args.device, progress=progress, picture_dir=args.output_dir)
+    command = "python examples/benchmark_accuracy.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    paths = write_outputs(results, args.output_dir, command.strip())
+    print("\n".join(table_lines(results["rows"])))
+    print(f"wrote {paths['markdown']}, {paths['png']} and {paths['json']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,784 @@
+"""Throughput and latency of token-reduction plans, measured against stock `ViTForImageClassification`.
+
+Every candidate runs in the same process, on the same batch, with the same weights, interleaved round by round
+(the order rotates each round so that drift such as thermal throttling or a neighbour's load hits all of them
+alike). Results are ratios against the stock model, next to the ideal ratio from `hf_tokenprune.flops`.
+"""
+
+import gc
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+__all__ = [
+    "BenchmarkSettings",
+    "TimingStats",
+    "add_cli",
+    "default_plans",
+    "format_table",
+    "machine_info",
+    "measure_paired",
+    "parse_device",
+    "parse_plans",
+    "run_benchmark",
+    "synchronize",
+    "write_results",
+]
+
+
+@dataclass
+class TimingStats:
+    """Wall-clock times of one candidate over the measured rounds."""
+
+    times: list[float] = field(default_factory=list)  # seconds, one per round
+
+    @property
+    def median_s(self) -> float:
+        return statistics.median(self.times)
+
+    @property
+    def spread(self) -> tuple[float, float]:
+        """(min, max) of the times, in seconds."""
+        return min(self.times), max(self.times)
+
+
+def synchronize(device: torch.device) -> None:
+    """Waits for queued work on ``device``; a no-op on the CPU (no device name appears here)."""
+    if device.type == "cpu":
+        return
+    module = getattr(torch, device.type, None)
+    if module is not None and hasattr(module, "synchronize"):
+        module.synchronize(device)
+    else:
+        torch.accelerator.synchronize(device)
+
+
+def _timed(function: Callable[[torch.Tensor], Any], pixel_values: torch.Tensor) -> float:
+    synchronize(pixel_values.device)
+    start = time.perf_counter()
+    function(pixel_values)
+    synchronize(pixel_values.device)
+    return time.perf_counter() - start
+
+
+def measure_paired(
+    candidates: dict[str, Callable[[torch.Tensor], Any]],
+    pixel_values: torch.Tensor,
+    *,
+    rounds: int = 5,
+    warmup: int = 1,
+    progress: bool = True,
+    desc: str = "timing",
+) -> dict[str, TimingStats]:
+    """Times every candidate on the same input, paired and interleaved.
+
+    Each candidate first runs ``warmup`` times (not timed); then, in each of ``rounds`` rounds, every candidate runs
+    once, in an order rotated by one place per round. Calls run under `torch.inference_mode`; a candidate that needs
+    gradients (a training step) opens ``with torch.inference_mode(False):`` itself, as `training_step` does.
+
+    Args:
+        candidates: name -> a callable taking ``pixel_values``.
+        pixel_values: the input batch; its device is synchronized around each timed call.
+        rounds: measured rounds (each candidate runs once per round).
+        warmup: untimed calls per candidate before the rounds.
+        progress: show a tqdm progress bar.
+        desc: the progress bar's label.
+
+    Returns:
+        name -> `TimingStats` with one time per round.
+    """
+    if not candidates:
+        raise ValueError("candidates is empty: give at least one name -> callable.")
+    if rounds < 1 or warmup < 0:
+        raise ValueError(f"rounds = {rounds} must be >= 1 and warmup = {warmup} >= 0.")
+    from tqdm.auto import tqdm
+
+    names = list(candidates)
+    stats = {name: TimingStats() for name in names}
+    bar = tqdm(total=len(names) * (warmup + rounds), desc=desc, disable=not progress, leave=False)
+    collecting = gc.isenabled()
+    gc.collect()
+    gc.disable()  # no garbage-collector pause inside a timed call
+    try:
+        with torch.inference_mode():
+            for name in names:
+                for _ in range(warmup):
+                    _timed(candidates[name], pixel_values)
+                    bar.update()
+            for round_index in range(rounds):
+                shift = round_index % len(names)
+                for name in names[shift:] + names[:shift]:
+                    stats[name].times.append(_timed(candidates[name], pixel_values))
+                    bar.update()
+    finally:
+        if collecting:
+            gc.enable()
+        bar.close()
+    return stats
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Devices, dtypes and the machine
+# ----------------------------------------------------------------------------------------------------------------
+
+DEVICES = ("auto", "cpu", "cuda", "npu")
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+MODES = ("inference", "latency", "training")
+
+
+def _import_torch_npu() -> bool:
+    try:
+        import torch_npu  # noqa: F401  (registers the Ascend backend with torch)
+    except ImportError:
+        return False
+    return True
+
+
+def parse_device(name: str) -> torch.device:
+    """The torch device for the ``--device`` option; ``auto`` prefers an available accelerator."""
+    if name not in DEVICES:
+        raise ValueError(f"--device {name!r} is not supported; allowed: {list(DEVICES)}.")
+    if name in ("auto", "npu"):
+        has_npu = _import_torch_npu()
+        if name == "npu" and not has_npu:
+            raise ValueError("--device npu needs torch_npu (Ascend), which is not installed.")
+    if name == "auto":
+        accelerator = torch.accelerator.current_accelerator(check_available=True)
+        return accelerator if accelerator is not None else torch.device("cpu")
+    if name != "cpu":
+        module = getattr(torch, name, None)
+        if module is None or not module.is_available():
+            raise ValueError(f"--device {name} was asked for, but no {name} device is available here.")
+    return torch.device(name)
+
+
+def parse_dtype(name: str) -> torch.dtype:
+    if name not in DTYPES:
+        raise ValueError(f"--dtype {name!r} is not supported; allowed: {list(DTYPES)}.")
+    return DTYPES[name]
+
+
+def cpu_name() -> str:
+    """The CPU model, e.g. "AMD EPYC" (from /proc/cpuinfo on Linux, else `platform`)."""
+    import platform
+
+    try:
+        with open("/proc/cpuinfo") as file:
+            for line in file:
+                if line.lower().startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown CPU"
+
+
+def device_name(device: torch.device) -> str:
+    """A readable name: the CPU model and its core count, or the accelerator's name."""
+    import os
+
+    if device.type == "cpu":
+        return f"{cpu_name()} ({os.cpu_count()} cores, {torch.get_num_threads()} threads)"
+    module = getattr(torch, device.type, None)
+    if module is not None and hasattr(module, "get_device_name"):
+        return str(module.get_device_name(device))
+    return str(device)
+
+
+def machine_info(device: torch.device | None = None) -> dict[str, Any]:
+    """The machine a measurement ran on: CPU model, cores, device name and library versions."""
+    import os
+    import platform
+
+    import transformers
+
+    return {
+        "cpu": cpu_name(),
+        "cores": os.cpu_count(),
+        "threads": torch.get_num_threads(),
+        "device": device_name(device if device is not None else torch.device("cpu")),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+    }
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Plans
+# ----------------------------------------------------------------------------------------------------------------
+
+# Headline operating points of the methods (12-layer layer indices are scaled to other depths by the methods);
+# any other registered method is benchmarked with its defaults.
+HEADLINE_PLANS: dict[str, dict[str, Any]] = {
+    "evit": {"method": "evit", "keep_rate": 0.7, "fuse": True},  # layers 3, 6, 9
+    "skipvit": {"method": "skipvit", "keep_rate": 0.45},  # drops 55% at layer 3, rejoins before the last
+    "tome": {"method": "tome", "r": 8},
+    "evo_vit": {"method": "evo_vit", "keep_rate": 0.5},  # stages from layers 4 and 8
+    "supervit": {"method": "supervit", "keep_rate": 0.7},  # layers 3, 6, 9
+    "dynamicvit": {"method": "dynamicvit", "keep_rate": 0.7},  # layers 3, 6, 9
+    "cropr": {"method": "cropr", "tokens_per_layer": 8},  # 8 fewer tokens after every block, last-layer fusion
+}
+
+
+@dataclass
+class PlanEntry:
+    """One benchmarked plan: a label, a token-reduction plan and an attention-reuse plan (either may be None)."""
+
+    label: str
+    token_reduction: dict | None = None
+    attention_reuse: dict | None = None
+
+
+def default_plans() -> list[dict | None]:
+    """No reduction, every registered token-reduction method, and every registered attention-reuse method."""
+    from .models.attention_reuse import ATTENTION_REUSE_METHODS
+    from .models.token_reduction import REDUCTION_METHODS
+
+    plans: list[dict | None] = [None]
+    plans += [HEADLINE_PLANS.get(name, {"method": name}) for name in sorted(REDUCTION_METHODS)]
+    plans += [
+        {"token_reduction": None, "attention_reuse": {"method": name}} for name in sorted(ATTENTION_REUSE_METHODS)
+    ]
+    return plans
+
+
+def _short(value: Any) -> str:
+    if isinstance(value, (list, tuple)) and value and all(v == value[0] for v in value) and len(value) > 2:
+        return _short(value[0])  # a constant per-layer schedule, e.g. ToMe's r
+    if isinstance(value, (list, tuple)):
+        return "[" + ",".join(_short(v) for v in value) + "]"
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def plan_label(token_reduction: dict | None, attention_reuse: dict | None = None) -> str:
+    """A short readable name for a plan: the method and the options that were given."""
+    parts = []
+    for plan in (token_reduction, attention_reuse):
+        if plan:
+            options = " ".join(f"{key}={_short(value)}" for key, value in plan.items() if key != "method")
+            parts.append(f"{plan['method']} {options}".strip())
+    return " + ".join(parts) if parts else "no reduction"
+
+
+def parse_plan_entry(entry: Any, index: int = 0) -> PlanEntry:
+    """Accepts ``null`` (no reduction), a bare token-reduction dict ``{"method": ...}``, or the wrapped form
+    ``{"token_reduction": ..., "attention_reuse": ..., "label": ...}``."""
+    where = f"plans[{index}]"
+    if entry is None:
+        return PlanEntry("no reduction")
+    if not isinstance(entry, dict):
+        raise ValueError(
+            f"{where} = {entry!r} must be null, a plan dict with 'method', or a dict with keys "
+            "'token_reduction' / 'attention_reuse' / 'label'."
+        )
+    if "method" in entry:
+        return PlanEntry(plan_label(entry), dict(entry), None)
+    unknown = sorted(set(entry) - {"token_reduction", "attention_reuse", "label"})
+    if unknown or not ({"token_reduction", "attention_reuse"} & set(entry)):
+        raise ValueError(
+            f"{where} = {entry!r}: unknown key(s) {unknown}; a wrapped entry has 'token_reduction' "
+            "and/or 'attention_reuse' (and optionally 'label'); a bare plan has 'method'."
+        )
+    reduction, reuse = entry.get("token_reduction"), entry.get("attention_reuse")
+    return PlanEntry(entry.get("label") or plan_label(reduction, reuse), reduction, reuse)
+
+
+def plan_config(base: Any, entry: PlanEntry) -> Any:
+    """``base`` (a TokenPruneViTConfig) with the entry's plans; the config validates them (ValueError if bad)."""
+    data = {**base.to_dict(), "token_reduction": entry.token_reduction, "attention_reuse": entry.attention_reuse}
+    return type(base).from_dict(data)
+
+
+def _default_label(entry: PlanEntry, config: Any) -> str:
+    """A bare ``{"method": name}`` is labelled with the operating point its defaults chose (amounts, reused layers)."""
+    from .models.token_reduction import get_reduction_class
+
+    reduction, reuse = entry.token_reduction, entry.attention_reuse
+    if reduction is not None and set(reduction) == {"method"}:
+        runtime = get_reduction_class(reduction["method"]).runtime_options
+        canonical = config.token_reduction
+        reduction = {"method": reduction["method"], **{k: canonical[k] for k in runtime if "loss" not in k}}
+    if reuse is not None and set(reuse) == {"method"}:
+        reuse = {"method": reuse["method"], "layers": config.attention_reuse.get("layers")}
+    return plan_label(reduction, reuse)
+
+
+def parse_plans(plans: Any, base: Any, keep_rate: float | None = None) -> list[tuple[PlanEntry, Any]]:
+    """Turns a list of plan entries into (entry, validated config) pairs; every error comes before any timing.
+
+    Args:
+        plans: a list of entries (see `parse_plan_entry`), or None for `default_plans`.
+        base: the TokenPruneViTConfig of the model without plans.
+        keep_rate: if given, replaces the keep rate of every plan whose method has one.
+    """
+    from .models.token_reduction import get_reduction_class
+
+    plans = default_plans() if plans is None else plans
+    if not isinstance(plans, list) or not plans:
+        raise ValueError(f"plans = {plans!r} must be a non-empty JSON list of plans.")
+    parsed = []
+    for index, raw in enumerate(plans):
+        entry = parse_plan_entry(raw, index)
+        if keep_rate is not None and entry.token_reduction:
+            if get_reduction_class(entry.token_reduction.get("method")).uses_keep_rate:
+                entry.token_reduction = {**entry.token_reduction, "keep_rate": keep_rate}
+                entry.label = plan_label(entry.token_reduction, entry.attention_reuse)
+        try:
+            config = plan_config(base, entry)
+        except ValueError as error:
+            raise ValueError(f"plans[{index}] ({entry.label}): {error}") from None
+        if entry.label == plan_label(entry.token_reduction, entry.attention_reuse):
+            entry.label = _default_label(entry, config)
+        parsed.append((entry, config))
+    labels = [entry.label for entry, _ in parsed]
+    if len(set(labels)) != len(labels):
+        raise ValueError(f"plans have repeated labels {labels}; give each a distinct 'label'.")
+    return parsed
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Models
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def stock_config(config: Any) -> Any:
+    """The stock `ViTConfig` of a TokenPruneViT config: every ViT field, no plans."""
+    from transformers import ViTConfig
+
+    data = config.to_dict()
+    for key in ("token_reduction", "attention_reuse", "restore_tokens", "model_type", "auto_map", "architectures"):
+        data.pop(key, None)
+    data.pop("transformers_version", None)
+    return ViTConfig(**data)
+
+
+def build_models(
+    base: Any,
+    plans: list[tuple[PlanEntry, Any]],
+    state_dict: dict | None = None,
+    seed: int = 0,
+    device: torch.device | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> tuple[torch.nn.Module, dict[str, torch.nn.Module]]:
+    """The stock `ViTForImageClassification` and one TokenPruneViT per plan, all holding the same weights.
+
+    The plan models share the stock model's weight tensors (no copies); parameters a plan adds (scorers, reuse
+    modules) are initialised from ``seed``.
+
+    Args:
+        base: the TokenPruneViT config without plans.
+        plans: (entry, config) pairs from `parse_plans`.
+        state_dict: weights to load (a stock ViT or TokenPruneViT state dict); random weights from ``seed`` if None.
+        device: where the models live (the CPU if None).
+        dtype: the models' floating-point type.
+    """
+    from transformers import ViTForImageClassification
+
+    from .models.modeling_tokenprune_vit import TokenPruneViTForImageClassification
+
+    torch.manual_seed(seed)
+    stock = ViTForImageClassification(stock_config(base)).eval()
+    if state_dict is not None:
+        missing, _ = stock.load_state_dict(state_dict, strict=False)
+        if missing:
+            raise ValueError(f"the weights lack {len(missing)} stock ViT parameters, e.g. {missing[:3]}.")
+    stock = stock.to(device=device or torch.device("cpu"), dtype=dtype)
+    weights = stock.state_dict()
+    models = {}
+    for entry, config in plans:
+        torch.manual_seed(seed)
+        model = TokenPruneViTForImageClassification(config).eval()
+        _, unexpected = model.load_state_dict(weights, strict=False, assign=True)
+        if unexpected:
+            raise ValueError(f"{entry.label}: stock weights {unexpected[:3]} have no place in the plan's model.")
+        models[entry.label] = model.to(device=device or torch.device("cpu"), dtype=dtype)  # shared weights stay
+    return stock, models
+
+
+def load_base(model: str | None, arch: str) -> tuple[Any, dict | None]:
+    """The plan-free TokenPruneViT config and weights of a checkpoint, or a built-in architecture's config and None.
+
+    A checkpoint's own plans are dropped: the benchmark applies its list of plans to the same weights.
+    """
+    from .architectures import build_config
+    from .models.modeling_tokenprune_vit import TokenPruneViTForImageClassification
+
+    if model is None:
+        return build_config(None, arch), None
+    loaded = TokenPruneViTForImageClassification.from_pretrained(model, token_reduction=None, attention_reuse=None)
+    return loaded.config, loaded.state_dict()
+
+
+def inference_call(model: torch.nn.Module, interpolate: bool) -> Callable[[torch.Tensor], Any]:
+    def forward(pixel_values: torch.Tensor) -> Any:
+        return model(pixel_values=pixel_values, interpolate_pos_encoding=interpolate)
+
+    return forward
+
+
+def training_step(
+    model: torch.nn.Module, optimizer: torch.optim.Optimizer, labels: torch.Tensor, interpolate: bool
+) -> Callable[[torch.Tensor], Any]:
+    """One optimisation step (forward with labels, backward, optimizer step) as a callable for `measure_paired`."""
+
+    def step(pixel_values: torch.Tensor) -> Any:
+        with torch.inference_mode(False):
+            optimizer.zero_grad(set_to_none=True)
+            loss = model(pixel_values=pixel_values, labels=labels, interpolate_pos_encoding=interpolate).loss
+            loss.backward()
+            optimizer.step()
+        return loss
+
+    return step
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Measuring
+# ----------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class BenchmarkSettings:
+    """How to measure: device, dtype, batch size, rounds, modes, compile."""
+
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    dtype: torch.dtype = torch.float32
+    batch_size: int = 16
+    rounds: int = 5
+    latency_rounds: int | None = None  # default: 3 x rounds (batch-1 calls are short and noisier)
+    warmup: int = 1
+    modes: tuple[str, ...] = MODES
+    compile: bool = False
+    image_size: int | None = None
+    learning_rate: float = 1e-5
+    seed: int = 0
+    progress: bool = True
+
+    def check(self) -> None:
+        unknown = sorted(set(self.modes) - set(MODES))
+        if unknown or not self.modes:
+            raise ValueError(f"modes = {list(self.modes)} must be a non-empty subset of {list(MODES)}.")
+        for name in ("batch_size", "rounds"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} = {getattr(self, name)} must be at least 1.")
+        if self.warmup < 0:
+            raise ValueError(f"warmup = {self.warmup} must be at least 0.")
+
+
+def _ratios(stock: TimingStats, plan: TimingStats) -> list[float]:
+    """Per-round speed-ups: the stock model's time over the plan's, in the same round."""
+    return [s / p for s, p in zip(stock.times, plan.times)]
+
+
+def allow_recompiles(num_models: int) -> None:
+    """Every compiled model shares the forward's code object, so dynamo counts the models' graphs as recompiles;
+    raise its limits so that no model silently falls back to eager."""
+    import torch._dynamo
+
+    config = torch._dynamo.config
+    for name, needed in (("recompile_limit", 8 * num_models), ("accumulated_recompile_limit", 64 * num_models)):
+        for alias in (name, name.replace("recompile_limit", "cache_size_limit")):
+            if hasattr(config, alias):
+                setattr(config, alias, max(getattr(config, alias), needed))
+
+
+def _prepare(model: torch.nn.Module, settings: BenchmarkSettings) -> torch.nn.Module:
+    return torch.compile(model) if settings.compile else model
+
+
+def _input(settings: BenchmarkSettings, config: Any, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    size = settings.image_size or config.image_size
+    generator = torch.Generator().manual_seed(settings.seed)
+    pixels = torch.randn(batch_size, config.num_channels, size, size, generator=generator)
+    labels = torch.randint(0, max(config.num_labels, 1), (batch_size,), generator=generator)
+    return pixels.to(settings.device, settings.dtype), labels.to(settings.device)
+
+
+def measure_forward(stock, models, config, settings: BenchmarkSettings, batch_size: int, rounds: int, desc: str):
+    """Speed-ups of every plan against stock for forward passes at ``batch_size``, all models interleaved."""
+    interpolate = settings.image_size is not None
+    candidates = {"stock": inference_call(_prepare(stock, settings), interpolate)}
+    candidates |= {label: inference_call(_prepare(m, settings), interpolate) for label, m in models.items()}
+    pixels, _ = _input(settings, config, batch_size)
+    stats = measure_paired(
+        candidates, pixels, rounds=rounds, warmup=settings.warmup, progress=settings.progress, desc=desc
+    )
+    return {label: _ratios(stats["stock"], stats[label]) for label in models}
+
+
+def measure_training(stock, models, config, settings: BenchmarkSettings):
+    """Speed-ups of training steps, one plan at a time against its own copy of the stock model (each model has its
+    own weights and its own AdamW optimizer, so the pair fits in memory whatever the number of plans)."""
+    import copy
+
+    interpolate = settings.image_size is not None
+    pixels, labels = _input(settings, config, settings.batch_size)
+    results = {}
+    for label, model in models.items():
+        pair = {"stock": copy.deepcopy(stock).train(), label: copy.deepcopy(model).train()}
+        candidates = {}
+        for name, member in pair.items():
+            member = member.to(device=settings.device, dtype=settings.dtype)
+            optimizer = torch.optim.AdamW(member.parameters(), lr=settings.learning_rate)
+            compiled = torch.compile(member) if settings.compile else member
+            candidates[name] = training_step(compiled, optimizer, labels, interpolate)
+        stats = measure_paired(
+            candidates,
+            pixels,
+            rounds=settings.rounds,
+            warmup=settings.warmup,
+            progress=settings.progress,
+            desc=f"training: {label}",
+        )
+        results[label] = _ratios(stats["stock"], stats[label])
+        del pair, candidates
+    return results
+
+
+def _row(entry: PlanEntry, config: Any, mode: str, ratios: list[float], settings, info: dict) -> dict[str, Any]:
+    from .flops import count_flops
+
+    report = count_flops(config, image_size=settings.image_size)
+    measured = statistics.median(ratios)
+    return {
+        "label": entry.label,
+        "plan": config.token_reduction,
+        "attention_reuse": config.attention_reuse,
+        "mode": mode,
+        "tokens_per_layer": [list(counts) for counts in report.token_counts],
+        "gflops": report.gflops,
+        "stock_gflops": report.stock_gflops,
+        "ideal_speedup": report.ideal_speedup,
+        "measured_speedup": measured,
+        "fraction_of_ideal": measured / report.ideal_speedup,
+        "spread": [min(ratios), max(ratios)],
+        "round_speedups": ratios,
+        "device": info["device"],
+        "dtype": str(settings.dtype).removeprefix("torch."),
+        "batch_size": 1 if mode == "latency" else settings.batch_size,
+        "rounds": len(ratios),
+        "compile": settings.compile,
+        "image_size": list(report.image_size),
+    }
+
+
+def check_token_counts(models: dict[str, torch.nn.Module], plans, settings: BenchmarkSettings) -> None:
+    """Runs each plan model once and checks its token counts are the ones its FLOPs are counted from."""
+    from .flops import count_flops
+
+    for entry, config in plans:
+        pixels, _ = _input(settings, config, 1)
+        with torch.inference_mode():
+            counts = models[entry.label](
+                pixel_values=pixels, interpolate_pos_encoding=settings.image_size is not None
+            ).token_counts
+        expected = count_flops(config, image_size=settings.image_size).token_counts
+        if [tuple(c) for c in counts] != [tuple(c) for c in expected]:
+            raise RuntimeError(
+                f"{entry.label}: the model ran {list(counts)} tokens per layer, its plan says {expected}."
+            )
+
+
+def run_benchmark(
+    base: Any, plans: Any = None, settings: BenchmarkSettings | None = None, state_dict: dict | None = None
+) -> list[dict[str, Any]]:
+    """Measures every plan against stock `ViTForImageClassification` with the same weights.
+
+    Args:
+        base: the TokenPruneViT config without plans (e.g. from `load_base` or `architectures.build_config`).
+        plans: a list of plan entries (see `parse_plan_entry`); None for `default_plans`.
+        settings: how to measure; `BenchmarkSettings()` if None.
+        state_dict: the weights (stock ViT or TokenPruneViT names); random weights if None.
+
+    Returns:
+        One row per plan and mode, with ratios against stock (never raw times) next to the ideal ratio.
+    """
+    settings = settings or BenchmarkSettings()
+    settings.check()
+    parsed = plans if _is_parsed(plans) else parse_plans(plans, base)
+    stock, models = build_models(base, parsed, state_dict, settings.seed, settings.device, settings.dtype)
+    check_token_counts(models, parsed, settings)
+    if settings.compile:
+        allow_recompiles(len(models) + 1)
+    info = machine_info(settings.device)
+    ratios: dict[str, dict[str, list[float]]] = {}
+    if "inference" in settings.modes:
+        ratios["inference"] = measure_forward(
+            stock, models, base, settings, settings.batch_size, settings.rounds, "inference"
+        )
+    if "latency" in settings.modes:
+        rounds = settings.latency_rounds or 3 * settings.rounds
+        ratios["latency"] = measure_forward(stock, models, base, settings, 1, rounds, "latency (batch 1)")
+    if "training" in settings.modes:
+        ratios["training"] = measure_training(stock, models, base, settings)
+    return [
+        _row(entry, config, mode, ratios[mode][entry.label], settings, info)
+        for entry, config in parsed
+        for mode in MODES
+        if mode in ratios
+    ]
+
+
+def _is_parsed(plans: Any) -> bool:
+    return isinstance(plans, list) and bool(plans) and all(isinstance(p, tuple) for p in plans)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Reporting
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def compact_counts(counts: list[list[int]]) -> str:
+    """MLP tokens per layer, runs written once with a count: ``197x3 138x3 97x3 68x3``."""
+    tokens = [mlp for _, mlp in counts]
+    runs: list[list[int]] = []
+    for value in tokens:
+        if runs and runs[-1][0] == value:
+            runs[-1][1] += 1
+        else:
+            runs.append([value, 1])
+    return " ".join(f"{value}x{count}" if count > 1 else str(value) for value, count in runs)
+
+
+def format_table(rows: list[dict[str, Any]]) -> str:
+    """A markdown table, one line per plan: tokens, GFLOPs, ideal, and per mode the measured speed-up and the
+    fraction of the ideal it reaches."""
+    modes = [mode for mode in MODES if any(row["mode"] == mode for row in rows)]
+    titles = {"inference": "inference", "latency": "latency (batch 1)", "training": "training step"}
+    header = ["plan", "MLP tokens per layer", "GFLOPs", "ideal"] + [f"{titles[m]} (of ideal)" for m in modes]
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] * 2 + ["---:"] * (len(header) - 2)) + "|"]
+    for label in dict.fromkeys(row["label"] for row in rows):
+        by_mode = {row["mode"]: row for row in rows if row["label"] == label}
+        first = next(iter(by_mode.values()))
+        cells = [label, compact_counts(first["tokens_per_layer"]), f"{first['gflops']:.4g}"]
+        cells.append(f"{first['ideal_speedup']:.2f}x")
+        for mode in modes:
+            row = by_mode.get(mode)
+            cells.append("" if row is None else f"{row['measured_speedup']:.2f}x ({row['fraction_of_ideal']:.2f})")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def describe_setup(rows: list[dict[str, Any]]) -> str:
+    """One line that says how the table was measured."""
+    row = rows[0]
+    batch = next((r["batch_size"] for r in rows if r["mode"] != "latency"), row["batch_size"])
+    return (
+        f"device: {row['device']}; dtype {row['dtype']}; batch {batch}; image {row['image_size'][0]}; "
+        f"compile {row['compile']}; stock GFLOPs {row['stock_gflops']:.4g}; speed-ups are medians of paired rounds "
+        "(stock time / plan time, same process, interleaved); (of ideal) = measured / ideal"
+    )
+
+
+def write_results(rows: list[dict[str, Any]], output_dir: str, extra: dict | None = None) -> dict[str, str]:
+    """Writes ``benchmark.json`` (rows and machine), ``benchmark.md`` (the table) and ``benchmark.png``."""
+    import json
+    import os
+
+    os.makedirs(output_dir, exist_ok=True)
+    paths = {name: os.path.join(output_dir, f"benchmark.{name}") for name in ("json", "md", "png")}
+    with open(paths["json"], "w") as file:
+        json.dump({"machine": machine_info_from_rows(rows), **(extra or {}), "rows": rows}, file, indent=2)
+    with open(paths["md"], "w") as file:
+        file.write(format_table(rows) + "\n\n" + describe_setup(rows) + "\n")
+    from .visualization import plot_speedups
+
+    plot_speedups(rows, paths["png"], title=f"{rows[0]['device']}, {rows[0]['dtype']}")
+    return paths
+
+
+def machine_info_from_rows(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    info = machine_info()
+    info["device"] = rows[0]["device"] if rows else info["device"]
+    return info
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Command line
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _plans_from_args(args: Any) -> list | None:
+    from .cli import parse_json_option
+
+    plans = parse_json_option(args.plans, "--plans")
+    single = [
+        parse_json_option(args.token_reduction, "--token-reduction"),
+        parse_json_option(args.attention_reuse, "--attention-reuse"),
+    ]
+    if any(plan is not None for plan in single):
+        wrapped = {"token_reduction": single[0], "attention_reuse": single[1]}
+        plans = (plans if plans is not None else [None]) + [wrapped]
+    return plans
+
+
+def settings_from_args(args: Any) -> BenchmarkSettings:
+    modes = tuple(mode.strip() for mode in args.modes.split(",") if mode.strip())
+    settings = BenchmarkSettings(
+        device=parse_device(args.device),
+        dtype=parse_dtype(args.dtype),
+        batch_size=args.batch_size,
+        rounds=args.rounds,
+        latency_rounds=args.latency_rounds,
+        warmup=args.warmup,
+        modes=modes,
+        compile=args.compile,
+        image_size=args.image_size,
+        seed=args.seed,
+        progress=not args.no_progress,
+    )
+    settings.check()
+    return settings
+
+
+def _benchmark_command(args: Any) -> int:
+    settings = settings_from_args(args)
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ValueError(f"--threads {args.threads} must be at least 1.")
+        torch.set_num_threads(args.threads)
+    base, state_dict = load_base(args.model, args.arch)
+    plans = parse_plans(_plans_from_args(args), base, keep_rate=args.keep_rate)  # every error before timing
+    print(f"benchmarking {len(plans)} plans on {device_name(settings.device)} ({args.model or args.arch})")
+    rows = run_benchmark(base, plans, settings, state_dict)
+    paths = write_results(rows, args.output_dir, {"model": args.model or args.arch})
+    print(format_table(rows))
+    print(describe_setup(rows))
+    print(f"wrote {paths['json']}, {paths['md']} and {paths['png']}")
+    return 0
+
+
+def add_cli(commands: Any) -> None:
+    """Adds ``hf-tokenprune benchmark`` to the CLI's subcommands."""
+    from .cli import add_model_arguments
+
+    parser = commands.add_parser(
+        "benchmark",
+        help="throughput, batch-1 latency and training speed of plans against stock ViT (same weights)",
+        description="Measures plans against stock ViTForImageClassification with the same weights, paired and "
+        "interleaved in one process, and compares with the ideal (FLOPs) speed-up. Default: ViT-B/16 with random "
+        "weights and one plan per registered method plus no reduction.",
+    )
+    add_model_arguments(parser)
+    parser.add_argument(
+        "--plans",
+        default=None,
+        help='JSON list of plans, each null, {"method": ...} or {"token_reduction": ..., "attention_reuse": ..., '
+        '"label": ...} (default: every registered method and no reduction)',
+    )
+    parser.add_argument("--device", default="auto", choices=DEVICES, help="default: an available accelerator")
+    parser.add_argument("--dtype", default="fp32", choices=list(DTYPES))
+    parser.add_argument("--batch-size", type=int, default=16, help="batch of the inference and training modes")
+    parser.add_argument("--rounds", type=int, default=5, help="measured rounds (each model runs once per round)")
+    parser.add_argument("--latency-rounds", type=int, default=None, help="rounds at batch 1 (default 3 x rounds)")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed calls per model first")
+    parser.add_argument("--modes", default=",".join(MODES), help=f"comma-separated subset of {','.join(MODES)}")
+    parser.add_argument("--compile", action="store_true", help="torch.compile every model")
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--output-dir", default="benchmark-results", help="where the JSON, table and PNG go")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.set_defaults(func=_benchmark_command)

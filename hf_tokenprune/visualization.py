@@ -1,0 +1,380 @@
+"""Pictures: which patches are still alive after each reduction layer, and speed-up plots.
+
+Everything is drawn from the outputs' token bookkeeping (``token_positions``, ``token_owner``, ``patch_grid``), so
+the pictures show what the model really did on that image: dropped or parked patches are dimmed, and patches that a
+merging method (ToMe) folded into one token share a colour.
+"""
+
+import math
+from typing import Any
+
+import numpy as np
+import torch
+
+__all__ = [
+    "add_cli",
+    "load_image",
+    "plot_kept_tokens",
+    "plot_pareto",
+    "plot_speedups",
+    "preprocess",
+    "render_token_maps",
+    "token_maps",
+]
+
+SAMPLES = ("china", "flower")  # the photographs scikit-learn ships
+DIM = 0.22  # brightness of a patch that is no longer in the sequence
+GOLDEN = 0.618033988749895
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Images
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def load_image(source: Any):
+    """An RGB PIL image from a file path, a scikit-learn sample name (``china``, ``flower``), an array or an image."""
+    from PIL import Image
+
+    if isinstance(source, Image.Image):
+        return source.convert("RGB")
+    if isinstance(source, np.ndarray):
+        array = source if source.dtype == np.uint8 else (np.clip(source, 0, 1) * 255).astype(np.uint8)
+        return Image.fromarray(array).convert("RGB")
+    if source in SAMPLES:
+        from sklearn.datasets import load_sample_images
+
+        samples = load_sample_images()
+        index = [name.rsplit("/", 1)[-1].split(".")[0] for name in samples.filenames].index(source)
+        return Image.fromarray(samples.images[index]).convert("RGB")
+    try:
+        return Image.open(source).convert("RGB")
+    except (OSError, AttributeError) as error:
+        raise ValueError(
+            f"image {source!r} is neither a readable image file nor a sample photograph {list(SAMPLES)} ({error})."
+        ) from None
+
+
+def preprocess(image: Any, config: Any) -> tuple[torch.Tensor, np.ndarray]:
+    """``pixel_values`` (1, C, H, W) for the model, as a `ViTImageProcessor` built from the config's size would make
+    them (resize, rescale, normalise with mean and std 0.5; no download), and the resized image as (H, W, 3) floats
+    in [0, 1] for display."""
+    from PIL import Image
+
+    try:
+        from transformers import ViTImageProcessorPil as Processor
+    except ImportError:  # transformers without the PIL-backend class name
+        from transformers import ViTImageProcessor as Processor
+
+    from .models.token_reduction import grid_of
+
+    height, width = grid_of(config.image_size, 1)
+    image = load_image(image)
+    processor = Processor(size={"height": height, "width": width})
+    pixel_values = processor(image, return_tensors="pt")["pixel_values"]
+    shown = np.asarray(image.resize((width, height), Image.BILINEAR), dtype=np.float32) / 255.0
+    return pixel_values, shown
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Token maps from the outputs
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def token_maps(outputs: Any, index: int = 0) -> list[dict[str, Any]]:
+    """Per layer, which patches are alive in the MLP sequence and, for merging methods, which token holds each.
+
+    Args:
+        outputs: a TokenPruneViT output (``token_positions``, ``token_owner``, ``patch_grid``, ``token_counts``).
+        index: the image in the batch.
+
+    Returns:
+        One dict per layer: ``alive`` (rows, cols) bool, ``groups`` (rows, cols) int token index or None,
+        ``made_up`` (tokens at no patch, e.g. EViT's fused token) and ``counts`` (attention, MLP tokens).
+    """
+    rows, columns = outputs.patch_grid
+    maps = []
+    for layer, positions in enumerate(outputs.token_positions):
+        positions = positions[index].detach().cpu()
+        alive = torch.zeros(rows * columns, dtype=torch.bool)
+        patches = positions[positions > 0] - 1  # 0 is CLS, -1 a made-up token
+        alive[patches] = True
+        owner = outputs.token_owner[layer] if outputs.token_owner is not None else None
+        groups = None
+        if owner is not None:
+            groups = owner[index, 1:].detach().cpu().reshape(rows, columns).numpy()
+            alive[:] = True  # a merged patch lives on inside its group's token
+        maps.append(
+            {
+                "alive": alive.reshape(rows, columns).numpy(),
+                "groups": groups,
+                "made_up": int((positions < 0).sum()),
+                "counts": tuple(outputs.token_counts[layer]),
+            }
+        )
+    return maps
+
+
+def _changed(previous: dict | None, current: dict) -> bool:
+    if previous is None:
+        return not current["alive"].all() or current["groups"] is not None
+    if current["counts"][1] != previous["counts"][1] or current["made_up"] != previous["made_up"]:
+        return True
+    same_groups = (current["groups"] is None) == (previous["groups"] is None) and (
+        current["groups"] is None or np.array_equal(current["groups"], previous["groups"])
+    )
+    return not (np.array_equal(current["alive"], previous["alive"]) and same_groups)
+
+
+def layers_to_show(maps: list[dict[str, Any]], which: str = "changes") -> list[int]:
+    """``changes``: the layers after which the set of tokens differs from the layer before; ``all``: every layer."""
+    if which not in ("changes", "all"):
+        raise ValueError(f"layers = {which!r} is not allowed; allowed: ['changes', 'all'].")
+    if which == "all":
+        return list(range(len(maps)))
+    return [i for i, current in enumerate(maps) if _changed(maps[i - 1] if i else None, current)]
+
+
+def _group_colours(groups: np.ndarray) -> np.ndarray:
+    """(rows, cols, 3) colours: patches sharing a token share a distinct colour; unmerged patches get NaN."""
+    import colorsys
+
+    identifiers, inverse, sizes = np.unique(groups, return_inverse=True, return_counts=True)
+    palette = np.array([colorsys.hsv_to_rgb((k * GOLDEN) % 1.0, 0.85, 1.0) for k in range(len(identifiers))])
+    colours = palette[inverse.reshape(groups.shape)]
+    colours[sizes[inverse.reshape(groups.shape)] < 2] = np.nan
+    return colours
+
+
+def paint(image: np.ndarray, layer_map: dict[str, Any], tint: float = 0.5) -> np.ndarray:
+    """The image with dropped patches dimmed and merge groups tinted with their colour."""
+    height, width = image.shape[:2]
+    rows, columns = layer_map["alive"].shape
+    block = (math.ceil(height / rows), math.ceil(width / columns))
+    alive = np.kron(layer_map["alive"], np.ones(block))[:height, :width, None]
+    out = image * (DIM + (1.0 - DIM) * alive)
+    if layer_map["groups"] is not None:
+        colours = _group_colours(layer_map["groups"])
+        colours = np.repeat(np.repeat(colours, block[0], axis=0), block[1], axis=1)[:height, :width]
+        merged = ~np.isnan(colours[..., :1])
+        out = np.where(merged, (1.0 - tint) * out + tint * np.nan_to_num(colours), out)
+    return np.clip(out, 0.0, 1.0)
+
+
+def render_token_maps(
+    image: np.ndarray, outputs: Any, path: str, layers: str = "changes", title: str = "", index: int = 0
+) -> str:
+    """A PNG grid: the input, then the patches alive after each shown layer (dimmed: gone; tinted: merged)."""
+    plt = _pyplot()
+    maps = token_maps(outputs, index)
+    shown = layers_to_show(maps, layers)
+    panels = [("input", image)] + [(_panel_title(i, maps[i]), paint(image, maps[i])) for i in shown]
+    columns = min(4, len(panels))
+    rows = math.ceil(len(panels) / columns)
+    figure, axes = plt.subplots(rows, columns, figsize=(3.2 * columns, 3.4 * rows + 0.4), squeeze=False, dpi=110)
+    for axis in axes.flat:
+        axis.axis("off")
+    for axis, (name, picture) in zip(axes.flat, panels):
+        axis.imshow(picture, interpolation="nearest")
+        axis.set_title(name, fontsize=9)
+    if title:
+        import textwrap
+
+        figure.suptitle(textwrap.fill(title, width=42 * columns), fontsize=10)
+    figure.tight_layout(rect=(0, 0, 1, 0.97) if title else None)
+    figure.savefig(path)
+    plt.close(figure)
+    return path
+
+
+def _panel_title(layer: int, layer_map: dict[str, Any]) -> str:
+    attention, mlp = layer_map["counts"]
+    alive = int(layer_map["alive"].sum())
+    extra = f" +{layer_map['made_up']} fused" if layer_map["made_up"] else ""
+    if layer_map["groups"] is not None:
+        return f"after layer {layer}: {mlp - 1} tokens{extra}"
+    return f"after layer {layer}: {alive}/{layer_map['alive'].size} patches{extra}"
+
+
+def plot_kept_tokens(
+    model: Any, image: Any, path: str, keep_rate: float | None = None, layers: str = "changes", title: str = ""
+) -> str:
+    """Runs ``model`` on ``image`` and saves a PNG of the patches alive after each reduction layer.
+
+    Args:
+        model: a TokenPruneViT (``ForImageClassification`` or base model) with a plan.
+        image: a file path, a sample name (``china``, ``flower``), a PIL image or an array.
+        path: where the PNG goes.
+        keep_rate: a runtime keep rate (methods that have one).
+        layers: ``changes`` (layers where the tokens change) or ``all``.
+        title: a title; the plan by default.
+
+    Returns:
+        ``path``.
+    """
+    pixel_values, shown = preprocess(image, model.config)
+    parameter = next(model.parameters())
+    kwargs = {} if keep_rate is None else {"keep_rate": keep_rate}
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        outputs = model(pixel_values.to(parameter.device, parameter.dtype), **kwargs)
+    model.train(was_training)
+    if outputs.token_positions is None:
+        raise ValueError("the model's outputs carry no token_positions: pass a TokenPruneViT model.")
+    from .benchmark import plan_label
+
+    title = title or plan_label(model.config.token_reduction, getattr(model.config, "attention_reuse", None))
+    return render_token_maps(shown, outputs, path, layers=layers, title=title)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Speed-up and accuracy plots
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _colour_by(labels: list[str]):
+    plt = _pyplot()
+    colours = plt.get_cmap("tab10" if len(labels) <= 10 else "tab20")
+    return lambda label: colours(labels.index(label) % colours.N)
+
+
+def plot_speedups(rows: list[dict[str, Any]], path: str, title: str = "") -> str:
+    """A PNG of measured against ideal speed-up per plan (colour) and mode (marker), with the y = x line.
+
+    ``rows`` are `hf_tokenprune.benchmark` result rows; the error bars are the spread of the paired rounds.
+    """
+    plt = _pyplot()
+    markers = {"inference": "o", "latency": "s", "training": "^"}
+    colour = _colour_by(list(dict.fromkeys(row["label"] for row in rows)))
+    figure, axes = plt.subplots(figsize=(8, 6), dpi=120)
+    span = max(r["ideal_speedup"] for r in rows) - min(r["ideal_speedup"] for r in rows) + 0.2
+    for row in rows:
+        offset = (list(markers).index(row["mode"]) - 1) * 0.01 * span  # side by side, not on top of each other
+        low, high = row["spread"]
+        axes.errorbar(
+            row["ideal_speedup"] + offset, row["measured_speedup"], fmt=markers[row["mode"]], capsize=3,
+            yerr=[[row["measured_speedup"] - low], [high - row["measured_speedup"]]], color=colour(row["label"]),
+        )  # fmt: skip
+    low = min(min(r["ideal_speedup"], r["spread"][0]) for r in rows) * 0.95
+    top = max(max(r["ideal_speedup"], r["spread"][1]) for r in rows) * 1.05
+    axes.plot([low, top], [low, top], "k--", linewidth=1, label="measured = ideal")
+    for label in dict.fromkeys(row["label"] for row in rows):
+        axes.plot([], [], "o", color=colour(label), label=label)
+    for mode in dict.fromkeys(row["mode"] for row in rows):
+        axes.plot([], [], markers[mode], color="grey", label=mode)
+    axes.set(xlim=(low, top), ylim=(low, top), xlabel="ideal speed-up (stock FLOPs / plan FLOPs)")
+    axes.set(ylabel="measured speed-up vs stock ViT", title=title or "token reduction: measured vs ideal")
+    return _finish(plt, figure, axes, path)
+
+
+def _finish(plt, figure, axes, path: str) -> str:
+    axes.grid(alpha=0.3)
+    axes.legend(fontsize=7, loc="best")
+    figure.tight_layout()
+    figure.savefig(path)
+    plt.close(figure)
+    return path
+
+
+def plot_pareto(points: list[dict[str, Any]], path: str, title: str = "", reference: float | None = None) -> str:
+    """Accuracy against measured speed-up: one line per method and setting (zero-shot dashed, fine-tuned solid).
+
+    Args:
+        points: dicts with ``method``, ``setting`` (e.g. "zero-shot", "fine-tuned"), ``measured_speedup`` and
+            ``accuracy``.
+        path: where the PNG goes.
+        title: the figure title.
+        reference: the stock model's accuracy, drawn as a star at speed-up 1.
+    """
+    plt = _pyplot()
+    colour = _colour_by(sorted({p["method"] for p in points}))
+    figure, axes = plt.subplots(figsize=(8, 6), dpi=120)
+    styles = {"zero-shot": ("o", "--"), "fine-tuned": ("^", "-")}
+    for (method, setting), group in _grouped(points).items():
+        group = sorted(group, key=lambda p: p["measured_speedup"])
+        marker, line = styles.get(setting, ("s", ":"))
+        axes.plot(
+            [p["measured_speedup"] for p in group], [p["accuracy"] for p in group], marker=marker, linestyle=line,
+            color=colour(method), label=f"{method} ({setting})",
+        )  # fmt: skip
+    if reference is not None:
+        axes.plot([1.0], [reference], "k*", markersize=14, label="stock ViT")
+    axes.set(xlabel="measured speed-up vs stock ViT (inference)", ylabel="accuracy")
+    axes.set(title=title or "accuracy against measured speed-up")
+    return _finish(plt, figure, axes, path)
+
+
+def _grouped(points: list[dict[str, Any]]) -> dict[tuple[str, str], list[dict[str, Any]]]:
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for point in points:
+        groups.setdefault((point["method"], point["setting"]), []).append(point)
+    return groups
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Command line
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def build_model(model: str | None, arch: str, token_reduction: Any, attention_reuse: Any, seed: int = 0):
+    """A TokenPruneViT from a checkpoint (its plan replaced by the given ones) or a built-in architecture with
+    random weights from ``seed``."""
+    from .architectures import build_config
+    from .models.modeling_tokenprune_vit import TokenPruneViTForImageClassification
+
+    plans = {"token_reduction": token_reduction, "attention_reuse": attention_reuse}
+    plans = {key: value for key, value in plans.items() if value is not None}
+    if model is not None:
+        return TokenPruneViTForImageClassification.from_pretrained(model, **plans).eval()
+    torch.manual_seed(seed)
+    return TokenPruneViTForImageClassification(build_config(None, arch, **plans)).eval()
+
+
+def _visualize_command(args: Any) -> int:
+    from .cli import parse_json_option
+
+    if args.image is not None and args.sample is not None:
+        raise ValueError("give either --image or --sample, not both.")
+    model = build_model(
+        args.model,
+        args.arch,
+        parse_json_option(args.token_reduction, "--token-reduction"),
+        parse_json_option(args.attention_reuse, "--attention-reuse"),
+        seed=args.seed,
+    )
+    if model.config.token_reduction is None and not getattr(model.config, "attention_reuse", None):
+        raise ValueError("the model has no plan, so every patch stays: give --token-reduction (JSON).")
+    image = args.image if args.image is not None else (args.sample or "china")
+    path = plot_kept_tokens(model, image, args.output, keep_rate=args.keep_rate, layers=args.layers)
+    print(f"wrote {path}")
+    return 0
+
+
+def add_cli(commands: Any) -> None:
+    """Adds ``hf-tokenprune visualize`` to the CLI's subcommands."""
+    from .cli import add_model_arguments
+
+    parser = commands.add_parser(
+        "visualize",
+        help="a PNG of the patches each reduction layer keeps, for an image or a sample photograph",
+        description="Runs a model with a plan on one image and draws the patches alive after each reduction layer "
+        "(dimmed: dropped or parked; coloured: merged into one token). Built-in architectures have random weights, "
+        "so their choices are arbitrary; use --model for a trained checkpoint.",
+    )
+    add_model_arguments(parser)
+    parser.add_argument("--image", default=None, help="an image file")
+    parser.add_argument("--sample", default=None, choices=SAMPLES, help="a photograph scikit-learn ships (default)")
+    parser.add_argument("--layers", default="changes", choices=("changes", "all"), help="which layers to draw")
+    parser.add_argument("--output", default="kept_tokens.png", help="the PNG to write")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random weights of a built-in architecture")
+    parser.set_defaults(func=_visualize_command)

@@ -1,0 +1,97 @@
+"""The tiny version of examples/benchmark_accuracy.py: it must produce a well-formed BENCHMARKS.md, JSON and PNG.
+
+It checks the form of the outputs, never the numbers' values (a tiny model trained for one epoch is near chance).
+"""
+
+import importlib.util
+import json
+import re
+from pathlib import Path
+
+import pytest
+import torch
+
+from hf_tokenprune import REDUCTION_METHODS
+
+SCRIPT = Path(__file__).resolve().parents[1] / "examples" / "benchmark_accuracy.py"
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+NUMBER = r"[+-]?\d+(\.\d+)?(e[+-]?\d+)?"
+
+
+def _load_script():
+    spec = importlib.util.spec_from_file_location("benchmark_accuracy", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def script():
+    return _load_script()
+
+
+@pytest.fixture(scope="module")
+def tiny_run(script, tmp_path_factory):
+    output = tmp_path_factory.mktemp("accuracy")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny models on a shared machine: one thread is fastest
+    try:
+        assert script.main(["--tiny", "--output-dir", str(output), "--no-progress"]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    return output
+
+
+def _table_rows(text: str) -> list[list[str]]:
+    lines = [line for line in text.splitlines() if line.startswith("|")]
+    return [[cell.strip() for cell in line.strip("|").split("|")] for line in lines]
+
+
+def test_operating_points_cover_every_method(script):
+    from hf_tokenprune.models.attention_reuse import ATTENTION_REUSE_METHODS
+
+    recipe = script.Recipe(**script.TINY)
+    points = script.operating_points(recipe)
+    methods = {method for method, _, _ in points}
+    assert set(REDUCTION_METHODS) <= methods
+    assert methods - set(REDUCTION_METHODS) == set(ATTENTION_REUSE_METHODS) & {"skipat"}
+    for method in methods:
+        names = [name for m, name, _ in points if m == method]
+        assert len(names) == len(set(names)) and 1 <= len(names) <= 2  # --tiny: at most two points each
+    full = script.operating_points(script.Recipe())
+    assert len(full) > len(points)  # the full benchmark has three points for the methods it knows
+
+
+def test_benchmarks_md_is_well_formed(script, tiny_run):
+    text = (tiny_run / "BENCHMARKS.md").read_text()
+    assert script.TABLE_HEADER in text
+    assert re.search(r"torch \d+\.\d+", text) and "cores" in text  # the machine it ran on
+    header, separator, *rows = _table_rows(text)
+    assert header[0] == "method" and set(separator[0]) == {"-"}
+    points = script.operating_points(script.Recipe(**script.TINY))
+    expected = {(method, name, setting) for method, name, _ in points for setting in script.SETTINGS}
+    assert len(rows) == len(expected) and {(r[0], r[1], r[2]) for r in rows} == expected
+    for row in rows:
+        accuracy, delta, gflops = float(row[3]), float(row[4]), float(row[5])
+        ideal, measured, fraction = float(row[6].rstrip("x")), float(row[7].rstrip("x")), float(row[8])
+        assert 0.0 <= accuracy <= 1.0 and -1.0 <= delta <= 1.0 and gflops > 0
+        assert ideal > 1.0 and measured > 0 and fraction == pytest.approx(measured / ideal, abs=0.011)
+        assert all(re.fullmatch(NUMBER, cell.rstrip("x")) for cell in row[3:])
+    assert "![accuracy against measured speed-up](accuracy_vs_speedup.png)" in text
+
+
+def test_json_and_png(tiny_run):
+    results = json.loads((tiny_run / "accuracy_benchmark.json").read_text())
+    assert {"zero-shot", "fine-tuned"} == set(results["stock_accuracy"])
+    assert all(row["measured_speedup"] > 0 and len(row["spread"]) == 2 for row in results["rows"])
+    assert results["machine"]["torch"] == torch.__version__
+    assert (tiny_run / "accuracy_vs_speedup.png").read_bytes()[:8] == PNG_MAGIC
+    text = (tiny_run / "BENCHMARKS.md").read_text()
+    for method in REDUCTION_METHODS:  # what each method keeps, on a digit
+        picture = tiny_run / f"kept_tokens_{method}.png"
+        assert picture.read_bytes()[:8] == PNG_MAGIC and f"]({picture.name})" in text
+
+
+def test_bad_option_is_refused(script):
+    with pytest.raises(ValueError, match="--epochs 0"):
+        script.recipe_from_args(script.parse_args(["--tiny", "--epochs", "0"]))
