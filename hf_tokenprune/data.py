@@ -1,9 +1,11 @@
 """Cluttered digits: a small real image-classification set that needs no download.
 
 Each example is one of scikit-learn's 1,797 real handwritten digits (8x8, from the UCI optical digits set),
-scaled up and placed at a random spot of a larger dark canvas, with a few faint fragments of *other* digits
-scattered around as clutter and a little noise. Most patches of an image carry nothing, as in real photographs,
-which is the case token reduction exists for: a good method keeps the patches on the digit.
+scaled up (by default to about half the canvas side: 4-5x on the 64-pixel canvas) and placed at a random spot of a
+larger dark canvas, with a few faint fragments of *other* digits scattered around as clutter and a little noise.
+Most patches of an image carry nothing (on the default 64x64 canvas with 8x8 patches, the digit covers 16 to 25 of
+the 64), as in real photographs, which is the case token reduction exists for: a good method keeps the patches on
+the digit.
 
 The set is deterministic given its arguments: the same seed gives the same images, splits and order.
 """
@@ -27,7 +29,7 @@ def render_digit(
     others: np.ndarray,
     rng: np.random.Generator,
     canvas_size: int = 64,
-    scale: tuple[int, int] = (2, 3),
+    scale: tuple[int, int] = (4, 5),
     clutter: int = 4,
     noise: float = 0.03,
 ) -> np.ndarray:
@@ -47,6 +49,11 @@ def render_digit(
     return np.clip(canvas, 0.0, 1.0)
 
 
+def default_scale(canvas_size: int) -> tuple[int, int]:
+    """Upscaling factors that make a digit about half the canvas side: (4, 5) on a 64-pixel canvas."""
+    return max(1, canvas_size // 16), max(1, canvas_size * 5 // 64)
+
+
 def cluttered_digits_arrays(
     seed: int = 0,
     canvas_size: int = 64,
@@ -61,8 +68,13 @@ def cluttered_digits_arrays(
     """
     from sklearn.datasets import load_digits
 
-    if canvas_size < 8 * render.get("scale", (2, 3))[1]:
-        raise ValueError(f"canvas_size = {canvas_size} is too small for the digit scale; use at least 24.")
+    render.setdefault("scale", default_scale(canvas_size))
+    low, high = render["scale"]
+    if not 1 <= low <= high or canvas_size < 8 * high:
+        raise ValueError(
+            f"scale = {render['scale']} must be (smallest, largest) integer factors with 1 <= smallest <= largest "
+            f"and 8 * largest <= canvas_size = {canvas_size}."
+        )
     if not 0.0 < validation_fraction < 1.0:
         raise ValueError(f"validation_fraction = {validation_fraction} must be in (0, 1).")
     digits = load_digits()

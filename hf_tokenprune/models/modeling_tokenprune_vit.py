@@ -276,6 +276,20 @@ class TokenPruneViTPreTrainedModel(ViTPreTrainedModel):
             if init_own is not None:
                 init_own(self.config.initializer_range)
 
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        """Also takes a state dict in the 4.x layout that ``save_pretrained`` writes: the Trainer reads checkpoint
+        files raw with this method when it resumes or loads the best model, and would otherwise find every layer
+        weight missing (and only warn)."""
+        if any("encoder.layer." in key for key in state_dict):
+            renamings = get_checkpoint_conversion_mapping("ViTModel")
+            renamed = {}
+            for key, value in state_dict.items():
+                for renaming in renamings:
+                    key, _ = renaming.rename_source_key(key)
+                renamed[key] = value
+            state_dict = renamed
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
+
     def drop_training_modules(self) -> list[str]:
         """Removes what only training needs (Cropr's auxiliary heads; with attention reuse, the unused attention
         weights of reused layers) and records it in the config, so a saved checkpoint loads without them, with no
