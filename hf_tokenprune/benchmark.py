@@ -14,6 +14,8 @@ from typing import Any
 
 import torch
 
+from .plans import PlanEntry, default_plans, parse_plans
+
 __all__ = [
     "BenchmarkSettings",
     "TimingStats",
@@ -207,139 +209,6 @@ def machine_info(device: torch.device | None = None) -> dict[str, Any]:
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Plans
-# ----------------------------------------------------------------------------------------------------------------
-
-# Headline operating points of the methods (12-layer layer indices are scaled to other depths by the methods);
-# any other registered method is benchmarked with its defaults.
-HEADLINE_PLANS: dict[str, dict[str, Any]] = {
-    "evit": {"method": "evit", "keep_rate": 0.7, "fuse": True},  # layers 3, 6, 9
-    "skipvit": {"method": "skipvit", "keep_rate": 0.45},  # drops 55% at layer 3, rejoins before the last
-    "tome": {"method": "tome", "r": 8},
-    "evo_vit": {"method": "evo_vit", "keep_rate": 0.5},  # stages from layers 4 and 8
-    "supervit": {"method": "supervit", "keep_rate": 0.7},  # layers 3, 6, 9
-    "dynamicvit": {"method": "dynamicvit", "keep_rate": 0.7},  # layers 3, 6, 9
-    "cropr": {"method": "cropr", "tokens_per_layer": 8},  # 8 fewer tokens after every block, last-layer fusion
-}
-
-
-@dataclass
-class PlanEntry:
-    """One benchmarked plan: a label, a token-reduction plan and an attention-reuse plan (either may be None)."""
-
-    label: str
-    token_reduction: dict | None = None
-    attention_reuse: dict | None = None
-
-
-def default_plans() -> list[dict | None]:
-    """No reduction, every registered token-reduction method, and every registered attention-reuse method."""
-    from .models.attention_reuse import ATTENTION_REUSE_METHODS
-    from .models.token_reduction import REDUCTION_METHODS
-
-    plans: list[dict | None] = [None]
-    plans += [HEADLINE_PLANS.get(name, {"method": name}) for name in sorted(REDUCTION_METHODS)]
-    plans += [
-        {"token_reduction": None, "attention_reuse": {"method": name}} for name in sorted(ATTENTION_REUSE_METHODS)
-    ]
-    return plans
-
-
-def _short(value: Any) -> str:
-    if isinstance(value, (list, tuple)) and value and all(v == value[0] for v in value) and len(value) > 2:
-        return _short(value[0])  # a constant per-layer schedule, e.g. ToMe's r
-    if isinstance(value, (list, tuple)):
-        return "[" + ",".join(_short(v) for v in value) + "]"
-    return f"{value:g}" if isinstance(value, float) else str(value)
-
-
-def plan_label(token_reduction: dict | None, attention_reuse: dict | None = None) -> str:
-    """A short readable name for a plan: the method and the options that were given."""
-    parts = []
-    for plan in (token_reduction, attention_reuse):
-        if plan:
-            options = " ".join(f"{key}={_short(value)}" for key, value in plan.items() if key != "method")
-            parts.append(f"{plan['method']} {options}".strip())
-    return " + ".join(parts) if parts else "no reduction"
-
-
-def parse_plan_entry(entry: Any, index: int = 0) -> PlanEntry:
-    """Accepts ``null`` (no reduction), a bare token-reduction dict ``{"method": ...}``, or the wrapped form
-    ``{"token_reduction": ..., "attention_reuse": ..., "label": ...}``."""
-    where = f"plans[{index}]"
-    if entry is None:
-        return PlanEntry("no reduction")
-    if not isinstance(entry, dict):
-        raise ValueError(
-            f"{where} = {entry!r} must be null, a plan dict with 'method', or a dict with keys "
-            "'token_reduction' / 'attention_reuse' / 'label'."
-        )
-    if "method" in entry:
-        return PlanEntry(plan_label(entry), dict(entry), None)
-    unknown = sorted(set(entry) - {"token_reduction", "attention_reuse", "label"})
-    if unknown or not ({"token_reduction", "attention_reuse"} & set(entry)):
-        raise ValueError(
-            f"{where} = {entry!r}: unknown key(s) {unknown}; a wrapped entry has 'token_reduction' "
-            "and/or 'attention_reuse' (and optionally 'label'); a bare plan has 'method'."
-        )
-    reduction, reuse = entry.get("token_reduction"), entry.get("attention_reuse")
-    return PlanEntry(entry.get("label") or plan_label(reduction, reuse), reduction, reuse)
-
-
-def plan_config(base: Any, entry: PlanEntry) -> Any:
-    """``base`` (a TokenPruneViTConfig) with the entry's plans; the config validates them (ValueError if bad)."""
-    data = {**base.to_dict(), "token_reduction": entry.token_reduction, "attention_reuse": entry.attention_reuse}
-    return type(base).from_dict(data)
-
-
-def _default_label(entry: PlanEntry, config: Any) -> str:
-    """A bare ``{"method": name}`` is labelled with the operating point its defaults chose (amounts, reused layers)."""
-    from .models.token_reduction import get_reduction_class
-
-    reduction, reuse = entry.token_reduction, entry.attention_reuse
-    if reduction is not None and set(reduction) == {"method"}:
-        runtime = get_reduction_class(reduction["method"]).runtime_options
-        canonical = config.token_reduction
-        reduction = {"method": reduction["method"], **{k: canonical[k] for k in runtime if "loss" not in k}}
-    if reuse is not None and set(reuse) == {"method"}:
-        reuse = {"method": reuse["method"], "layers": config.attention_reuse.get("layers")}
-    return plan_label(reduction, reuse)
-
-
-def parse_plans(plans: Any, base: Any, keep_rate: float | None = None) -> list[tuple[PlanEntry, Any]]:
-    """Turns a list of plan entries into (entry, validated config) pairs; every error comes before any timing.
-
-    Args:
-        plans: a list of entries (see `parse_plan_entry`), or None for `default_plans`.
-        base: the TokenPruneViTConfig of the model without plans.
-        keep_rate: if given, replaces the keep rate of every plan whose method has one.
-    """
-    from .models.token_reduction import get_reduction_class
-
-    plans = default_plans() if plans is None else plans
-    if not isinstance(plans, list) or not plans:
-        raise ValueError(f"plans = {plans!r} must be a non-empty JSON list of plans.")
-    parsed = []
-    for index, raw in enumerate(plans):
-        entry = parse_plan_entry(raw, index)
-        if keep_rate is not None and entry.token_reduction:
-            if get_reduction_class(entry.token_reduction.get("method")).uses_keep_rate:
-                entry.token_reduction = {**entry.token_reduction, "keep_rate": keep_rate}
-                entry.label = plan_label(entry.token_reduction, entry.attention_reuse)
-        try:
-            config = plan_config(base, entry)
-        except ValueError as error:
-            raise ValueError(f"plans[{index}] ({entry.label}): {error}") from None
-        if entry.label == plan_label(entry.token_reduction, entry.attention_reuse):
-            entry.label = _default_label(entry, config)
-        parsed.append((entry, config))
-    labels = [entry.label for entry, _ in parsed]
-    if len(set(labels)) != len(labels):
-        raise ValueError(f"plans have repeated labels {labels}; give each a distinct 'label'.")
-    return parsed
-
-
-# ----------------------------------------------------------------------------------------------------------------
 # Models
 # ----------------------------------------------------------------------------------------------------------------
 
@@ -468,9 +337,17 @@ class BenchmarkSettings:
             raise ValueError(f"warmup = {self.warmup} must be at least 0.")
 
 
-def _ratios(stock: TimingStats, plan: TimingStats) -> list[float]:
-    """Per-round speed-ups: the stock model's time over the plan's, in the same round."""
-    return [s / p for s, p in zip(stock.times, plan.times)]
+class Speedups(list):
+    """Per-round speed-ups (the stock model's time over the plan's, in the same round), with ``best``: the stock
+    model's fastest round over the plan's fastest, which interference from other processes can only lower."""
+
+    def __init__(self, stock: TimingStats, plan: TimingStats):
+        super().__init__(s / p for s, p in zip(stock.times, plan.times))
+        self.best = min(stock.times) / min(plan.times)
+
+
+def _ratios(stock: TimingStats, plan: TimingStats) -> Speedups:
+    return Speedups(stock, plan)
 
 
 def allow_recompiles(num_models: int) -> None:
@@ -555,7 +432,8 @@ def _row(entry: PlanEntry, config: Any, mode: str, ratios: list[float], settings
         "measured_speedup": measured,
         "fraction_of_ideal": measured / report.ideal_speedup,
         "spread": [min(ratios), max(ratios)],
-        "round_speedups": ratios,
+        "round_speedups": list(ratios),
+        "best_of_rounds_speedup": getattr(ratios, "best", None),
         "device": info["device"],
         "dtype": str(settings.dtype).removeprefix("torch."),
         "batch_size": 1 if mode == "latency" else settings.batch_size,

@@ -231,7 +231,7 @@ def plot_kept_tokens(
     model.train(was_training)
     if outputs.token_positions is None:
         raise ValueError("the model's outputs carry no token_positions: pass a TokenPruneViT model.")
-    from .benchmark import plan_label
+    from .plans import plan_label
 
     title = title or plan_label(model.config.token_reduction, getattr(model.config, "attention_reuse", None))
     return render_token_maps(shown, outputs, path, layers=layers, title=title)
