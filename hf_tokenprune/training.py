@@ -166,7 +166,22 @@ class ConstantSchedule(PlanSchedule):
         return self.target
 
 
-class CosineSchedule(PlanSchedule):
+class _WarmupSchedule(PlanSchedule):
+    """A schedule that moves from ``start`` to ``target`` between ``delay_fraction`` and ``delay_fraction +
+    warmup_fraction`` of the run; subclasses give the shape of the move."""
+
+    def __init__(self, key, target=None, start=None, warmup_fraction: float = 0.5, delay_fraction: float = 0.0):
+        super().__init__(key, target, start)
+        _check_fractions(warmup_fraction, delay_fraction)
+        self.warmup_fraction = warmup_fraction
+        self.delay_fraction = delay_fraction
+
+    def fraction_done(self, progress: float) -> float:
+        done = (progress - self.delay_fraction) / self.warmup_fraction if self.warmup_fraction else 1.0
+        return min(max(done, 0.0), 1.0)
+
+
+class CosineSchedule(_WarmupSchedule):
     """EViT's keep-rate warm-up: ``start`` until ``delay_fraction`` of training, then a half cosine to ``target``
     reached at ``delay_fraction + warmup_fraction``, then ``target`` (youweiliang/evit ``adjust_keep_rate``, with
     epochs expressed as fractions of the run).
@@ -178,18 +193,14 @@ class CosineSchedule(PlanSchedule):
     """
 
     def __init__(self, key="keep_rate", target=None, start=None, warmup_fraction: float = 0.5, delay_fraction=0.0):
-        super().__init__(key, target, start)
-        _check_fractions(warmup_fraction, delay_fraction)
-        self.warmup_fraction = warmup_fraction
-        self.delay_fraction = delay_fraction
+        super().__init__(key, target, start, warmup_fraction, delay_fraction)
 
     def value_at(self, progress: float) -> Any:
-        done = (progress - self.delay_fraction) / self.warmup_fraction if self.warmup_fraction else 1.0
-        weight = 0.5 * (1.0 - math.cos(math.pi * min(max(done, 0.0), 1.0)))
+        weight = 0.5 * (1.0 - math.cos(math.pi * self.fraction_done(progress)))
         return _blend(self.start, self.target, weight)
 
 
-class LinearSchedule(PlanSchedule):
+class LinearSchedule(_WarmupSchedule):
     """Token Cropr's pruning curriculum: ``key`` grows linearly from ``start`` (0: prune nothing) to ``target`` over
     the first ``warmup_fraction`` of training (default: half), then stays there. Integers are floored, per layer for
     a per-layer list.
@@ -201,14 +212,10 @@ class LinearSchedule(PlanSchedule):
     """
 
     def __init__(self, key="tokens_per_layer", target=None, start=None, warmup_fraction=0.5, delay_fraction=0.0):
-        super().__init__(key, target, start)
-        _check_fractions(warmup_fraction, delay_fraction)
-        self.warmup_fraction = warmup_fraction
-        self.delay_fraction = delay_fraction
+        super().__init__(key, target, start, warmup_fraction, delay_fraction)
 
     def value_at(self, progress: float) -> Any:
-        done = (progress - self.delay_fraction) / self.warmup_fraction if self.warmup_fraction else 1.0
-        return _blend(self.start, self.target, min(max(done, 0.0), 1.0))
+        return _blend(self.start, self.target, self.fraction_done(progress))
 
 
 def _check_fractions(warmup_fraction: float, delay_fraction: float) -> None:

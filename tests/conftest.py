@@ -102,5 +102,17 @@ def pruned_model(stock: ViTForImageClassification, **config) -> TokenPruneViTFor
     return model
 
 
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models on a shared 2-core machine run much faster on one thread (no OpenMP spin-waiting)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def registered_methods() -> set[str]:
     return set(hf_tokenprune.REDUCTION_METHODS)

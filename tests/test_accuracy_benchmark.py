@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import PNG_MAGIC
 
 from hf_tokenprune import REDUCTION_METHODS
 
 SCRIPT = Path(__file__).resolve().parents[1] / "examples" / "benchmark_accuracy.py"
-PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 NUMBER = r"[+-]?\d+(\.\d+)?(e[+-]?\d+)?"
 
 

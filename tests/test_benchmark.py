@@ -8,7 +8,7 @@ import math
 
 import pytest
 import torch
-from conftest import REDUCING_PLANS, tiny_config
+from conftest import PNG_MAGIC, REDUCING_PLANS, tiny_config
 
 from hf_tokenprune import REDUCTION_METHODS, TokenPruneViTForImageClassification
 from hf_tokenprune import benchmark as bm
@@ -19,16 +19,7 @@ REQUIRED_KEYS = {
     "label", "plan", "attention_reuse", "mode", "tokens_per_layer", "gflops", "stock_gflops", "ideal_speedup",
     "measured_speedup", "fraction_of_ideal", "spread", "device", "dtype", "batch_size", "rounds",
 }  # fmt: skip
-PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models on a shared 2-core machine run much faster on one thread (no OpenMP spin-waiting)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _settings(**overrides) -> bm.BenchmarkSettings:

@@ -18,13 +18,7 @@ TOLERANCE = 0.03  # relative; the methods' small elementwise extras (e.g. EViT's
 BATCH = 2
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models on a shared 2-core machine run much faster on one thread (no OpenMP spin-waiting)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _eager_model(**config) -> TokenPruneViTForImageClassification:

@@ -249,8 +249,12 @@ def test_runtime_options_follow_the_config_and_structure_cannot_change(stock_mod
         assert list(model(pixels).token_counts) == model.config.token_counts()
         assert model(pixels).token_counts[1] == (65, 1 + 20 + 1)
     model.config.token_reduction = {**model.config.token_reduction, "layers": [0]}
-    with pytest.raises(ValueError, match=r"changed since the model was built.*only \['keep_rate'\] may change"):
+    with pytest.raises(ValueError, match=r"changed since the model was built.*only token_reduction's \['keep_rate'\]"):
         model(pixels)
+    reuse = pruned_model(stock_model, attention_reuse={"method": "skipat", "layers": [1, 2]})
+    reuse.config.attention_reuse = {**reuse.config.attention_reuse, "layers": [1, 2, 3]}
+    with pytest.raises(ValueError, match=r"attention_reuse \{.*\[1, 2\].*\} -> \{.*\[1, 2, 3\]"):
+        reuse(pixels)
     tome = pruned_model(stock_model, token_reduction={"method": "tome", "r": [0, 0, 0, 0]})
     tome.config.token_reduction = {**tome.config.token_reduction, "r": [0, 8, 8, 0]}
     with torch.no_grad():

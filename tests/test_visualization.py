@@ -3,22 +3,14 @@
 import numpy as np
 import pytest
 import torch
-from conftest import REDUCING_PLANS, tiny_config
+from conftest import PNG_MAGIC, REDUCING_PLANS, tiny_config
 from PIL import Image
 
 from hf_tokenprune import TokenPruneViTForImageClassification
 from hf_tokenprune import visualization as vis
 from hf_tokenprune.cli import main as cli_main
 
-PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _model(plan) -> TokenPruneViTForImageClassification:

@@ -323,7 +323,7 @@ class TokenPruneViTPreTrainedModel(ViTPreTrainedModel):
             config.attention_reuse = {**reuse, "keep_replaced_attention": False}
         for module in self.modules():
             if isinstance(module, TokenPruneViTModel):
-                module.built_plan = copy.deepcopy(config.token_reduction)
+                module.built_plans = copy.deepcopy((config.token_reduction, config.attention_reuse))
 
     def save_pretrained(self, save_directory, *args, **kwargs):
         module = type(self).__module__.split(".")[-1]
@@ -360,21 +360,23 @@ def check_pixel_values(pixel_values, config, interpolate_pos_encoding):
     return rows, columns
 
 
-def plan_in_force(config, built_plan, keep_rate):
+def _same_structure(plan, built_plan) -> bool:
+    if plan is None or built_plan is None:
+        return plan is built_plan
+    method = get_reduction_class(plan["method"])
+    return plan["method"] == built_plan["method"] and method.structure(plan) == method.structure(built_plan)
+
+
+def plan_in_force(config, built_plans, keep_rate):
     """The config's current plan with a runtime keep rate applied; refuses structural changes since the build."""
-    plan = config.token_reduction
-    if (plan is None) != (built_plan is None) or (
-        plan is not None
-        and (
-            plan["method"] != built_plan["method"]
-            or get_reduction_class(plan["method"]).structure(plan)
-            != get_reduction_class(plan["method"]).structure(built_plan)
-        )
-    ):
+    plan, built_plan, built_reuse = config.token_reduction, *built_plans
+    if not _same_structure(plan, built_plan) or config.attention_reuse != built_reuse:
         runtime = [] if plan is None else list(get_reduction_class(plan["method"]).runtime_options)
         raise ValueError(
-            f"config.token_reduction changed since the model was built ({built_plan} -> {plan}); on a built model "
-            f"only {runtime} may change. Build a new model (from_pretrained / from_config) for another plan."
+            f"config.token_reduction or config.attention_reuse changed since the model was built (token_reduction "
+            f"{built_plan} -> {plan}, attention_reuse {built_reuse} -> {config.attention_reuse}); on a built model "
+            f"only token_reduction's {runtime} may change. Build a new model (from_pretrained / from_config) for "
+            "another plan."
         )
     if keep_rate is None:
         return plan
@@ -399,9 +401,8 @@ class TokenPruneViTModel(TokenPruneViTPreTrainedModel, ViTModel):
         self.layers = nn.ModuleList([TokenPruneViTLayer(config, i) for i in range(config.num_hidden_layers)])
         self.layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.pooler = ViTPooler(config) if add_pooling_layer else None
-        self.built_plan = copy.deepcopy(
-            config.token_reduction
-        )  # runtime options may change in the config; the rest may not
+        # The plans the layers were built for: runtime options may change in the config, the rest may not.
+        self.built_plans = copy.deepcopy((config.token_reduction, config.attention_reuse))
         self.post_init()
 
     @capture_outputs(tie_last_hidden_states=False)
@@ -422,7 +423,7 @@ class TokenPruneViTModel(TokenPruneViTPreTrainedModel, ViTModel):
             Runs every layer in full, as the stock ViT with the same weights (the unreduced teacher for distillation).
         """
         grid = check_pixel_values(pixel_values, self.config, interpolate_pos_encoding)
-        plan = None if disable_plans else plan_in_force(self.config, self.built_plan, keep_rate)
+        plan = None if disable_plans else plan_in_force(self.config, self.built_plans, keep_rate)
         reuse = None if disable_plans else self.config.attention_reuse
         if attention_mask is not None and self.config.token_reduction is not None:
             raise ValueError("attention_mask cannot be combined with token_reduction: the sequence changes length.")
