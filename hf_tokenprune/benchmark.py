@@ -544,15 +544,18 @@ def describe_setup(rows: list[dict[str, Any]]) -> str:
     """One line that says how the table was measured."""
     row = rows[0]
     batch = next((r["batch_size"] for r in rows if r["mode"] != "latency"), row["batch_size"])
+    rounds = ", ".join(f"{mode} {count}" for mode, count in {r["mode"]: r["rounds"] for r in rows}.items())
     return (
-        f"device: {row['device']}; dtype {row['dtype']}; batch {batch}; image {row['image_size'][0]}; "
-        f"compile {row['compile']}; stock GFLOPs {row['stock_gflops']:.4g}; speed-ups are medians of paired rounds "
-        "(stock time / plan time, same process, interleaved); (of ideal) = measured / ideal"
+        f"device: {row['device']}; dtype {row['dtype']}; batch {batch}; rounds: {rounds}; "
+        f"image {row['image_size'][0]}; compile {row['compile']}; stock GFLOPs {row['stock_gflops']:.4g}; "
+        "speed-ups are medians of paired rounds (stock time / plan time, same process, interleaved); "
+        "(of ideal) = measured / ideal"
     )
 
 
 def write_results(rows: list[dict[str, Any]], output_dir: str, extra: dict | None = None) -> dict[str, str]:
-    """Writes ``benchmark.json`` (rows and machine), ``benchmark.md`` (the table) and ``benchmark.png``."""
+    """Writes ``benchmark.json`` (rows, machine and ``extra``), ``benchmark.md`` (the table, how it was measured and
+    ``extra["command"]`` when given) and ``benchmark.png``."""
     import json
     import os
 
@@ -561,7 +564,8 @@ def write_results(rows: list[dict[str, Any]], output_dir: str, extra: dict | Non
     with open(paths["json"], "w") as file:
         json.dump({"machine": machine_info_from_rows(rows), **(extra or {}), "rows": rows}, file, indent=2)
     with open(paths["md"], "w") as file:
-        file.write(format_table(rows) + "\n\n" + describe_setup(rows) + "\n")
+        command = f"\n\ncommand: `{extra['command']}`" if extra and extra.get("command") else ""
+        file.write(format_table(rows) + "\n\n" + describe_setup(rows) + command + "\n")
     from .visualization import plot_speedups
 
     plot_speedups(rows, paths["png"], title=f"{rows[0]['device']}, {rows[0]['dtype']}")
@@ -622,7 +626,7 @@ def _benchmark_command(args: Any) -> int:
     plans = parse_plans(_plans_from_args(args), base, keep_rate=args.keep_rate)  # every error before timing
     print(f"benchmarking {len(plans)} plans on {device_name(settings.device)} ({args.model or args.arch})")
     rows = run_benchmark(base, plans, settings, state_dict)
-    paths = write_results(rows, args.output_dir, {"model": args.model or args.arch})
+    paths = write_results(rows, args.output_dir, {"model": args.model or args.arch, "command": args.command_line})
     print(format_table(rows))
     print(describe_setup(rows))
     print(f"wrote {paths['json']}, {paths['md']} and {paths['png']}")

@@ -2,6 +2,7 @@
 
 import argparse
 import json
+import shlex
 import sys
 
 
@@ -63,6 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args.command_line = shlex.join(["hf-tokenprune", *(sys.argv[1:] if argv is None else argv)])  # for the records
     try:
         return args.func(args)
     except ValueError as error:

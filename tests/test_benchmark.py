@@ -5,6 +5,7 @@ These tests check behaviour on tiny models with one or two rounds; they never as
 
 import json
 import math
+import shlex
 
 import pytest
 import torch
@@ -203,7 +204,11 @@ def test_cli_benchmark_on_a_checkpoint(tiny_checkpoint, tmp_path, capsys):
     assert cli_main(argv) == 0
     printed = capsys.readouterr().out
     assert "| no reduction |" in printed and "| evit |" in printed
-    rows = json.loads((tmp_path / "benchmark.json").read_text())["rows"]
+    results = json.loads((tmp_path / "benchmark.json").read_text())
+    assert results["command"] == shlex.join(["hf-tokenprune", *argv])  # how to measure it again
+    assert f"command: `{results['command']}`" in (tmp_path / "benchmark.md").read_text()
+    assert "rounds: inference 1, latency 3;" in (tmp_path / "benchmark.md").read_text()
+    rows = results["rows"]
     assert [(row["label"], row["mode"]) for row in rows] == [
         ("no reduction", "inference"), ("no reduction", "latency"), ("evit", "inference"), ("evit", "latency"),
     ]  # fmt: skip
