@@ -151,6 +151,11 @@ def _amounts(recipe: Recipe, strengths: list[float]) -> list[float]:
     return strengths if count >= len(strengths) else strengths[len(strengths) - count :]
 
 
+# Methods whose training mode changes what a short fine-tune reaches: DynamicViT's paper recipe (hard Gumbel masks,
+# the default) and ours (Gumbel top-k and gather, as fast as inference).
+VARIANTS = {"dynamicvit": {"dynamicvit-gather": {"train_mode": "gather"}}}
+
+
 def operating_points(recipe: Recipe) -> list[tuple[str, str, dict]]:
     """(method, operating point, wrapped plan entry) for every registered method and attention-reuse method.
 
@@ -177,6 +182,10 @@ def operating_points(recipe: Recipe) -> list[tuple[str, str, dict]]:
         for options in known.get(method, [{}]):
             name = " ".join(f"{k}={v}" for k, v in options.items()) or "defaults"
             points.append((method, name, {"token_reduction": {"method": method, **options}}))
+        for variant, extra in VARIANTS.get(method, {}).items():  # another training mode, drawn as its own line
+            for options in known.get(method, [{}]):
+                name = " ".join(f"{k}={v}" for k, v in options.items()) or "defaults"
+                points.append((variant, name, {"token_reduction": {"method": method, **options, **extra}}))
     if "skipat" in ATTENTION_REUSE_METHODS:
         spans = [[3, 4, 5], [3, 4, 5, 6, 7, 8]][2 - min(2, recipe.operating_points) :]
         for span in spans:
@@ -399,6 +408,8 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     np.random.seed(args.seed)
     progress = not args.no_progress
+    if not progress:
+        os.environ["TQDM_DISABLE"] = "1"  # the training bars too (tqdm reads it for every new bar)
     results = run(recipe, seed=args.seed, device=args.device, progress=progress, picture_dir=args.output_dir)
     command = "python examples/benchmark_accuracy.py " + " ".join(argv if argv is not None else sys.argv[1:])
     paths = write_outputs(results, args.output_dir, command.strip())

@@ -54,7 +54,10 @@ def test_operating_points_cover_every_method(script):
     points = script.operating_points(recipe)
     methods = {method for method, _, _ in points}
     assert set(REDUCTION_METHODS) <= methods
-    assert methods - set(REDUCTION_METHODS) == set(ATTENTION_REUSE_METHODS) & {"skipat"}
+    variants = {name for extra in script.VARIANTS.values() for name in extra}
+    assert methods - set(REDUCTION_METHODS) == (set(ATTENTION_REUSE_METHODS) & {"skipat"}) | variants
+    for name, plan in [(m, e["token_reduction"]) for m, _, e in points if m == "dynamicvit-gather"]:
+        assert plan["method"] == "dynamicvit" and plan["train_mode"] == "gather", name
     for method in methods:
         names = [name for m, name, _ in points if m == method]
         assert len(names) == len(set(names)) and 1 <= len(names) <= 2  # --tiny: at most two points each

@@ -188,6 +188,20 @@ def test_dynamicvit_keeps_the_planned_fraction_of_the_original_tokens(stock_mode
     assert out.token_counts == ((65, 65), (33, 33), (33, 33), (17, 17))  # ceil(0.5 * 64) and ceil(0.25 * 64)
 
 
+def test_dynamicvit_predictor_starts_at_the_planned_keep_rate(stock_model, tmp_path):
+    """An untrained predictor keeps each token with probability keep_rate, so masked training starts where the
+    ratio loss wants it (not at one half); a checkpoint's trained bias is not re-initialised on loading."""
+    model = pruned_model(stock_model, token_reduction={"method": "dynamicvit", "layers": [1, 3], "keep_rate": 0.8})
+    predictor = model.vit.layers[1].token_reduction.predictor
+    keep = predictor(torch.randn(4, 64, TINY["hidden_size"]), None)[..., 0].exp()
+    assert keep.mean().item() == pytest.approx(0.8, abs=0.03)
+    with torch.no_grad():
+        predictor.classify[-2].bias.copy_(torch.tensor([3.0, -1.0]))  # as if trained
+    model.save_pretrained(tmp_path)
+    loaded = TokenPruneViTForImageClassification.from_pretrained(tmp_path)
+    assert loaded.vit.layers[1].token_reduction.predictor.classify[-2].bias.tolist() == [3.0, -1.0]
+
+
 def test_skipat_needs_at_least_hidden_ratio_two_for_the_identity_start():
     with pytest.raises(ValueError, match="identity' needs hidden_ratio >= 2"):
         tiny_config(attention_reuse={"method": "skipat", "hidden_ratio": 1})

@@ -17,8 +17,11 @@ original ``N`` patch tokens remain.
   by ``1 + p - stop_gradient(p)`` (value unchanged, gradient to the keep probability ``p``).
 """
 
+import math
+
 import torch
 from torch import nn
+from transformers import initialization as init
 
 from .token_reduction import (
     TokenReduction,
@@ -46,10 +49,16 @@ def stage_keep_counts(plan, num_patches, keep_rate=None):
 
 
 class KeepPredictor(nn.Module):
-    """Per-token keep/drop log-probabilities from local features and a keep-weighted global feature."""
+    """Per-token keep/drop log-probabilities from local features and a keep-weighted global feature.
 
-    def __init__(self, width: int, eps: float):
+    It starts out keeping every token with probability ``initial_keep`` (the output bias; the other weights are
+    HF's usual initialisation), so the paper's masked training starts at the kept fraction the ratio loss asks for
+    rather than at one half: an untrained predictor would otherwise mask half the keys of every stage at random.
+    """
+
+    def __init__(self, width: int, eps: float, initial_keep: float = 0.5):
         super().__init__()
+        self.initial_keep = min(max(initial_keep, 0.01), 0.99)
         self.project = nn.Sequential(nn.LayerNorm(width, eps=eps), nn.Linear(width, width), nn.GELU())
         self.classify = nn.Sequential(
             nn.Linear(width, width // 2),
@@ -59,6 +68,13 @@ class KeepPredictor(nn.Module):
             nn.Linear(width // 4, 2),
             nn.LogSoftmax(dim=-1),
         )
+        self.init_tokenprune_weights()
+
+    @torch.no_grad()
+    def init_tokenprune_weights(self, std: float = 0.02) -> None:
+        """Output bias for a keep probability of ``initial_keep``; HF's loader calls it for missing weights only."""
+        log_odds = math.log(self.initial_keep / (1.0 - self.initial_keep))
+        init.copy_(self.classify[-2].bias, torch.tensor([0.5 * log_odds, -0.5 * log_odds]))
 
     def forward(self, tokens: torch.Tensor, keep: torch.Tensor | None) -> torch.Tensor:
         """(B, N, 2) log-probabilities of (keep, drop); ``keep`` (B, N, 1) weights the global average."""
@@ -121,7 +137,7 @@ class DynamicViTReduction(TokenReduction):
     def __init__(self, plan, config, layer_idx):
         super().__init__(plan, config, layer_idx)
         self.stage = plan["layers"].index(layer_idx)
-        self.predictor = KeepPredictor(config.hidden_size, config.layer_norm_eps)
+        self.predictor = KeepPredictor(config.hidden_size, config.layer_norm_eps, initial_keep=plan["keep_rate"])
         self.park_dropped = bool(config.restore_tokens)
 
     def before_block(self, x: torch.Tensor, state: TokenState):
