@@ -102,7 +102,7 @@ def base_config(recipe: Recipe, **plans: Any) -> TokenPruneViTConfig:
     )  # fmt: skip
 
 
-def train(model, data, epochs: int, learning_rate: float, batch_size: int, seed: int, desc: str) -> None:
+def train(model, data, epochs: int, learning_rate: float, batch_size: int, seed: int, desc: str, progress=True):
     """AdamW with a cosine schedule and warm-up; the loss is whatever the model returns (auxiliary losses included)."""
     from tqdm.auto import tqdm
     from transformers import get_cosine_schedule_with_warmup
@@ -115,7 +115,7 @@ def train(model, data, epochs: int, learning_rate: float, batch_size: int, seed:
     )
     generator = torch.Generator().manual_seed(seed)
     model.train()
-    for _ in tqdm(range(epochs), desc=desc, leave=False):
+    for _ in tqdm(range(epochs), desc=desc, leave=False, disable=not progress):
         order = torch.randperm(len(labels), generator=generator)
         for start in range(0, len(labels), batch_size):
             batch = order[start : start + batch_size]
@@ -210,30 +210,33 @@ def plan_model(recipe: Recipe, entry: dict, weights: dict, seed: int) -> TokenPr
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def finetune(model, recipe: Recipe, data, seed: int, desc: str) -> None:
+def finetune(model, recipe: Recipe, data, seed: int, desc: str, progress: bool = True) -> None:
     lr, epochs = recipe.finetune_learning_rate, recipe.finetune_epochs
-    train(model, data["train"], epochs, lr, recipe.batch_size, seed, desc)
+    train(model, data["train"], epochs, lr, recipe.batch_size, seed, desc, progress)
 
 
-def train_base(recipe: Recipe, data, seed: int) -> tuple[dict, dict[str, float]]:
+def train_base(recipe: Recipe, data, seed: int, progress: bool = True) -> tuple[dict, dict[str, float]]:
     """The base ViT's weights, and the stock accuracy before and after the same fine-tune the plans get."""
     torch.manual_seed(seed)
     base = TokenPruneViTForImageClassification(base_config(recipe))
     init_sincos_position_embeddings(base)  # from scratch, a 2-D sine-cosine start makes the small ViT learn faster
-    train(base, data["train"], recipe.epochs, recipe.learning_rate, recipe.batch_size, seed, "training the base ViT")
+    lr, epochs = recipe.learning_rate, recipe.epochs
+    train(base, data["train"], epochs, lr, recipe.batch_size, seed, "training the base ViT", progress)
     stock = {"zero-shot": evaluate(base, data["validation"])}
     weights = copy.deepcopy(base.state_dict())
-    finetune(base, recipe, data, seed, "fine-tune stock")
+    finetune(base, recipe, data, seed, "fine-tune stock", progress)
     stock["fine-tuned"] = evaluate(base, data["validation"])
     return weights, stock
 
 
-def evaluate_point(recipe: Recipe, method: str, point: str, entry: dict, weights: dict, data, seed: int, stock):
+def evaluate_point(
+    recipe: Recipe, method: str, point: str, entry: dict, weights: dict, data, seed: int, stock, progress: bool = True
+):
     """Zero-shot and fine-tuned rows of one operating point, and its fine-tuned model."""
     model = plan_model(recipe, entry, weights, seed)
     report = count_flops(model.config)
     accuracy = {"zero-shot": evaluate(model, data["validation"])}
-    finetune(model, recipe, data, seed, f"fine-tune {method} {point}")
+    finetune(model, recipe, data, seed, f"fine-tune {method} {point}", progress)
     accuracy["fine-tuned"] = evaluate(model, data["validation"])
     rows = [
         {"method": method, "operating_point": point, "setting": setting, "accuracy": accuracy[setting],
@@ -251,11 +254,11 @@ def run(recipe: Recipe, seed: int = 0, device: str = "cpu", progress: bool = Tru
     strongest operating point keeps on one validation digit.
     """
     data = load_data(recipe, seed)
-    weights, stock = train_base(recipe, data, seed)
+    weights, stock = train_base(recipe, data, seed, progress)
     points = operating_points(recipe)
     rows, pictures = [], {}
     for method, point, entry in points:
-        point_rows, model = evaluate_point(recipe, method, point, entry, weights, data, seed, stock)
+        point_rows, model = evaluate_point(recipe, method, point, entry, weights, data, seed, stock, progress)
         rows += point_rows
         if picture_dir is not None and entry.get("token_reduction"):  # the strongest point (the last) wins
             pictures[method] = kept_tokens_picture(model, data, picture_dir, method, point)
@@ -408,8 +411,6 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     np.random.seed(args.seed)
     progress = not args.no_progress
-    if not progress:
-        os.environ["TQDM_DISABLE"] = "1"  # the training bars too (tqdm reads it for every new bar)
     results = run(recipe, seed=args.seed, device=args.device, progress=progress, picture_dir=args.output_dir)
     command = "python examples/benchmark_accuracy.py " + " ".join(argv if argv is not None else sys.argv[1:])
     paths = write_outputs(results, args.output_dir, command.strip())
