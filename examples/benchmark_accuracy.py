@@ -179,13 +179,11 @@ def operating_points(recipe: Recipe) -> list[tuple[str, str, dict]]:
     }  # fmt: skip
     points = []
     for method in sorted(REDUCTION_METHODS):
-        for options in known.get(method, [{}]):
-            name = " ".join(f"{k}={v}" for k, v in options.items()) or "defaults"
-            points.append((method, name, {"token_reduction": {"method": method, **options}}))
-        for variant, extra in VARIANTS.get(method, {}).items():  # another training mode, drawn as its own line
+        lines = {method: {}, **VARIANTS.get(method, {})}  # a variant (another training mode) is its own line
+        for line, extra in lines.items():
             for options in known.get(method, [{}]):
                 name = " ".join(f"{k}={v}" for k, v in options.items()) or "defaults"
-                points.append((variant, name, {"token_reduction": {"method": method, **options, **extra}}))
+                points.append((line, name, {"token_reduction": {"method": method, **options, **extra}}))
     if "skipat" in ATTENTION_REUSE_METHODS:
         spans = [[3, 4, 5], [3, 4, 5, 6, 7, 8]][2 - min(2, recipe.operating_points) :]
         for span in spans:
