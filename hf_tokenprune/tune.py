@@ -413,6 +413,9 @@ def plot_front(result: dict, chosen: dict | None, path: str, target: Target) -> 
     front = sorted(pareto_front(rows), key=lambda r: r["measured_speedup"])
     axes.plot([r["measured_speedup"] for r in front], [r["accuracy"] for r in front], "k-", linewidth=1,
               label="Pareto front")  # fmt: skip
+    for row in front:
+        axes.annotate(row["label"], (row["measured_speedup"], row["accuracy"]), textcoords="offset points",
+                      xytext=(6, 4), fontsize=7)  # fmt: skip
     axes.plot([1.0], [result["stock_accuracy"]], "k*", markersize=14, label="stock ViT")
     if chosen is not None:
         axes.plot([chosen["measured_speedup"]], [chosen["accuracy"]], "o", markersize=16, fillstyle="none",
@@ -423,7 +426,7 @@ def plot_front(result: dict, chosen: dict | None, path: str, target: Target) -> 
         axes.axhline(result["stock_accuracy"] - target.value, color="grey", linestyle="--", linewidth=1,
                      label=target.describe())  # fmt: skip
     axes.set(xlabel="measured speed-up vs stock ViT (inference, same weights)", ylabel="held-out accuracy")
-    axes.set(title=f"training-free plans: {result['setup']['model']}")
+    axes.set(title=f"plans for {os.path.basename(os.path.normpath(result['setup']['model']))} (no training)")
     return _finish(plt, figure, axes, path)
 
 

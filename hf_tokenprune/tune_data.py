@@ -33,11 +33,15 @@ def load_split(kind: str, argument: str | None, split: str | None):
         from .data import load_cluttered_digits
 
         dataset = load_cluttered_digits(seed=0)  # the digits' own split: seed 0 is what the examples train on
-    elif kind == "imagefolder":
-        dataset = datasets.load_dataset("imagefolder", data_dir=argument)
     else:
         name, _, config_name = argument.partition(":")
-        dataset = datasets.load_dataset(name, config_name or None)
+        kwargs = {"data_dir": argument} if kind == "imagefolder" else {"name": config_name or None}
+        try:
+            dataset = datasets.load_dataset("imagefolder" if kind == "imagefolder" else name, **kwargs)
+        except Exception as error:  # datasets raises many kinds: offline, not found, no images, bad config
+            first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            shown = f"imagefolder {argument}" if kind == "imagefolder" else argument.replace(":", " ")
+            raise ValueError(f"--data {shown}: cannot load it ({first}).") from None
     if split is None:
         split = next((s for s in ("validation", "test") if s in dataset), None)
         split = split or (next(iter(dataset)) if len(dataset) == 1 else None)

@@ -219,3 +219,11 @@ def test_output_must_be_a_new_folder(checkpoint, tmp_path, capsys):
     (tmp_path / "taken" / "file").write_text("x")
     argv = ["tune", "--model", checkpoint, "--target-speedup", "1.5", "--output", str(tmp_path / "taken"), *FAST]
     assert cli_main(argv) == 2 and "already exists" in capsys.readouterr().err
+
+
+def test_data_that_does_not_load_is_one_line(checkpoint, tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    argv = ["tune", "--model", checkpoint, "--target-speedup", "1.5", "--data", "imagefolder", str(tmp_path / "empty")]
+    assert cli_main([*argv, "--results-dir", str(tmp_path / "results"), *FAST]) == 2
+    assert f"--data imagefolder {tmp_path / 'empty'}: cannot load it" in capsys.readouterr().err
+    assert not (tmp_path / "results").exists()
