@@ -360,8 +360,8 @@ def _source(entry: PlanEntry, config: Any) -> str:
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def format_front(result: dict, chosen: dict | None) -> str:
-    """A markdown table of the Pareto front, fastest first; the chosen plan is marked."""
+def format_front(result: dict, chosen: dict | None, everything: bool = False) -> str:
+    """A markdown table of the Pareto front (or of every candidate), fastest first; the chosen plan is marked."""
     from .benchmark import compact_counts
 
     lines = [
@@ -370,7 +370,7 @@ def format_front(result: dict, chosen: dict | None) -> str:
         f"| stock ViT | {result['stock_accuracy']:.3f} | | 1.00x | {result['rows'][0]['stock_gflops']:.4g} | 1.00x"
         " | | |",
     ]
-    front = pareto_front(result["rows"])
+    front = result["rows"] if everything else pareto_front(result["rows"])
     off_front = [] if chosen is None or chosen in front else [chosen]  # a FLOPs target may choose off the front
     for row in sorted(front + off_front, key=lambda r: -r["measured_speedup"]):
         low, high = row["spread"]
@@ -425,6 +425,7 @@ def plot_front(result: dict, chosen: dict | None, path: str, target: Target) -> 
     elif target.kind == "max_accuracy_drop":
         axes.axhline(result["stock_accuracy"] - target.value, color="grey", linestyle="--", linewidth=1,
                      label=target.describe())  # fmt: skip
+    axes.margins(x=0.15, y=0.08)  # room for the labels of the front
     axes.set(xlabel="measured speed-up vs stock ViT (inference, same weights)", ylabel="held-out accuracy")
     axes.set(title=f"plans for {os.path.basename(os.path.normpath(result['setup']['model']))} (no training)")
     return _finish(plt, figure, axes, path)
@@ -441,13 +442,15 @@ def write_results(result: dict, chosen: dict | None, target: Target, results_dir
         json.dump(record, file, indent=2)
     with open(paths["md"], "w") as file:
         command = f"\n\ncommand: `{result['command']}`" if result.get("command") else ""
-        file.write(format_front(result, chosen) + "\n\n" + describe(result, chosen, target) + command + "\n")
+        file.write(format_front(result, chosen) + "\n\n" + describe(result, chosen, target) + command + "\n\n")
+        file.write("Every candidate:\n\n" + format_front(result, chosen, everything=True) + "\n")
     plot_front(result, chosen, paths["png"], target)
     return paths
 
 
-def write_checkpoint(source: str, output: str, chosen: dict) -> str:
-    """A copy of the checkpoint with the chosen plan in its config (weights, remote code and processor kept)."""
+def write_checkpoint(source: str, output: str, chosen: dict, record: dict) -> str:
+    """A copy of the checkpoint with the chosen plan in its config: the weights, the remote code, the image
+    processor, and ``tune_choice.json`` (the chosen row, the target, the stock accuracy and the command)."""
     import shutil
 
     from .models.modeling_tokenprune_vit import TokenPruneViTForImageClassification
@@ -456,18 +459,12 @@ def write_checkpoint(source: str, output: str, chosen: dict) -> str:
         source, token_reduction=chosen["token_reduction"], attention_reuse=chosen["attention_reuse"]
     )
     model.save_pretrained(output)
-    if os.path.isdir(source):  # the processor and other side files; not the old weights, config, card or code
+    if os.path.isdir(source):  # the image processor; not the old results, card or training arguments
         for name in sorted(os.listdir(source)):
-            skip = name.endswith((".safetensors", ".bin", ".py", ".index.json")) or name in (
-                "config.json",
-                "README.md",
-            )
-            if (
-                not skip
-                and os.path.isfile(os.path.join(source, name))
-                and not os.path.exists(os.path.join(output, name))
-            ):
+            if name.endswith("processor_config.json") and os.path.isfile(os.path.join(source, name)):
                 shutil.copy2(os.path.join(source, name), os.path.join(output, name))
+    with open(os.path.join(output, "tune_choice.json"), "w") as file:
+        json.dump({"chosen": chosen, **record}, file, indent=2)
     return output
 
 
@@ -562,7 +559,9 @@ def _report(result: dict, target: Target, args: Any) -> int:
     if failure is not None:
         raise failure
     if args.output is not None:
-        print(f"wrote the chosen plan into {write_checkpoint(args.model, args.output, chosen)}")
+        record = {key: result[key] for key in ("stock_accuracy", "command", "seed", "setup")}
+        record["target"] = {target.kind: target.value}
+        print(f"wrote the chosen plan into {write_checkpoint(args.model, args.output, chosen, record)}")
     return 0
 
 

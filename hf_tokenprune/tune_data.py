@@ -1,6 +1,7 @@
 """Held-out images for `hf_tokenprune.tune`: the embedded cluttered digits, an image folder or a ``datasets``
 dataset, as a seeded subset of preprocessed tensors, and the accuracy of a model on them."""
 
+import functools
 import os
 from typing import Any
 
@@ -25,14 +26,20 @@ def check_data(words: list[str]) -> tuple[str, str | None]:
     return "datasets", ":".join(words)
 
 
+@functools.cache
+def _embedded_digits():
+    """The cluttered digits of seed 0, the seed the examples train on (rendered once per process)."""
+    from .data import load_cluttered_digits
+
+    return load_cluttered_digits(seed=0)
+
+
 def load_split(kind: str, argument: str | None, split: str | None):
     """The held-out split as a `datasets.Dataset` (an image folder without split folders is held out whole)."""
     import datasets
 
     if kind == "embedded":
-        from .data import load_cluttered_digits
-
-        dataset = load_cluttered_digits(seed=0)  # the digits' own split: seed 0 is what the examples train on
+        dataset = _embedded_digits()
     else:
         name, _, config_name = argument.partition(":")
         kwargs = {"data_dir": argument} if kind == "imagefolder" else {"name": config_name or None}
