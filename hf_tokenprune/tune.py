@@ -43,6 +43,7 @@ GRIDS: dict[str, tuple[str, list[float]]] = {
     "dynamicvit": ("keep_rate", [0.9, 0.7, 0.5]),
     "cropr": ("tokens_per_layer", [0.5, 0.7, 0.9]),
 }
+OWN = " (checkpoint plan)"  # the label suffix of the checkpoint's own plan family (trained with it)
 TARGETS = ("target_speedup", "target_gflops", "max_accuracy_drop")
 TARGET_FLAGS = {name: "--" + name.replace("_", "-") for name in TARGETS}
 
@@ -121,7 +122,7 @@ def build_candidates(config: Any, methods: list[str] | None = None) -> tuple[lis
     lines, left_out = [], {}
     if own or own_reuse:  # the checkpoint's trained plan and its runtime amounts
         points = [dict(own), *_method_points(own["method"], config, own)] if own else [None]
-        lines.append([PlanEntry(plan_label(p, own_reuse), p, own_reuse) for p in points])
+        lines.append([PlanEntry(_own_label(p, own_reuse), p, own_reuse) for p in points])
     for method in sorted(REDUCTION_METHODS):
         if own and method == own["method"]:
             continue
@@ -133,6 +134,15 @@ def build_candidates(config: Any, methods: list[str] | None = None) -> tuple[lis
         left_out[method] = "attention reuse has a learned part and the checkpoint holds no trained plan of it"
     lines = [_only(line, methods) for line in lines]
     return _validated(_interleave([line for line in lines if line]), base, left_out), left_out
+
+
+def _own_label(plan: dict | None, reuse: dict | None) -> str:
+    """A short label for the checkpoint's plan family: the method and the amount the grid moves."""
+    option = GRIDS.get(plan["method"], ("",))[0] if plan else ""
+    value = (plan or {}).get(option)
+    amount = "" if value is None else f" {option}={value:g}" if isinstance(value, float) else f" {option}={value}"
+    parts = [f"{plan['method']}{amount}"] if plan else []
+    return " + ".join(parts + ([reuse["method"]] if reuse else [])) + OWN
 
 
 def _only(line: list[PlanEntry], methods: list[str] | None) -> list[PlanEntry]:
@@ -341,18 +351,11 @@ def search(config: Any, state_dict: dict, candidates: list, images: tuple, setti
         value = accuracy(model, *images, settings.batch_size)
         ratios = measure_forward(stock, {entry.label: model}, base, bench, bench.batch_size, bench.rounds, "")
         rows.append({**_row(entry, plan, value, stock_accuracy, ratios[entry.label]),
-                     "source": _source(entry, config)})  # fmt: skip
+                     "source": "checkpoint" if entry.label.endswith(OWN) else "training-free"})  # fmt: skip
         bar.set_postfix_str(f"{entry.label}: acc {value:.3f}, {rows[-1]['measured_speedup']:.2f}x")
         del model
     bar.close()
     return {"stock_accuracy": stock_accuracy, "rows": rows, "evaluated": len(rows), "budget_reached": budget_reached}
-
-
-def _source(entry: PlanEntry, config: Any) -> str:
-    """ "checkpoint" for the checkpoint's own plan family (trained with it), "training-free" otherwise."""
-    own = {(config.token_reduction or {}).get("method"), (config.attention_reuse or {}).get("method")} - {None}
-    mine = {(entry.token_reduction or {}).get("method"), (entry.attention_reuse or {}).get("method")}
-    return "checkpoint" if own & mine else "training-free"
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -174,6 +174,8 @@ def test_learned_methods_only_from_a_trained_checkpoint_plan(tmp_path):
     candidates, left_out = tune.build_candidates(trained.config)
     own = [entry.token_reduction for entry, _ in candidates if entry.token_reduction["method"] == "dynamicvit"]
     assert sorted(p["keep_rate"] for p in own) == [0.5, 0.7, 0.9] and all(p["layers"] == [1, 2] for p in own)
+    labels = [entry.label for entry, _ in candidates if entry.token_reduction["method"] == "dynamicvit"]
+    assert labels[0] == "dynamicvit keep_rate=0.7 (checkpoint plan)"  # its own plan first
     assert "dynamicvit" not in left_out and "cropr" in left_out
     settings = tune.SearchSettings(progress=False)
     base = tune.plan_config(trained.config, tune.PlanEntry("base"))
