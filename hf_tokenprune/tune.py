@@ -307,9 +307,9 @@ def _bench_settings(settings: SearchSettings) -> Any:
 
 
 def _prepared_models(base: Any, candidates: list, state_dict: dict, settings: SearchSettings):
-    """The stock model and every candidate's model, sharing the checkpoint's weights; a candidate's trained parts
-    (the checkpoint's own plan) come from ``state_dict``. A candidate whose model would still hold untrained
-    parameters is an error in `build_candidates`, so it is caught here."""
+    """The stock model and every candidate's model, sharing the checkpoint's weights; the trained parts of the
+    checkpoint's own plan come from ``state_dict``. A model left with untrained parameters would be a bug in
+    `build_candidates`, which only offers learned methods the checkpoint holds: it stops the search."""
     from .benchmark import build_models
 
     device = settings.device or torch.device("cpu")
