@@ -4,8 +4,8 @@ Rao et al., "DynamicViT: Efficient Vision Transformers with Dynamic Token Sparsi
 (arXiv 2106.02034); reference code raoyongming/DynamicViT.
 
 Before each listed layer a small predictor looks at every patch token (its own features and a global, keep-weighted
-average) and gives it a keep probability. After stage ``i`` (0-based) ``ceil(keep_rate ** (i + 1) * N)`` of the
-original ``N`` patch tokens remain.
+average) and gives it a keep probability. After stage ``i`` (0-based) ``int(N * keep_rate ** (i + 1))`` of the
+original ``N`` patch tokens remain (floor, as the reference code counts; at least one).
 
 - Inference: top-k of the predicted keep score and a gather, so the sequence really shrinks (static shapes).
 - Training, ``train_mode="mask"`` (the paper): hard Gumbel-softmax decisions with a straight-through gradient;
@@ -32,7 +32,6 @@ from .token_reduction import (
     check_options,
     gather_tokens,
     keep_tokens,
-    kept_count,
     park_tokens,
     rank_patches,
     register_reduction,
@@ -40,12 +39,19 @@ from .token_reduction import (
 )
 
 TRAIN_MODES = ("mask", "gather")
+PREDICTOR_EPS = 1e-5
+
+
+def stage_keep_ratios(plan, keep_rate=None):
+    """The fraction of the original patch tokens each stage keeps: ``keep_rate ** (i + 1)``."""
+    rate = plan["keep_rate"] if keep_rate is None else keep_rate
+    return [rate ** (stage + 1) for stage in range(len(plan["layers"]))]
 
 
 def stage_keep_counts(plan, num_patches, keep_rate=None):
-    """Patch tokens kept after each stage: ceil(keep_rate ** (i + 1) * N)."""
-    rate = plan["keep_rate"] if keep_rate is None else keep_rate
-    return [kept_count(num_patches, rate ** (stage + 1)) for stage in range(len(plan["layers"]))]
+    """Patch tokens kept after each stage: ``int(N * keep_rate ** (i + 1))``, the same float expression as the
+    reference code (raoyongming/DynamicViT ``num_keep_node``), so the counts agree to the token; at least one."""
+    return [min(num_patches, max(1, int(num_patches * ratio))) for ratio in stage_keep_ratios(plan, keep_rate)]
 
 
 class KeepPredictor(nn.Module):
@@ -137,15 +143,16 @@ class DynamicViTReduction(TokenReduction):
     def __init__(self, plan, config, layer_idx):
         super().__init__(plan, config, layer_idx)
         self.stage = plan["layers"].index(layer_idx)
-        self.predictor = KeepPredictor(config.hidden_size, config.layer_norm_eps, initial_keep=plan["keep_rate"])
+        # The reference predictor's LayerNorm has PyTorch's default eps (1e-5), whatever the backbone's.
+        self.predictor = KeepPredictor(config.hidden_size, PREDICTOR_EPS, initial_keep=plan["keep_rate"])
         self.park_dropped = bool(config.restore_tokens)
 
     def before_block(self, x: torch.Tensor, state: TokenState):
         num_prefix = state.num_prefix
         num_patches = state.num_embedding_tokens - num_prefix
+        if self.training and state.plan["train_mode"] == "mask":  # the ratio loss aims at the rate, as the reference
+            return self._mask(x, state, stage_keep_ratios(state.plan)[self.stage])
         target = stage_keep_counts(state.plan, num_patches)[self.stage]
-        if self.training and state.plan["train_mode"] == "mask":
-            return self._mask(x, state, target / num_patches)
         if target >= x.shape[1] - num_prefix:
             return x, state
         log_probs = self.predictor(x[:, num_prefix:], None)  # (B, N_cur, 2)
