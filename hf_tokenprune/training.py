@@ -201,9 +201,10 @@ class CosineSchedule(_WarmupSchedule):
 
 
 class LinearSchedule(_WarmupSchedule):
-    """Token Cropr's pruning curriculum: ``key`` grows linearly from ``start`` (0: prune nothing) to ``target`` over
-    the first ``warmup_fraction`` of training (default: half), then stays there. Integers are floored, per layer for
-    a per-layer list.
+    """A linear curriculum (ours, not a paper's): ``key`` grows linearly from ``start`` (0: remove nothing) to
+    ``target`` over the first ``warmup_fraction`` of training (default: half), then stays there. Integers are
+    floored, per layer for a per-layer list. Token Cropr's official code has no curriculum (it prunes at the full
+    rate from the first step), so ``build_schedule("auto", ...)`` gives Cropr none; this is an option for it.
 
     Args:
         key, target, start: see `PlanSchedule` (``key`` defaults to Cropr's ``"tokens_per_layer"``).
@@ -228,8 +229,9 @@ def _check_fractions(warmup_fraction: float, delay_fraction: float) -> None:
 
 
 SCHEDULES = {"constant": ConstantSchedule, "cosine": CosineSchedule, "linear": LinearSchedule}
-# The schedule each paper trains with, for `build_schedule("auto", ...)`; other methods get none.
-PAPER_SCHEDULES = {"evit": "cosine", "cropr": "linear"}
+# The schedule each official code trains with, for `build_schedule("auto", ...)`; other methods get none (Cropr,
+# DynamicViT, Evo-ViT and SuperViT train at their operating point from the first step).
+PAPER_SCHEDULES = {"evit": "cosine"}
 
 
 def default_schedule_key(plan: dict) -> str:
@@ -243,8 +245,8 @@ def default_schedule_key(plan: dict) -> str:
 
 
 def build_schedule(name: str, plan: dict | None, key: str | None = None, **kwargs: Any) -> PlanSchedule | None:
-    """A schedule by name: ``"none"``, ``"constant"``, ``"cosine"``, ``"linear"``, or ``"auto"`` (the paper's:
-    cosine for EViT, linear for Cropr, none otherwise). ``kwargs`` go to the schedule class."""
+    """A schedule by name: ``"none"``, ``"constant"``, ``"cosine"``, ``"linear"``, or ``"auto"`` (the official
+    code's: cosine for EViT, none otherwise). ``kwargs`` go to the schedule class."""
     if name == "auto":
         name = PAPER_SCHEDULES.get(plan["method"], "none") if plan else "none"
     if name == "none":
