@@ -70,6 +70,7 @@ class TokenPruneViTModelOutput(BaseModelOutputWithPooling):
         patch_grid: (rows, columns) of patches of this input.
         aux_logits: auxiliary predictions made in training, as ((logits, weight), ...) (Cropr's heads).
         aux_loss: an auxiliary loss that needs no labels, a batch mean (DynamicViT's keep-ratio loss).
+        token_policy: ``None`` or, in DynamicViT's masked training, the final (batch, tokens) 0/1 keep decision.
     """
 
     token_counts: tuple | None = None
@@ -78,6 +79,7 @@ class TokenPruneViTModelOutput(BaseModelOutputWithPooling):
     patch_grid: tuple | None = None
     aux_logits: tuple | None = None
     aux_loss: torch.FloatTensor | None = None
+    token_policy: torch.Tensor | None = None
 
 
 @dataclass
@@ -90,6 +92,7 @@ class TokenPruneViTImageClassifierOutput(ImageClassifierOutput):
     token_positions: tuple | None = None
     token_owner: tuple | None = None
     patch_grid: tuple | None = None
+    token_policy: torch.Tensor | None = None
 
 
 def cls_attention_row(query, key, attention_mask, scaling):
@@ -456,6 +459,7 @@ class TokenPruneViTModel(TokenPruneViTPreTrainedModel, ViTModel):
             patch_grid=grid,
             aux_logits=state.aux_logits,
             aux_loss=state.aux_loss,
+            token_policy=state.key_policy,
         )
 
 
@@ -527,6 +531,7 @@ class TokenPruneViTForImageClassification(TokenPruneViTPreTrainedModel, ViTForIm
             token_positions=outputs.token_positions,
             token_owner=outputs.token_owner,
             patch_grid=outputs.patch_grid,
+            token_policy=outputs.token_policy,
         )
 
     def _two_heads(self, hidden_states, labels, **kwargs):

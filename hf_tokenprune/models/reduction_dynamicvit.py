@@ -12,9 +12,11 @@ original ``N`` patch tokens remain (floor, as the reference code counts; at leas
   dropped tokens stay in the sequence but are masked out of every other token's attention, so gradients reach the
   predictor. A keep-ratio loss pulls the kept fraction of each stage towards its target. No training speed-up, and
   ``token_counts`` in training report the full sequence the layers really process.
-- Training, ``train_mode="gather"`` (ours): the predictor's scores plus Gumbel noise choose exactly the inference
-  count, the sequence is gathered as at inference (training is as fast as inference), and the kept tokens are scaled
-  by ``1 + p - stop_gradient(p)`` (value unchanged, gradient to the keep probability ``p``).
+- ``train_mode`` accepts only ``"mask"``. A former ``"gather"`` mode (Gumbel top-k and a gather in training, kept
+  tokens scaled by ``1 + p - stop_gradient(p)``) was removed: that gradient only told the predictor whether a
+  *larger* kept token helps, never whether keeping or dropping it does, and on the cluttered digits it learned to
+  keep background. A key-visibility variant (``log(1 + p - sg(p))`` on kept keys' logits) was tried and barely beat
+  random selection, so no gather mode ships.
 """
 
 import math
@@ -30,7 +32,6 @@ from .token_reduction import (
     check_keep_rate,
     check_layers,
     check_options,
-    gather_tokens,
     keep_tokens,
     park_tokens,
     rank_patches,
@@ -38,7 +39,7 @@ from .token_reduction import (
     scaled_layers,
 )
 
-TRAIN_MODES = ("mask", "gather")
+TRAIN_MODES = ("mask",)
 PREDICTOR_EPS = 1e-5
 
 
@@ -112,6 +113,11 @@ class DynamicViTReduction(TokenReduction):
         if isinstance(weight, bool) or not isinstance(weight, (int, float)) or weight < 0:
             raise ValueError(f"token_reduction['ratio_loss_weight'] = {weight!r} must be a non-negative number.")
         plan["ratio_loss_weight"] = float(weight)
+        if plan["train_mode"] == "gather":
+            raise ValueError(
+                "token_reduction['train_mode'] = 'gather' was removed (its gradient taught the predictor to keep "
+                "background); allowed: ['mask'], the paper's masked training."
+            )
         check_choice(plan["train_mode"], "token_reduction['train_mode']", TRAIN_MODES)
         return plan
 
@@ -150,25 +156,16 @@ class DynamicViTReduction(TokenReduction):
     def before_block(self, x: torch.Tensor, state: TokenState):
         num_prefix = state.num_prefix
         num_patches = state.num_embedding_tokens - num_prefix
-        if self.training and state.plan["train_mode"] == "mask":  # the ratio loss aims at the rate, as the reference
+        if self.training:  # the paper's masked training; the ratio loss aims at the rate, as the reference
             return self._mask(x, state, stage_keep_ratios(state.plan)[self.stage])
         target = stage_keep_counts(state.plan, num_patches)[self.stage]
         if target >= x.shape[1] - num_prefix:
             return x, state
-        log_probs = self.predictor(x[:, num_prefix:], None)  # (B, N_cur, 2)
-        scores = log_probs[..., 0]
-        if self.training:  # gather mode: Gumbel-perturbed choice of exactly `target` tokens
-            uniform = torch.rand_like(scores).clamp(1e-9, 1 - 1e-9)
-            scores = scores - torch.log(-torch.log(uniform))
+        scores = self.predictor(x[:, num_prefix:], None)[..., 0]  # (B, N_cur) log keep probability
         keep, dropped = rank_patches(scores, target, num_prefix)
         if self.park_dropped:
             state = park_tokens(x, state, dropped)
-        x, state = keep_tokens(x, state, keep)
-        if self.training:  # straight-through: value unchanged, gradient to the keep probability
-            probability = gather_tokens(log_probs[..., :1].exp(), keep - num_prefix)  # (B, K, 1)
-            scale = 1.0 + probability - probability.detach()
-            x = torch.cat([x[:, :num_prefix], x[:, num_prefix:] * scale], dim=1)
-        return x, state
+        return keep_tokens(x, state, keep)
 
     def _mask(self, x, state, target_ratio):
         """The paper's training: hard Gumbel decisions mask attention; a ratio loss steers the kept fraction."""
