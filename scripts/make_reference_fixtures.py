@@ -1,0 +1,351 @@
+"""Reference fixtures from the official implementations (for maintainers; the tests never run this script).
+
+For one method, this script imports the official model code from a checkout of its repository, builds the official
+model on small, fixed, *sharpened* random weights (attention is peaky and the selections decisive, so float error
+cannot flip a choice), runs fixed inputs in float64 and float32, and writes ``tests/fixtures/<name>.safetensors``
+per operating point: the weights under HF ViT names, the inputs, the official logits (float64 and float32) and what
+the official code kept (embedding positions of the kept patch tokens per pruning layer) or merged (ToMe: which
+output token holds each input token, per layer). Nothing of the official code is copied into this repository.
+
+The official code needs an old timm and a few packages this project does not use; a separate environment works:
+
+    python3 -m venv /work/venv-ref
+    echo /work/venv/lib/python3.11/site-packages > /work/venv-ref/lib/python3.11/site-packages/base.pth  # torch
+    /work/venv-ref/bin/pip install --no-deps timm==0.6.13
+    git clone https://github.com/facebookresearch/ToMe /work/ref/ToMe   # or youweiliang/evit, raoyongming/DynamicViT
+    /work/venv-ref/bin/python scripts/make_reference_fixtures.py tome /work/ref/ToMe
+    /work/venv-ref/bin/python scripts/make_reference_fixtures.py evit /work/ref/evit
+    /work/venv-ref/bin/python scripts/make_reference_fixtures.py dynamicvit /work/ref/DynamicViT
+
+torchvision, torchprofile and the like are replaced by stand-in modules (the models never call them).
+"""
+
+import argparse
+import collections.abc
+import importlib.abc
+import importlib.machinery
+import json
+import math
+import os
+import subprocess
+import sys
+import types
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+FIXTURES = Path(__file__).resolve().parents[1] / "tests" / "fixtures"
+# A small ViT: 56x56 images in 4x4 patches = 14x14 patch tokens (DynamicViT's official code assumes 14x14).
+MODEL = dict(
+    image_size=56, patch_size=4, hidden_size=32, num_hidden_layers=12, num_attention_heads=2, intermediate_size=64,
+    num_labels=5, layer_norm_eps=1e-6, qkv_bias=True, hidden_act="gelu",
+)  # fmt: skip
+TIMM_MODEL = dict(img_size=56, patch_size=4, embed_dim=32, depth=12, num_heads=2, mlp_ratio=2.0, num_classes=5)
+STAND_INS = {"torchvision", "torchprofile", "einops", "fvcore", "thop", "tensorboardX", "wandb", "submitit"}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Stand-ins for packages the official files import but never use here
+# ----------------------------------------------------------------------------------------------------------------
+
+
+class _AnyAttribute(type):
+    def __getattr__(cls, name):
+        if name.startswith("__"):
+            raise AttributeError(name)
+        return f"{cls.__name__}.{name}"
+
+
+class _AnyModule(types.ModuleType):
+    """A module in which every attribute exists (a placeholder class)."""
+
+    __path__: list = []
+
+    def __getattr__(self, name):
+        if name.startswith("__"):
+            raise AttributeError(name)
+        value = _AnyAttribute(name, (), {"__init__": lambda self, *args, **kwargs: None})
+        setattr(self, name, value)
+        return value
+
+
+class _StandIns(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in STAND_INS:
+            return importlib.machinery.ModuleSpec(name, self, is_package=True)
+        return None
+
+    def create_module(self, spec):
+        return _AnyModule(spec.name)
+
+    def exec_module(self, module):
+        pass
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Weights: sharpened random values, mapped from timm names to HF ViT names
+# ----------------------------------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def sharpen(model: torch.nn.Module, seed: int) -> None:
+    """Fixed random weights that make attention peaky and scores decisive (query/key weights 3x a unit scale)."""
+    generator = torch.Generator().manual_seed(seed)
+    for name, parameter in model.named_parameters():
+        noise = torch.randn(parameter.shape, generator=generator)
+        if "norm" in name or "in_conv.0" in name:  # LayerNorms: around (1, 0)
+            parameter.copy_((1.0 + 0.1 * noise) if name.endswith("weight") else 0.1 * noise)
+        elif name.endswith("qkv.weight"):
+            fan_in = parameter.shape[1]
+            scale = torch.ones(parameter.shape[0], 1)
+            scale[: 2 * fan_in] = 3.0  # queries and keys
+            parameter.copy_(noise * scale / fan_in**0.5)
+        elif parameter.dim() > 1:
+            parameter.copy_(noise / parameter[0].numel() ** 0.5)
+        elif "cls_token" in name or "pos_embed" in name:
+            parameter.copy_(0.5 * noise)
+        else:
+            parameter.copy_(0.1 * noise)
+    model.head.weight.mul_(0.1)  # small logits: float32 rounding of the deep features stays below 1e-5 in them
+    for name in ("cls_token", "pos_embed"):
+        getattr(model, name).copy_(0.5 * torch.randn(getattr(model, name).shape, generator=generator))
+
+
+def hf_weights(state: dict, predictor_layers: list[int] = ()) -> dict[str, torch.Tensor]:
+    """The timm-layout ``state`` under TokenPruneViT names (``vit.layers.i.attention.q_proj`` ...)."""
+    out = {
+        "vit.embeddings.cls_token": state["cls_token"],
+        "vit.embeddings.position_embeddings": state["pos_embed"],
+        "vit.embeddings.patch_embeddings.projection.weight": state["patch_embed.proj.weight"],
+        "vit.embeddings.patch_embeddings.projection.bias": state["patch_embed.proj.bias"],
+        "vit.layernorm.weight": state["norm.weight"],
+        "vit.layernorm.bias": state["norm.bias"],
+        "classifier.weight": state["head.weight"],
+        "classifier.bias": state["head.bias"],
+    }
+    for layer in range(MODEL["num_hidden_layers"]):
+        timm, ours = f"blocks.{layer}.", f"vit.layers.{layer}."
+        for part in ("weight", "bias"):
+            for name, value in zip(("q_proj", "k_proj", "v_proj"), state[f"{timm}attn.qkv.{part}"].chunk(3)):
+                out[f"{ours}attention.{name}.{part}"] = value
+            out[f"{ours}attention.o_proj.{part}"] = state[f"{timm}attn.proj.{part}"]
+            out[f"{ours}layernorm_before.{part}"] = state[f"{timm}norm1.{part}"]
+            out[f"{ours}layernorm_after.{part}"] = state[f"{timm}norm2.{part}"]
+            out[f"{ours}mlp.fc1.{part}"] = state[f"{timm}mlp.fc1.{part}"]
+            out[f"{ours}mlp.fc2.{part}"] = state[f"{timm}mlp.fc2.{part}"]
+    names = {"in_conv.0": "project.0", "in_conv.1": "project.1", "out_conv.0": "classify.0",
+             "out_conv.2": "classify.2", "out_conv.4": "classify.4"}  # fmt: skip
+    for stage, layer in enumerate(predictor_layers):
+        for theirs, ours in names.items():
+            for part in ("weight", "bias"):
+                key = f"vit.layers.{layer}.token_reduction.predictor.{ours}.{part}"
+                out[key] = state[f"score_predictor.{stage}.{theirs}.{part}"]
+    return {key: value.detach().float().contiguous() for key, value in out.items()}
+
+
+def inputs(seed: int) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randn(2, 3, MODEL["image_size"], MODEL["image_size"], generator=generator)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# One runner per method: (logits, {layer: kept or owner}) of the official model
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def run_tome(repo: Path, model, pixels: torch.Tensor, r) -> tuple[torch.Tensor, dict]:
+    """ToMe's timm patch with source tracing; per layer, which output token holds each input token."""
+    owners = {}
+
+    def record(module, args, output, layer):
+        source = module._tome_info["source"]  # (B, N_cur, N_in): which input tokens each token holds
+        if source is not None:
+            owners[layer] = source.argmax(dim=1)  # (B, N_in)
+
+    hooks = [
+        block.register_forward_hook(lambda m, a, o, layer=layer: record(m, a, o, layer))
+        for layer, block in enumerate(model.blocks)
+    ]
+    model.r = r
+    try:
+        with torch.no_grad():
+            logits = model(pixels)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return logits, owners
+
+
+def build_tome(repo: Path):
+    sys.path.insert(0, str(repo))
+    import timm
+    import tome
+
+    model = timm.models.vision_transformer.VisionTransformer(**TIMM_MODEL, qkv_bias=True)
+    tome.patch.timm(model, trace_source=True, prop_attn=True)
+    return model
+
+
+def build_evit(repo: Path, keep_rate: float, fuse: bool, layers: list[int]):
+    sys.path.insert(0, str(repo))
+    import evit
+
+    rates = tuple(keep_rate if layer in layers else 1.0 for layer in range(MODEL["num_hidden_layers"]))
+    return evit.EViT(**TIMM_MODEL, keep_rate=rates, fuse_token=fuse)
+
+
+def run_evit(model, pixels: torch.Tensor, layers: list[int]) -> tuple[torch.Tensor, dict]:
+    """EViT's ``get_idx``: per pruning layer, the kept indices among the current non-CLS tokens."""
+    with torch.no_grad():
+        logits, indices = model(pixels, get_idx=True)
+    num_patches = (MODEL["image_size"] // MODEL["patch_size"]) ** 2
+    positions = torch.arange(1, 1 + num_patches).expand(pixels.shape[0], -1)  # positions of the non-CLS tokens
+    kept = {}
+    for layer, index in zip(layers, indices):
+        chosen = positions.gather(1, index)  # (B, K)
+        kept[layer] = chosen
+        made_up = torch.full((pixels.shape[0], 1), -1, dtype=positions.dtype)
+        positions = torch.cat([chosen, made_up], dim=1) if model.blocks[layer].fuse_token else chosen
+    return logits, kept
+
+
+def build_dynamicvit(repo: Path, keep_rate: float, layers: list[int]):
+    sys.path.insert(0, str(repo))
+    from models import dyvit
+
+    ratios = [keep_rate ** (stage + 1) for stage in range(len(layers))]
+    return dyvit.VisionTransformerDiffPruning(**TIMM_MODEL, qkv_bias=True, pruning_loc=layers, token_ratio=ratios)
+
+
+def run_dynamicvit(model, pixels: torch.Tensor, layers: list[int]) -> tuple[torch.Tensor, dict]:
+    """Records the official ``batch_index_select`` on the hidden states: the kept tokens of each stage."""
+    from models import dyvit
+
+    selections, original = [], dyvit.batch_index_select
+
+    def record(x, index):
+        if x.shape[-1] != 1:  # the hidden states, not the decision mask
+            selections.append(index)
+        return original(x, index)
+
+    dyvit.batch_index_select = record
+    try:
+        with torch.no_grad():
+            logits = model(pixels)
+    finally:
+        dyvit.batch_index_select = original
+    positions = torch.arange(1 + (MODEL["image_size"] // MODEL["patch_size"]) ** 2).expand(pixels.shape[0], -1)
+    kept = {}
+    for layer, index in zip(layers, selections):
+        positions = positions.gather(1, index)  # index includes CLS at 0
+        kept[layer] = positions[:, 1:]
+    return logits, kept
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Operating points and the fixture files
+# ----------------------------------------------------------------------------------------------------------------
+
+POINTS = {
+    "tome": [("tome_r8", {"method": "tome", "r": 8}), ("tome_ramp", {"method": "tome", "r": (13, -0.5)})],
+    "evit": [
+        ("evit_fuse", {"method": "evit", "layers": [3, 6, 9], "keep_rate": 0.7, "fuse": True}),
+        ("evit_drop", {"method": "evit", "layers": [3, 6, 9], "keep_rate": 0.5, "fuse": False}),
+    ],
+    "dynamicvit": [
+        ("dynamicvit_07", {"method": "dynamicvit", "layers": [3, 6, 9], "keep_rate": 0.7}),
+        ("dynamicvit_05", {"method": "dynamicvit", "layers": [3, 6, 9], "keep_rate": 0.5}),
+    ],
+}
+REPOSITORIES = {"tome": "facebookresearch/ToMe", "evit": "youweiliang/evit", "dynamicvit": "raoyongming/DynamicViT"}
+
+
+def official(method: str, repo: Path, plan: dict):
+    """A builder (no arguments) and a runner (model, pixels) for the official model of ``plan``."""
+    if method == "tome":
+        r = tuple(plan["r"]) if isinstance(plan["r"], (list, tuple)) else plan["r"]
+        return (lambda: build_tome(repo)), (lambda model, pixels: run_tome(repo, model, pixels, r))
+    if method == "evit":
+        layers = plan["layers"]
+        return (lambda: build_evit(repo, plan["keep_rate"], plan["fuse"], layers)), (
+            lambda model, pixels: run_evit(model, pixels, layers)
+        )
+    layers = plan["layers"]
+    return (lambda: build_dynamicvit(repo, plan["keep_rate"], layers)), (
+        lambda model, pixels: run_dynamicvit(model, pixels, layers)
+    )
+
+
+def selections_agree(first: dict, second: dict, method: str) -> bool:
+    if first.keys() != second.keys():
+        return False
+    if method == "tome":
+        return all(torch.equal(first[k], second[k]) for k in first)
+    return all(torch.equal(first[k].sort(dim=1).values, second[k].sort(dim=1).values) for k in first)
+
+
+def make_fixture(method: str, repo: Path, name: str, plan: dict, commit: str, seed: int = 0) -> Path:
+    build, run = official(method, repo, plan)
+    for attempt in range(20):  # a seed whose float32 choices equal the float64 ones (decisive)
+        torch.manual_seed(seed + attempt)
+        model = build().eval()
+        sharpen(model, seed + attempt)
+        pixels = inputs(seed + attempt)
+        logits32, chosen32 = run(model.float(), pixels)
+        logits64, chosen64 = run(model.double(), pixels.double())
+        if selections_agree(chosen32, chosen64, method):
+            break
+    else:
+        raise RuntimeError(f"{name}: no seed gave decisive selections")
+    state = model.float().state_dict()
+    predictors = plan["layers"] if method == "dynamicvit" else []
+    tensors = {f"weights.{key}": value for key, value in hf_weights(state, predictors).items()}
+    tensors["pixel_values"] = pixels.float().contiguous()
+    tensors["logits_fp64"] = logits64.contiguous()
+    tensors["logits_fp32"] = logits32.float().contiguous()
+    kind = "owner" if method == "tome" else "kept"
+    for layer, value in chosen64.items():
+        tensors[f"{kind}.{layer}"] = value.long().contiguous()
+    metadata = {
+        "method": method, "operating_point": name, "repository": REPOSITORIES[method], "commit": commit,
+        "config": json.dumps({**MODEL, "token_reduction": plan}), "selection": kind,
+    }  # fmt: skip
+    FIXTURES.mkdir(parents=True, exist_ok=True)
+    path = FIXTURES / f"{name}.safetensors"
+    save_file(tensors, str(path), metadata=metadata)
+    return path
+
+
+def repository_commit(repo: Path, given: str | None) -> str:
+    if given:
+        return given
+    try:
+        return subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True,
+                              check=True).stdout.strip()  # fmt: skip
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("method", choices=sorted(POINTS))
+    parser.add_argument("repo", help="a checkout of the method's official repository")
+    parser.add_argument("--commit", default=None, help="the checkout's commit (default: git rev-parse HEAD)")
+    args = parser.parse_args(argv)
+    repo = Path(args.repo).resolve()
+    if not repo.is_dir():
+        raise SystemExit(f"repo {repo} is not a directory; pass a checkout of {REPOSITORIES[args.method]}.")
+    sys.meta_path.insert(0, _StandIns())
+    six = types.ModuleType("torch._six")  # removed in torch 2; DynamicViT's utils.py still imports it
+    six.inf, six.string_classes, six.container_abcs = math.inf, str, collections.abc
+    sys.modules.setdefault("torch._six", six)
+    os.chdir(repo)  # some official files open paths relative to their repository
+    commit = repository_commit(repo, args.commit)
+    for name, plan in POINTS[args.method]:
+        print(f"wrote {make_fixture(args.method, repo, name, plan, commit)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
