@@ -12,18 +12,22 @@ The official code needs an old timm and a few packages this project does not use
     python3 -m venv /work/venv-ref
     echo /work/venv/lib/python3.11/site-packages > /work/venv-ref/lib/python3.11/site-packages/base.pth  # torch
     /work/venv-ref/bin/pip install --no-deps timm==0.6.13
-    git clone https://github.com/facebookresearch/ToMe /work/ref/ToMe   # or youweiliang/evit, raoyongming/DynamicViT
+    git clone https://github.com/facebookresearch/ToMe /work/ref/ToMe   # and the others: see REPOSITORIES
     /work/venv-ref/bin/python scripts/make_reference_fixtures.py tome /work/ref/ToMe
     /work/venv-ref/bin/python scripts/make_reference_fixtures.py evit /work/ref/evit
     /work/venv-ref/bin/python scripts/make_reference_fixtures.py dynamicvit /work/ref/DynamicViT
+    /work/venv-ref/bin/python scripts/make_reference_fixtures.py supervit /work/ref/SuperViT
+    /work/venv-ref/bin/python scripts/make_reference_fixtures.py evo_vit /work/ref/Evo-ViT
 
 torchvision, torchprofile and the like are replaced by stand-in modules (the models never call them).
 """
 
 import argparse
 import collections.abc
+import functools
 import importlib.abc
 import importlib.machinery
+import importlib.util
 import json
 import math
 import os
@@ -96,7 +100,7 @@ def sharpen(model: torch.nn.Module, seed: int) -> None:
         noise = torch.randn(parameter.shape, generator=generator)
         if "norm" in name or "in_conv.0" in name:  # LayerNorms: around (1, 0)
             parameter.copy_((1.0 + 0.1 * noise) if name.endswith("weight") else 0.1 * noise)
-        elif name.endswith("qkv.weight"):
+        elif name.endswith(("qkv.weight", "qk.weight")):
             fan_in = parameter.shape[1]
             scale = torch.ones(parameter.shape[0], 1)
             scale[: 2 * fan_in] = 3.0  # queries and keys
@@ -108,12 +112,31 @@ def sharpen(model: torch.nn.Module, seed: int) -> None:
         else:
             parameter.copy_(0.1 * noise)
     model.head.weight.mul_(0.1)  # small logits: float32 rounding of the deep features stays below 1e-5 in them
-    for name in ("cls_token", "pos_embed"):
-        getattr(model, name).copy_(0.5 * torch.randn(getattr(model, name).shape, generator=generator))
+    for name, parameter in model.named_parameters():
+        if "cls_token" in name or "pos_embed" in name:
+            parameter.copy_(0.5 * torch.randn(parameter.shape, generator=generator))
+
+
+def timm_layout(state: dict) -> dict:
+    """SuperViT's one position table and Evo-ViT's split attention (``norms``, ``qks``, ``vs``, ``projs``) in the
+    plain timm layout; Evo-ViT's CLS head under ``head_cls`` / ``norm_cls``."""
+    state = dict(state)
+    if "pos_embed_list.0" in state:
+        state["pos_embed"] = state["pos_embed_list.0"]
+    for layer in range(MODEL["num_hidden_layers"]):
+        if f"qks.{layer}.qk.weight" not in state:
+            break
+        for part in ("weight", "bias"):
+            qkv = [state[f"qks.{layer}.qk.{part}"], state[f"vs.{layer}.v.{part}"]]
+            state[f"blocks.{layer}.attn.qkv.{part}"] = torch.cat(qkv)
+            state[f"blocks.{layer}.attn.proj.{part}"] = state[f"projs.{layer}.{part}"]
+            state[f"blocks.{layer}.norm1.{part}"] = state[f"norms.{layer}.{part}"]
+    return state
 
 
 def hf_weights(state: dict, predictor_layers: list[int] = ()) -> dict[str, torch.Tensor]:
     """The timm-layout ``state`` under TokenPruneViT names (``vit.layers.i.attention.q_proj`` ...)."""
+    state = timm_layout(state)
     out = {
         "vit.embeddings.cls_token": state["cls_token"],
         "vit.embeddings.position_embeddings": state["pos_embed"],
@@ -124,6 +147,10 @@ def hf_weights(state: dict, predictor_layers: list[int] = ()) -> dict[str, torch
         "classifier.weight": state["head.weight"],
         "classifier.bias": state["head.bias"],
     }
+    if "head_cls.weight" in state:  # Evo-ViT's CLS head (training only)
+        for part in ("weight", "bias"):
+            out[f"cls_classifier.{part}"] = state[f"head_cls.{part}"]
+            out[f"cls_norm.{part}"] = state[f"norm_cls.{part}"]
     for layer in range(MODEL["num_hidden_layers"]):
         timm, ours = f"blocks.{layer}.", f"vit.layers.{layer}."
         for part in ("weight", "bias"):
@@ -243,6 +270,90 @@ def run_dynamicvit(model, pixels: torch.Tensor, layers: list[int]) -> tuple[torc
     return logits, kept
 
 
+def load_file(path: Path, name: str):
+    """Imports one official file by path (its repository may vendor an old timm we must not import)."""
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def recording(module, function: str, keep):
+    """Wraps ``module.function`` so that every call's index argument is kept when ``keep(x)`` is true."""
+    calls, original = [], getattr(module, function)
+
+    def wrapper(x, index):
+        if keep(x):
+            calls.append(index)
+        return original(x, index)
+
+    setattr(module, function, wrapper)
+    return calls, lambda: setattr(module, function, original)
+
+
+def build_supervit(repo: Path):
+    torch.Tensor.cuda = lambda self, *args, **kwargs: self  # its Block calls .cuda() on an index; run on the CPU
+    super_deit = load_file(repo / "deit" / "super_deit.py", "super_deit")
+    config = {k: v for k, v in TIMM_MODEL.items() if k != "img_size"}
+    return super_deit.VisionTransformer(img_size_list=[TIMM_MODEL["img_size"]], qkv_bias=True, **config)
+
+
+def run_supervit(model, pixels: torch.Tensor, keep_rate: float, layers: list[int]) -> tuple[torch.Tensor, dict]:
+    """SuperViT at (full resolution, ``keep_rate``): the official blocks 3, 6, 9 keep ``ceil(rate * (N + 1))``."""
+    module = sys.modules["super_deit"]
+    calls, restore = recording(module, "batch_index_select", lambda x: x.dim() == 3)
+    try:
+        with torch.no_grad():
+            logits = model(pixels, img_size=TIMM_MODEL["img_size"], keep_ratio=keep_rate)
+    finally:
+        restore()
+    return logits, _compose(calls, layers, pixels.shape[0], with_cls=True)
+
+
+def _compose(calls: list, layers: list[int], batch: int, with_cls: bool) -> dict:
+    """Embedding positions of the kept patch tokens after each recorded selection (indices into the current
+    sequence, CLS included when ``with_cls``)."""
+    count = (MODEL["image_size"] // MODEL["patch_size"]) ** 2
+    positions = torch.arange(0 if with_cls else 1, 1 + count).expand(batch, -1)
+    kept = {}
+    for layer, index in zip(layers, calls):
+        positions = positions.gather(1, index)
+        kept[layer] = positions[:, 1:] if with_cls else positions
+    return kept
+
+
+def build_evo_vit(repo: Path, keep_rate: float):
+    evo_deit = load_file(repo / "deit" / "evo_deit.py", "evo_deit")
+    depth = MODEL["num_hidden_layers"]
+    tradeoff = [1.0] * 4 + [0.5] * (depth - 4)  # the official models' settings (evo_deit_*_patch16_224)
+    ratio = [1.0] * 4 + [keep_rate] * (depth - 4)
+    config = {k: v for k, v in TIMM_MODEL.items() if k != "img_size"}
+    return evo_deit.EvoVisionTransformer(
+        img_size=TIMM_MODEL["img_size"], qkv_bias=True, tradeoff=tradeoff, prune_ratio=ratio,
+        norm_layer=functools.partial(torch.nn.LayerNorm, eps=1e-6), **config,
+    )  # fmt: skip
+
+
+def run_evo_vit(model, pixels: torch.Tensor, keep_rate: float) -> tuple[torch.Tensor, dict]:
+    """Evo-ViT at inference: at blocks 4 and 8 the patch tokens are re-sorted by global class attention and the first
+    ``int(N * rate)`` are informative; they stay informative through the stage."""
+    module = sys.modules["evo_deit"]
+    calls, restore = recording(module, "easy_gather", lambda x: True)
+    try:
+        with torch.no_grad():
+            logits = model(pixels)
+    finally:
+        restore()
+    count = (MODEL["image_size"] // MODEL["patch_size"]) ** 2
+    positions, kept, informative = torch.arange(1, 1 + count).expand(pixels.shape[0], -1), {}, int(count * keep_rate)
+    for start, index in zip((4, 8), calls):
+        positions = positions.gather(1, index)  # the official sorts every patch token, placeholders too
+        for layer in range(start, start + 4):
+            kept[layer] = positions[:, :informative]
+    return logits, kept
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Operating points and the fixture files
 # ----------------------------------------------------------------------------------------------------------------
@@ -257,8 +368,19 @@ POINTS = {
         ("dynamicvit_07", {"method": "dynamicvit", "layers": [3, 6, 9], "keep_rate": 0.7}),
         ("dynamicvit_05", {"method": "dynamicvit", "layers": [3, 6, 9], "keep_rate": 0.5}),
     ],
+    "supervit": [
+        ("supervit_07", {"method": "supervit", "layers": [3, 6, 9], "keep_rate": 0.7}),
+        ("supervit_05", {"method": "supervit", "layers": [3, 6, 9], "keep_rate": 0.5}),
+    ],
+    "evo_vit": [
+        ("evo_vit_05", {"method": "evo_vit", "layers": [4, 8], "keep_rate": 0.5, "two_heads": True}),
+        ("evo_vit_07", {"method": "evo_vit", "layers": [4, 8], "keep_rate": 0.7, "two_heads": True}),
+    ],
 }
-REPOSITORIES = {"tome": "facebookresearch/ToMe", "evit": "youweiliang/evit", "dynamicvit": "raoyongming/DynamicViT"}
+REPOSITORIES = {
+    "tome": "facebookresearch/ToMe", "evit": "youweiliang/evit", "dynamicvit": "raoyongming/DynamicViT",
+    "supervit": "lmbxmu/SuperViT", "evo_vit": "YifanXu74/Evo-ViT",
+}  # fmt: skip
 
 
 def official(method: str, repo: Path, plan: dict):
@@ -270,6 +392,14 @@ def official(method: str, repo: Path, plan: dict):
         layers = plan["layers"]
         return (lambda: build_evit(repo, plan["keep_rate"], plan["fuse"], layers)), (
             lambda model, pixels: run_evit(model, pixels, layers)
+        )
+    if method == "supervit":
+        return (lambda: build_supervit(repo)), (
+            lambda model, pixels: run_supervit(model, pixels, plan["keep_rate"], plan["layers"])
+        )
+    if method == "evo_vit":
+        return (lambda: build_evo_vit(repo, plan["keep_rate"])), (
+            lambda model, pixels: run_evo_vit(model, pixels, plan["keep_rate"])
         )
     layers = plan["layers"]
     return (lambda: build_dynamicvit(repo, plan["keep_rate"], layers)), (
