@@ -18,6 +18,8 @@ The official code needs an old timm and a few packages this project does not use
     /work/venv-ref/bin/python scripts/make_reference_fixtures.py dynamicvit /work/ref/DynamicViT
     /work/venv-ref/bin/python scripts/make_reference_fixtures.py supervit /work/ref/SuperViT
     /work/venv-ref/bin/python scripts/make_reference_fixtures.py evo_vit /work/ref/Evo-ViT
+    # Cropr's code needs timm 1.x: the same kind of environment with timm==1.0.15 (here /work/venv-ref2)
+    /work/venv-ref2/bin/python scripts/make_reference_fixtures.py cropr /work/ref/cropr
 
 torchvision, torchprofile and the like are replaced by stand-in modules (the models never call them).
 """
@@ -42,10 +44,10 @@ from safetensors.torch import save_file
 FIXTURES = Path(__file__).resolve().parents[1] / "tests" / "fixtures"
 # A small ViT: 56x56 images in 4x4 patches = 14x14 patch tokens (DynamicViT's official code assumes 14x14).
 MODEL = dict(
-    image_size=56, patch_size=4, hidden_size=32, num_hidden_layers=12, num_attention_heads=2, intermediate_size=64,
+    image_size=56, patch_size=4, hidden_size=16, num_hidden_layers=12, num_attention_heads=2, intermediate_size=32,
     num_labels=5, layer_norm_eps=1e-6, qkv_bias=True, hidden_act="gelu",
 )  # fmt: skip
-TIMM_MODEL = dict(img_size=56, patch_size=4, embed_dim=32, depth=12, num_heads=2, mlp_ratio=2.0, num_classes=5)
+TIMM_MODEL = dict(img_size=56, patch_size=4, embed_dim=16, depth=12, num_heads=2, mlp_ratio=2.0, num_classes=5)
 STAND_INS = {"torchvision", "torchprofile", "einops", "fvcore", "thop", "tensorboardX", "wandb", "submitit"}
 
 
@@ -161,6 +163,10 @@ def hf_weights(state: dict, predictor_layers: list[int] = ()) -> dict[str, torch
             out[f"{ours}layernorm_after.{part}"] = state[f"{timm}norm2.{part}"]
             out[f"{ours}mlp.fc1.{part}"] = state[f"{timm}mlp.fc1.{part}"]
             out[f"{ours}mlp.fc2.{part}"] = state[f"{timm}mlp.fc2.{part}"]
+    for key, value in state.items():  # Cropr's learned queries (its official scorer has nothing else)
+        parts = key.split(".")
+        if parts[0] == "cropr" and parts[2:] == ["cross_attn", "queries"]:
+            out[f"vit.layers.{parts[1]}.token_reduction.scorer.queries"] = value
     names = {"in_conv.0": "project.0", "in_conv.1": "project.1", "out_conv.0": "classify.0",
              "out_conv.2": "classify.2", "out_conv.4": "classify.4"}  # fmt: skip
     for stage, layer in enumerate(predictor_layers):
@@ -354,6 +360,50 @@ def run_evo_vit(model, pixels: torch.Tensor, keep_rate: float) -> tuple[torch.Te
     return logits, kept
 
 
+def build_cropr(repo: Path, plan: dict):
+    sys.path.insert(0, str(repo / "cls"))  # for its `from cropr import Cropr`
+    vision_transformer = load_file(repo / "cls" / "vision_transformer.py", "cropr_vision_transformer")
+    fusion = plan.get("last_layer_fusion", True)
+    rate = plan["tokens_per_layer"]
+    settings = {
+        "use_cropr": True,
+        "pruning_rate": rate,
+        "llf": fusion,
+        "num_queries": 1,
+        "num_heads": 1,
+        "pre_attn_norm": False,
+        "q_proj": False,
+        "k_proj": False,
+        "v_proj": False,
+        "mlp": True,
+        "mlp_ratio": 4,
+        "training": True,
+    }  # fmt: skip  (cls/main.py's defaults)
+    config = {k: v for k, v in TIMM_MODEL.items() if k != "mlp_ratio"}
+    return vision_transformer.VisionTransformer(
+        settings, **config, mlp_ratio=4.0, global_pool="token", drop_path_rate=0.0, class_token=True
+    )
+
+
+def run_cropr(model, pixels: torch.Tensor) -> tuple[torch.Tensor, dict]:
+    """Records each Cropr module's choice (CLS first, then the best-scored tokens); stored under the layer whose
+    input it is (module ``i`` prunes after block ``i``)."""
+    cropr = sys.modules["cropr"]
+    calls, original = [], cropr.Cropr.prune
+
+    def prune(module, x, scores):
+        calls.append(scores.argsort(dim=1, descending=True)[:, : x.shape[1] - module.pruning_rate])
+        return original(module, x, scores)
+
+    cropr.Cropr.prune = prune
+    try:
+        with torch.no_grad():
+            logits = model(pixels)
+    finally:
+        cropr.Cropr.prune = original
+    return logits, _compose(calls, list(range(1, len(calls) + 1)), pixels.shape[0], with_cls=True)
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Operating points and the fixture files
 # ----------------------------------------------------------------------------------------------------------------
@@ -372,6 +422,13 @@ POINTS = {
         ("supervit_07", {"method": "supervit", "layers": [3, 6, 9], "keep_rate": 0.7}),
         ("supervit_05", {"method": "supervit", "layers": [3, 6, 9], "keep_rate": 0.5}),
     ],
+    "cropr": [
+        ("cropr_llf", {"method": "cropr", "tokens_per_layer": 8, "training_heads": False}),
+        (
+            "cropr_no_llf",
+            {"method": "cropr", "tokens_per_layer": 12, "last_layer_fusion": False, "training_heads": False},
+        ),
+    ],  # fmt: skip
     "evo_vit": [
         ("evo_vit_05", {"method": "evo_vit", "layers": [4, 8], "keep_rate": 0.5, "two_heads": True}),
         ("evo_vit_07", {"method": "evo_vit", "layers": [4, 8], "keep_rate": 0.7, "two_heads": True}),
@@ -379,8 +436,9 @@ POINTS = {
 }
 REPOSITORIES = {
     "tome": "facebookresearch/ToMe", "evit": "youweiliang/evit", "dynamicvit": "raoyongming/DynamicViT",
-    "supervit": "lmbxmu/SuperViT", "evo_vit": "YifanXu74/Evo-ViT",
+    "supervit": "lmbxmu/SuperViT", "evo_vit": "YifanXu74/Evo-ViT", "cropr": "benbergner/cropr",
 }  # fmt: skip
+MODEL_OVERRIDES = {"cropr": {"intermediate_size": 64}}  # its blocks use timm's default MLP ratio, 4
 
 
 def official(method: str, repo: Path, plan: dict):
@@ -393,6 +451,8 @@ def official(method: str, repo: Path, plan: dict):
         return (lambda: build_evit(repo, plan["keep_rate"], plan["fuse"], layers)), (
             lambda model, pixels: run_evit(model, pixels, layers)
         )
+    if method == "cropr":
+        return (lambda: build_cropr(repo, plan)), run_cropr
     if method == "supervit":
         return (lambda: build_supervit(repo)), (
             lambda model, pixels: run_supervit(model, pixels, plan["keep_rate"], plan["layers"])
@@ -439,7 +499,8 @@ def make_fixture(method: str, repo: Path, name: str, plan: dict, commit: str, se
         tensors[f"{kind}.{layer}"] = value.long().contiguous()
     metadata = {
         "method": method, "operating_point": name, "repository": REPOSITORIES[method], "commit": commit,
-        "config": json.dumps({**MODEL, "token_reduction": plan}), "selection": kind,
+        "config": json.dumps({**MODEL, **MODEL_OVERRIDES.get(method, {}), "token_reduction": plan}),
+        "selection": kind,
     }  # fmt: skip
     FIXTURES.mkdir(parents=True, exist_ok=True)
     path = FIXTURES / f"{name}.safetensors"

@@ -72,5 +72,5 @@ def test_same_selections_and_logits_as_the_official_code(path, dtype):
 
 def test_every_method_with_a_fixture_has_two_operating_points():
     methods = [load(path)[0]["method"] for path in FIXTURES]
-    assert {"tome", "evit", "dynamicvit", "supervit", "evo_vit"} <= set(methods)
+    assert {"tome", "evit", "dynamicvit", "supervit", "evo_vit", "cropr"} <= set(methods)
     assert all(methods.count(method) >= 2 for method in set(methods))

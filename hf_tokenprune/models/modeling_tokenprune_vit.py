@@ -100,7 +100,8 @@ def cls_attention_row(query, key, attention_mask, scaling):
     logits = (query[:, :, :1] @ key.transpose(-1, -2)) * scaling  # (B, H, 1, N)
     if attention_mask is not None and attention_mask.dtype != torch.bool:
         logits = logits + attention_mask[..., :1, :]
-    return logits.softmax(dim=-1, dtype=torch.float32).mean(dim=1)[:, 0].to(query.dtype)
+    dtype = torch.promote_types(query.dtype, torch.float32)  # at least float32; float64 stays float64
+    return logits.softmax(dim=-1, dtype=dtype).mean(dim=1)[:, 0].to(query.dtype)
 
 
 def policy_attention(query, key, value, policy, scaling, eps=1e-6):
