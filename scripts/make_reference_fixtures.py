@@ -20,6 +20,8 @@ The official code needs an old timm and a few packages this project does not use
     /work/venv-ref/bin/python scripts/make_reference_fixtures.py evo_vit /work/ref/Evo-ViT
     # Cropr's code needs timm 1.x: the same kind of environment with timm==1.0.15 (here /work/venv-ref2)
     /work/venv-ref2/bin/python scripts/make_reference_fixtures.py cropr /work/ref/cropr
+    # SkipAt's code needs timm 0.5 and einops: /work/venv-ref3 with timm==0.5.4 and einops
+    /work/venv-ref3/bin/python scripts/make_reference_fixtures.py skipat /work/ref/skip-attention
 
 torchvision, torchprofile and the like are replaced by stand-in modules (the models never call them).
 """
@@ -78,8 +80,9 @@ class _AnyModule(types.ModuleType):
 
 class _StandIns(importlib.abc.MetaPathFinder, importlib.abc.Loader):
     def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] in STAND_INS:
-            return importlib.machinery.ModuleSpec(name, self, is_package=True)
+        root = name.split(".")[0]
+        if root in STAND_INS and importlib.machinery.PathFinder.find_spec(root) is None:
+            return importlib.machinery.ModuleSpec(name, self, is_package=True)  # only where it is not installed
         return None
 
     def create_module(self, spec):
@@ -136,7 +139,7 @@ def timm_layout(state: dict) -> dict:
     return state
 
 
-def hf_weights(state: dict, predictor_layers: list[int] = ()) -> dict[str, torch.Tensor]:
+def hf_weights(state: dict, predictor_layers: list[int] = (), reused_layers: list[int] = ()) -> dict:
     """The timm-layout ``state`` under TokenPruneViT names (``vit.layers.i.attention.q_proj`` ...)."""
     state = timm_layout(state)
     out = {
@@ -167,6 +170,12 @@ def hf_weights(state: dict, predictor_layers: list[int] = ()) -> dict[str, torch
         parts = key.split(".")
         if parts[0] == "cropr" and parts[2:] == ["cross_attn", "queries"]:
             out[f"vit.layers.{parts[1]}.token_reduction.scorer.queries"] = value
+    phi = {"linear1.0": "expand", "dwconv.0": "depthwise", "linear2.0": "reduce"}  # SkipAt's LeFF -> our Phi
+    for index, layer in enumerate(reused_layers):
+        for theirs, ours in phi.items():
+            for part in ("weight", "bias"):
+                out[f"vit.layers.{layer}.attention_reuse.{ours}.{part}"] = state[f"param_{index + 1}.{theirs}.{part}"]
+        out[f"vit.layers.{layer}.attention_reuse.gate.conv.weight"] = state[f"param_{index + 1}.eca.conv.weight"]
     names = {"in_conv.0": "project.0", "in_conv.1": "project.1", "out_conv.0": "classify.0",
              "out_conv.2": "classify.2", "out_conv.4": "classify.4"}  # fmt: skip
     for stage, layer in enumerate(predictor_layers):
@@ -404,6 +413,17 @@ def run_cropr(model, pixels: torch.Tensor) -> tuple[torch.Tensor, dict]:
     return logits, _compose(calls, list(range(1, len(calls) + 1)), pixels.shape[0], with_cls=True)
 
 
+def build_skipat(repo: Path, layers: list[int]):
+    sys.path.insert(0, str(repo))  # for its `from model.uformer_utils import LeFF`
+    vit_skipat = load_file(repo / "model" / "vit_skipat.py", "vit_skipat")
+    return vit_skipat.VisionTransformerSkipAt(**TIMM_MODEL, qkv_bias=True, skip_indices=tuple(layers))
+
+
+def run_skipat(model, pixels: torch.Tensor) -> tuple[torch.Tensor, dict]:
+    with torch.no_grad():
+        return model(pixels), {}
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Operating points and the fixture files
 # ----------------------------------------------------------------------------------------------------------------
@@ -429,6 +449,10 @@ POINTS = {
             {"method": "cropr", "tokens_per_layer": 12, "last_layer_fusion": False, "training_heads": False},
         ),
     ],  # fmt: skip
+    "skipat": [
+        ("skipat_3_8", {"attention_reuse": {"method": "skipat", "layers": [3, 4, 5, 6, 7, 8]}}),
+        ("skipat_2_4", {"attention_reuse": {"method": "skipat", "layers": [2, 3, 4]}}),
+    ],
     "evo_vit": [
         ("evo_vit_05", {"method": "evo_vit", "layers": [4, 8], "keep_rate": 0.5, "two_heads": True}),
         ("evo_vit_07", {"method": "evo_vit", "layers": [4, 8], "keep_rate": 0.7, "two_heads": True}),
@@ -437,6 +461,7 @@ POINTS = {
 REPOSITORIES = {
     "tome": "facebookresearch/ToMe", "evit": "youweiliang/evit", "dynamicvit": "raoyongming/DynamicViT",
     "supervit": "lmbxmu/SuperViT", "evo_vit": "YifanXu74/Evo-ViT", "cropr": "benbergner/cropr",
+    "skipat": "Qualcomm-AI-research/skip-attention",
 }  # fmt: skip
 MODEL_OVERRIDES = {"cropr": {"intermediate_size": 64}}  # its blocks use timm's default MLP ratio, 4
 
@@ -453,6 +478,8 @@ def official(method: str, repo: Path, plan: dict):
         )
     if method == "cropr":
         return (lambda: build_cropr(repo, plan)), run_cropr
+    if method == "skipat":
+        return (lambda: build_skipat(repo, plan["attention_reuse"]["layers"])), run_skipat
     if method == "supervit":
         return (lambda: build_supervit(repo)), (
             lambda model, pixels: run_supervit(model, pixels, plan["keep_rate"], plan["layers"])
@@ -490,16 +517,18 @@ def make_fixture(method: str, repo: Path, name: str, plan: dict, commit: str, se
         raise RuntimeError(f"{name}: no seed gave decisive selections")
     state = model.float().state_dict()
     predictors = plan["layers"] if method == "dynamicvit" else []
-    tensors = {f"weights.{key}": value for key, value in hf_weights(state, predictors).items()}
+    plans = plan if "attention_reuse" in plan else {"token_reduction": plan}
+    reused = plans.get("attention_reuse", {}).get("layers", [])
+    tensors = {f"weights.{key}": value for key, value in hf_weights(state, predictors, reused).items()}
     tensors["pixel_values"] = pixels.float().contiguous()
     tensors["logits_fp64"] = logits64.contiguous()
     tensors["logits_fp32"] = logits32.float().contiguous()
-    kind = "owner" if method == "tome" else "kept"
+    kind = {"tome": "owner", "skipat": "none"}.get(method, "kept")
     for layer, value in chosen64.items():
         tensors[f"{kind}.{layer}"] = value.long().contiguous()
     metadata = {
         "method": method, "operating_point": name, "repository": REPOSITORIES[method], "commit": commit,
-        "config": json.dumps({**MODEL, **MODEL_OVERRIDES.get(method, {}), "token_reduction": plan}),
+        "config": json.dumps({**MODEL, **MODEL_OVERRIDES.get(method, {}), **plans}),
         "selection": kind,
     }  # fmt: skip
     FIXTURES.mkdir(parents=True, exist_ok=True)
