@@ -259,6 +259,21 @@ def train_base(recipe: Recipe, data, seed: int, progress: bool = True) -> tuple[
     return weights, stock
 
 
+def cached_base(recipe: Recipe, data, seed: int, path: str | None, progress: bool = True):
+    """`train_base`, read from ``path`` when it holds a base trained with the same recipe and seed, else trained and
+    written there (so reruns of the benchmark do not pay for the base again)."""
+    key = {**asdict(recipe), "seed": seed}
+    if path and os.path.exists(path):
+        saved = torch.load(path, weights_only=True)
+        if saved["key"] == json.dumps(key, sort_keys=True):
+            return saved["weights"], saved["stock"]
+    weights, stock = train_base(recipe, data, seed, progress)
+    if path:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        torch.save({"key": json.dumps(key, sort_keys=True), "weights": weights, "stock": stock}, path)
+    return weights, stock
+
+
 def evaluate_point(
     recipe: Recipe, method: str, point: str, entry: dict, weights: dict, data, seed: int, stock, progress: bool = True
 ):
@@ -289,14 +304,16 @@ def untrained_selector(model, weights: dict) -> bool:
     return any(".token_reduction." in name and name not in weights for name, _ in model.named_parameters())
 
 
-def run(recipe: Recipe, seed: int = 0, device: str = "cpu", progress: bool = True, picture_dir: str | None = None):
+def run(recipe: Recipe, seed: int = 0, device: str = "cpu", progress: bool = True, picture_dir: str | None = None,
+        base_cache: str | None = None):  # fmt: skip
     """Trains the base model, evaluates every operating point zero-shot and fine-tuned, and measures speed.
 
     With ``picture_dir``, also saves ``kept_tokens_<method>.png``: what the fine-tuned model of each method's
-    strongest operating point keeps on one validation digit.
+    strongest operating point keeps on one validation digit. With ``base_cache``, the base model is read from (or
+    written to) that file.
     """
     data = load_data(recipe, seed)
-    weights, stock = train_base(recipe, data, seed, progress)
+    weights, stock = cached_base(recipe, data, seed, base_cache, progress)
     points = operating_points(recipe)
     rows, pictures = [], {}
     for method, point, entry in points:
@@ -434,6 +451,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--bench-rounds", type=int, default=None, help="rounds of the speed measurement")
     parser.add_argument("--device", default="cpu", help="device of the speed measurement (training runs on the CPU)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--copies", type=int, default=None, help="renderings of each training digit (more data)")
+    parser.add_argument("--base-cache", default=None, help="a file to keep the trained base model in across runs")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-progress", action="store_true")
     return parser.parse_args(argv)
@@ -441,7 +460,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def recipe_from_args(args: argparse.Namespace) -> Recipe:
     recipe = Recipe(**(TINY if args.tiny else {}))
-    for name in ("epochs", "finetune_epochs", "operating_points", "bench_rounds"):
+    for name in ("epochs", "finetune_epochs", "operating_points", "bench_rounds", "copies"):
         value = getattr(args, name)
         if value is not None:
             if value < 1:
@@ -457,7 +476,10 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     np.random.seed(args.seed)
     progress = not args.no_progress
-    results = run(recipe, seed=args.seed, device=args.device, progress=progress, picture_dir=args.output_dir)
+    results = run(
+        recipe, seed=args.seed, device=args.device, progress=progress, picture_dir=args.output_dir,
+        base_cache=args.base_cache,
+    )  # fmt: skip
     command = "python examples/benchmark_accuracy.py " + " ".join(argv if argv is not None else sys.argv[1:])
     paths = write_outputs(results, args.output_dir, command.strip())
     print("\n".join(table_lines(results["rows"])))

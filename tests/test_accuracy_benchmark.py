@@ -99,3 +99,21 @@ def test_json_and_png(tiny_run):
 def test_bad_option_is_refused(script):
     with pytest.raises(ValueError, match="--epochs 0"):
         script.recipe_from_args(script.parse_args(["--tiny", "--epochs", "0"]))
+
+
+def test_the_base_model_is_cached_across_runs(script, tmp_path, monkeypatch):
+    recipe = script.recipe_from_args(script.parse_args(["--tiny", "--epochs", "1", "--copies", "1"]))
+    recipe.max_train, recipe.max_eval = 32, 16
+    data = script.load_data(recipe, seed=0)
+    path = str(tmp_path / "base.pt")
+    weights, stock = script.cached_base(recipe, data, 0, path, progress=False)
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("the cached base must not be trained again")
+
+    monkeypatch.setattr(script, "train_base", no_training)
+    again, stock_again = script.cached_base(recipe, data, 0, path, progress=False)
+    assert stock_again == stock and all(torch.equal(again[k], weights[k]) for k in weights)
+    recipe.epochs = 2  # another recipe: trained anew
+    with pytest.raises(AssertionError, match="must not be trained again"):
+        script.cached_base(recipe, data, 0, path, progress=False)
