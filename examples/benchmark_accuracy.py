@@ -12,8 +12,8 @@ It trains a small ViT from scratch on the cluttered digits (`hf_tokenprune.data`
 method at two or three operating points (and SkipAt attention reuse, when registered), measures
 
 - the validation accuracy with the trained weights as they are (zero-shot) and after a short fine-tune with the
-  plan in place (plain cross-entropy plus whatever auxiliary loss the method adds to ``loss``; no method-specific
-  recipe);
+  plan in place (cross-entropy plus whatever auxiliary loss the method adds to ``loss``; DynamicViT with its
+  official recipe, see `finetune`); zero-shot rows of freshly initialised selectors are marked untrained;
 - the FLOPs and ideal speed-up (`hf_tokenprune.flops`);
 - the measured inference speed-up against stock `ViTForImageClassification` with the same weights, paired and
   interleaved in one process (`hf_tokenprune.benchmark`).
@@ -25,6 +25,7 @@ picture) and ``accuracy_benchmark.json`` into ``--output-dir`` (default ``docs``
 import argparse
 import copy
 import datetime
+import functools
 import json
 import math
 import os
@@ -38,9 +39,10 @@ import torch
 from hf_tokenprune import REDUCTION_METHODS, TokenPruneViTConfig, TokenPruneViTForImageClassification
 from hf_tokenprune.benchmark import BenchmarkSettings, machine_info, parse_device, run_benchmark
 from hf_tokenprune.data import cluttered_digits_arrays
+from hf_tokenprune.distillation import final_tokens, freeze_backbone, recipe_parameter_groups, token_distillation_loss
 from hf_tokenprune.flops import count_flops
 from hf_tokenprune.models.token_reduction import scaled_layers
-from hf_tokenprune.training import init_sincos_position_embeddings
+from hf_tokenprune.training import distillation_loss, init_sincos_position_embeddings
 from hf_tokenprune.visualization import plot_kept_tokens, plot_pareto
 
 SETTINGS = ("zero-shot", "fine-tuned")
@@ -102,29 +104,41 @@ def base_config(recipe: Recipe, **plans: Any) -> TokenPruneViTConfig:
     )  # fmt: skip
 
 
-def train(model, data, epochs: int, learning_rate: float, batch_size: int, seed: int, desc: str, progress=True):
-    """AdamW with a cosine schedule and warm-up; the loss is whatever the model returns (auxiliary losses included)."""
+def model_loss(model, pixels, labels):
+    """The model's own loss (cross-entropy plus whatever auxiliary loss the method adds)."""
+    return model(pixel_values=pixels, labels=labels).loss
+
+
+def train(model, data, epochs: int, learning_rate: float, batch_size: int, seed: int, desc: str, progress=True,
+          loss_fn=model_loss, parameters=None, freeze_fraction: float = 0.0):  # fmt: skip
+    """AdamW with a cosine schedule and warm-up; ``loss_fn(model, pixels, labels)`` (the model's loss by default) on
+    ``parameters`` (all, or optimizer groups); groups marked ``"backbone"`` do not move during the first
+    ``freeze_fraction`` of the steps (DynamicViT's recipe)."""
     from tqdm.auto import tqdm
     from transformers import get_cosine_schedule_with_warmup
 
     pixels, labels = data
     steps_per_epoch = math.ceil(len(labels) / batch_size)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=learning_rate, weight_decay=0.05)
-    schedule = get_cosine_schedule_with_warmup(
-        optimizer, max(1, steps_per_epoch * epochs // 10), steps_per_epoch * epochs
-    )
+    parameters = model.parameters() if parameters is None else parameters
+    optimizer = torch.optim.AdamW(parameters, lr=learning_rate, weight_decay=0.05)
+    total = steps_per_epoch * epochs
+    schedule = get_cosine_schedule_with_warmup(optimizer, max(1, total // 10), total)
     generator = torch.Generator().manual_seed(seed)
     model.train()
+    step = 0
     for _ in tqdm(range(epochs), desc=desc, leave=False, disable=not progress):
         order = torch.randperm(len(labels), generator=generator)
         for start in range(0, len(labels), batch_size):
             batch = order[start : start + batch_size]
-            loss = model(pixel_values=pixels[batch], labels=labels[batch]).loss
+            loss = loss_fn(model, pixels[batch], labels[batch])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            if step < freeze_fraction * total:
+                freeze_backbone(optimizer)
             optimizer.step()
             schedule.step()
+            step += 1
     model.eval()
 
 
@@ -151,9 +165,8 @@ def _amounts(recipe: Recipe, strengths: list[float]) -> list[float]:
     return strengths if count >= len(strengths) else strengths[len(strengths) - count :]
 
 
-# Methods whose training mode changes what a short fine-tune reaches: DynamicViT's paper recipe (hard Gumbel masks,
-# the default) and ours (Gumbel top-k and gather, as fast as inference).
-VARIANTS = {"dynamicvit": {"dynamicvit-gather": {"train_mode": "gather"}}}
+# Variants of a method worth their own line (another training mode or module), by method: {line: plan options}.
+VARIANTS: dict[str, dict[str, dict]] = {}
 
 
 def operating_points(recipe: Recipe) -> list[tuple[str, str, dict]]:
@@ -208,9 +221,28 @@ def plan_model(recipe: Recipe, entry: dict, weights: dict, seed: int) -> TokenPr
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def finetune(model, recipe: Recipe, data, seed: int, desc: str, progress: bool = True) -> None:
+def finetune(model, recipe: Recipe, data, seed: int, desc: str, progress: bool = True, teacher=None) -> None:
+    """The same short fine-tune for every plan; a DynamicViT plan gets its official recipe (`DynamicViTTrainer`'s
+    pieces): ``teacher`` (the base model, frozen) distils logits (KL, 0.5) and kept tokens (MSE, 0.5) on top of CE +
+    2 * ratio, the backbone is frozen for the first 5/30 of the steps and then trains at 0.01 of the predictors'
+    learning rate, CLS token and position embeddings stay frozen."""
     lr, epochs = recipe.finetune_learning_rate, recipe.finetune_epochs
-    train(model, data["train"], epochs, lr, recipe.batch_size, seed, desc, progress)
+    plan = model.config.token_reduction or {}
+    if plan.get("method") != "dynamicvit" or teacher is None:
+        train(model, data["train"], epochs, lr, recipe.batch_size, seed, desc, progress)
+        return
+    groups = recipe_parameter_groups(model, lr, backbone_lr_scale=0.01, weight_decay=0.05)
+    loss_fn = functools.partial(dynamicvit_recipe_loss, teacher=teacher)
+    train(model, data["train"], epochs, lr, recipe.batch_size, seed, desc, progress, loss_fn, groups, 5 / 30)
+
+
+def dynamicvit_recipe_loss(model, pixels, labels, teacher):
+    """CE + 2 * ratio (the model's loss) + 0.5 * KL(teacher logits) + 0.5 * MSE(kept tokens, the teacher's)."""
+    with torch.no_grad():
+        reference = teacher(pixel_values=pixels, output_hidden_states=True)
+    out = model(pixel_values=pixels, labels=labels, output_hidden_states=True)
+    tokens = token_distillation_loss(final_tokens(model, out), out, final_tokens(teacher, reference))
+    return out.loss + 0.5 * distillation_loss(out.logits, reference.logits) + 0.5 * tokens
 
 
 def train_base(recipe: Recipe, data, seed: int, progress: bool = True) -> tuple[dict, dict[str, float]]:
@@ -227,32 +259,88 @@ def train_base(recipe: Recipe, data, seed: int, progress: bool = True) -> tuple[
     return weights, stock
 
 
+def cached_base(recipe: Recipe, data, seed: int, path: str | None, progress: bool = True):
+    """`train_base`, read from ``path`` when it holds a base trained with the same recipe and seed, else trained and
+    written there (so reruns of the benchmark do not pay for the base again)."""
+    key = {**asdict(recipe), "seed": seed}
+    if path and os.path.exists(path):
+        saved = torch.load(path, weights_only=True)
+        if saved["key"] == json.dumps(key, sort_keys=True):
+            return saved["weights"], saved["stock"]
+    weights, stock = train_base(recipe, data, seed, progress)
+    if path:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        torch.save({"key": json.dumps(key, sort_keys=True), "weights": weights, "stock": stock}, path)
+    return weights, stock
+
+
 def evaluate_point(
     recipe: Recipe, method: str, point: str, entry: dict, weights: dict, data, seed: int, stock, progress: bool = True
 ):
-    """Zero-shot and fine-tuned rows of one operating point, and its fine-tuned model."""
+    """Zero-shot and fine-tuned rows of one operating point, and its fine-tuned model.
+
+    A zero-shot row whose selector (DynamicViT's predictor, Cropr's scorer) is freshly initialised is marked
+    ``untrained``: it ranks tokens arbitrarily, so it says nothing about the method.
+    """
     model = plan_model(recipe, entry, weights, seed)
     report = count_flops(model.config)
+    untrained = untrained_selector(model, weights)
     accuracy = {"zero-shot": evaluate(model, data["validation"])}
-    finetune(model, recipe, data, seed, f"fine-tune {method} {point}", progress)
+    share = {"zero-shot": digit_share(model, data["validation"])}
+    teacher = plan_model(recipe, {}, weights, seed).requires_grad_(False)  # the base model, unpruned, frozen
+    finetune(model, recipe, data, seed, f"fine-tune {method} {point}", progress, teacher=teacher)
     accuracy["fine-tuned"] = evaluate(model, data["validation"])
+    share["fine-tuned"] = digit_share(model, data["validation"])
     rows = [
         {"method": method, "operating_point": point, "setting": setting, "accuracy": accuracy[setting],
          "accuracy_delta": accuracy[setting] - stock[setting], "gflops": report.gflops,
-         "stock_gflops": report.stock_gflops, "ideal_speedup": report.ideal_speedup, "entry": entry}
+         "stock_gflops": report.stock_gflops, "ideal_speedup": report.ideal_speedup, "entry": entry,
+         "untrained": untrained and setting == "zero-shot", "digit_share": share[setting]}
         for setting in SETTINGS
     ]  # fmt: skip
     return rows, model
 
 
-def run(recipe: Recipe, seed: int = 0, device: str = "cpu", progress: bool = True, picture_dir: str | None = None):
+DIGIT_BRIGHTNESS = 0.6  # brighter than any clutter (drawn at half brightness at most): a digit stroke
+
+
+def digit_share(model, data, batch_size: int = 256) -> tuple[float, float] | None:
+    """(share of digit patches among the patch tokens the most reduced layer keeps, share among all patches: what
+    random selection keeps on average), or None for a plan that keeps no subset of patches (merging, reuse only)."""
+    pixels, _ = data
+    rows, columns = model.config.patch_grid
+    raw = pixels[:, 0] * 0.5 + 0.5  # (N, H, W) back to [0, 1]
+    patches = raw.reshape(len(raw), rows, raw.shape[1] // rows, columns, raw.shape[2] // columns)
+    digit = patches.amax(dim=(2, 4)).flatten(1) > DIGIT_BRIGHTNESS  # (N, patches)
+    kept, total = 0.0, 0
+    with torch.inference_mode():
+        for start in range(0, len(digit), batch_size):
+            out = model(pixel_values=pixels[start : start + batch_size])
+            layer = min(range(len(out.token_counts)), key=lambda i: out.token_counts[i][1])
+            positions = out.token_positions[layer][:, 1:]
+            if out.token_owner[layer] is not None or positions.shape[1] >= digit.shape[1]:
+                return None
+            chosen = digit[start : start + batch_size].gather(1, (positions - 1).clamp_min(0))
+            kept += float((chosen & (positions > 0)).sum())
+            total += int((positions > 0).sum())
+    return kept / max(total, 1), float(digit.float().mean())
+
+
+def untrained_selector(model, weights: dict) -> bool:
+    """Whether the plan's token-selection modules (``token_reduction`` parameters) are new, not in ``weights``."""
+    return any(".token_reduction." in name and name not in weights for name, _ in model.named_parameters())
+
+
+def run(recipe: Recipe, seed: int = 0, device: str = "cpu", progress: bool = True, picture_dir: str | None = None,
+        base_cache: str | None = None):  # fmt: skip
     """Trains the base model, evaluates every operating point zero-shot and fine-tuned, and measures speed.
 
     With ``picture_dir``, also saves ``kept_tokens_<method>.png``: what the fine-tuned model of each method's
-    strongest operating point keeps on one validation digit.
+    strongest operating point keeps on one validation digit. With ``base_cache``, the base model is read from (or
+    written to) that file.
     """
     data = load_data(recipe, seed)
-    weights, stock = train_base(recipe, data, seed, progress)
+    weights, stock = cached_base(recipe, data, seed, base_cache, progress)
     points = operating_points(recipe)
     rows, pictures = [], {}
     for method, point, entry in points:
@@ -296,17 +384,20 @@ def measure_speed(recipe, points, weights, seed: int, device: str, progress: boo
 
 TABLE_HEADER = (
     "| method | operating point | setting | accuracy | Δ accuracy | GFLOPs | ideal speed-up | measured speed-up "
-    "| fraction of ideal |"
+    "| fraction of ideal | digit patches kept (random) |"
 )
 
 
 def table_lines(rows: list[dict]) -> list[str]:
-    lines = [TABLE_HEADER, "|---|---|---|---:|---:|---:|---:|---:|---:|"]
+    lines = [TABLE_HEADER, "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     for row in rows:
+        setting = f"{row['setting']} (untrained selector)" if row.get("untrained") else row["setting"]
+        share = row.get("digit_share")
+        share = "–" if share is None else f"{share[0]:.2f} ({share[1]:.2f})"
         lines.append(
-            f"| {row['method']} | {row['operating_point']} | {row['setting']} | {row['accuracy']:.3f} | "
+            f"| {row['method']} | {row['operating_point']} | {setting} | {row['accuracy']:.3f} | "
             f"{row['accuracy_delta']:+.3f} | {row['gflops']:.4g} | {row['ideal_speedup']:.2f}x | "
-            f"{row['measured_speedup']:.2f}x | {row['fraction_of_ideal']:.2f} |"
+            f"{row['measured_speedup']:.2f}x | {row['fraction_of_ideal']:.2f} | {share} |"
         )
     return lines
 
@@ -334,9 +425,15 @@ def markdown(results: dict, command: str, picture: str) -> str:
         f"{recipe['hidden_size']}, trained from scratch for {recipe['epochs']} epoch(s). Stock accuracy "
         f"{stock['zero-shot']:.3f}; after the same {recipe['finetune_epochs']}-epoch fine-tune as the plans: "
         f"{stock['fine-tuned']:.3f}.",
-        "- zero-shot: the trained weights with the plan switched on; fine-tuned: then "
-        f"{recipe['finetune_epochs']} epoch(s) with the plan (lr {recipe['finetune_learning_rate']:g}). Δ accuracy "
-        "is against the stock model in the same setting.",
+        '- zero-shot: the trained weights with the plan switched on ("untrained selector": DynamicViT\'s predictor '
+        "or Cropr's scorer is freshly initialised, so the row ranks tokens arbitrarily; it is left out of the "
+        f"picture); fine-tuned: then {recipe['finetune_epochs']} epoch(s) with the plan (lr "
+        f"{recipe['finetune_learning_rate']:g}; DynamicViT with its official recipe: frozen base model as teacher, "
+        "CE + 2 ratio + 0.5 KL + 0.5 token MSE, backbone frozen for 5/30 of the steps, then at 0.01 of the "
+        "predictors' rate). Δ accuracy is against the stock model in the same setting.",
+        "- Digit patches kept: the share of digit patches (a pixel brighter than any clutter) among the patch tokens "
+        "the most reduced layer keeps, and in brackets the share among all patches, which random selection keeps on "
+        "average; – for merging and attention reuse.",
         f"- Speed: inference, batch {speed['batch_size']}, {speed['dtype']}, against stock "
         "`ViTForImageClassification` with the same weights, paired and interleaved in one process, median of "
         f"{speed['rounds']} round(s). Ideal speed-up = stock FLOPs / plan FLOPs; fraction of ideal = measured / "
@@ -361,7 +458,7 @@ def write_outputs(results: dict, output_dir: str, command: str) -> dict[str, str
         "png": os.path.join(output_dir, "accuracy_vs_speedup.png"),
         "json": os.path.join(output_dir, "accuracy_benchmark.json"),
     }
-    points = [{**row, "method": row["method"]} for row in results["rows"]]
+    points = [row for row in results["rows"] if not row.get("untrained")]  # an untrained selector is no method
     title = f"cluttered digits, {results['speed_setup']['device']}"
     plot_pareto(points, paths["png"], title=title, reference=results["stock_accuracy"]["zero-shot"])
     with open(paths["markdown"], "w") as file:
@@ -386,6 +483,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--bench-rounds", type=int, default=None, help="rounds of the speed measurement")
     parser.add_argument("--device", default="cpu", help="device of the speed measurement (training runs on the CPU)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--copies", type=int, default=None, help="renderings of each training digit (more data)")
+    parser.add_argument("--base-cache", default=None, help="a file to keep the trained base model in across runs")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-progress", action="store_true")
     return parser.parse_args(argv)
@@ -393,7 +492,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def recipe_from_args(args: argparse.Namespace) -> Recipe:
     recipe = Recipe(**(TINY if args.tiny else {}))
-    for name in ("epochs", "finetune_epochs", "operating_points", "bench_rounds"):
+    for name in ("epochs", "finetune_epochs", "operating_points", "bench_rounds", "copies"):
         value = getattr(args, name)
         if value is not None:
             if value < 1:
@@ -409,7 +508,10 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     np.random.seed(args.seed)
     progress = not args.no_progress
-    results = run(recipe, seed=args.seed, device=args.device, progress=progress, picture_dir=args.output_dir)
+    results = run(
+        recipe, seed=args.seed, device=args.device, progress=progress, picture_dir=args.output_dir,
+        base_cache=args.base_cache,
+    )  # fmt: skip
     command = "python examples/benchmark_accuracy.py " + " ".join(argv if argv is not None else sys.argv[1:])
     paths = write_outputs(results, args.output_dir, command.strip())
     print("\n".join(table_lines(results["rows"])))

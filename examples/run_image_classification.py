@@ -35,6 +35,7 @@ from transformers.utils import is_torchvision_available
 from hf_tokenprune import TokenPruneViTConfig, TokenPruneViTForImageClassification
 from hf_tokenprune.training import (
     DistillationTrainer,
+    DynamicViTTrainer,
     SuperViTTrainer,
     TokenPruneTrainer,
     build_compute_metrics,
@@ -337,8 +338,9 @@ def make_schedule(model, recipe: RecipeArguments):
 
 
 def build_trainer(model, training_args, dataset, processor, recipe: RecipeArguments, interpolate: bool):
-    """The Trainer the plan and the recipe call for: SuperViT's for a ``supervit`` plan, distillation with
-    --distill, the plain one otherwise; with the plan schedule as a callback."""
+    """The Trainer the plan and the recipe call for: SuperViT's for a ``supervit`` plan, DynamicViT's official
+    recipe (`DynamicViTTrainer`) for a ``dynamicvit`` plan, distillation with --distill, the plain one otherwise;
+    with the plan schedule as a callback."""
     plan = model.config.token_reduction
     schedule = make_schedule(model, recipe)
     collator = (
@@ -356,19 +358,25 @@ def build_trainer(model, training_args, dataset, processor, recipe: RecipeArgume
     )
     if plan is not None and plan["method"] == "supervit":
         return SuperViTTrainer(**common, distill_temperature=recipe.distill_temperature)
+    if plan is not None and plan["method"] == "dynamicvit":  # the official recipe: frozen snapshot as teacher, ...
+        teacher = _teacher(recipe) or "snapshot"
+        return DynamicViTTrainer(**common, teacher_model=teacher)
     if recipe.distill or recipe.teacher_model_name_or_path:
-        teacher = None
-        if recipe.teacher_model_name_or_path:
-            from transformers import AutoModelForImageClassification
-
-            teacher = AutoModelForImageClassification.from_pretrained(recipe.teacher_model_name_or_path)
         return DistillationTrainer(
             **common,
-            teacher_model=teacher,
+            teacher_model=_teacher(recipe),
             distill_alpha=recipe.distill_alpha,
             distill_temperature=recipe.distill_temperature,
         )
     return TokenPruneTrainer(**common)
+
+
+def _teacher(recipe: RecipeArguments):
+    if not recipe.teacher_model_name_or_path:
+        return None
+    from transformers import AutoModelForImageClassification
+
+    return AutoModelForImageClassification.from_pretrained(recipe.teacher_model_name_or_path)
 
 
 # ----------------------------------------------------------------------------------------------------------------

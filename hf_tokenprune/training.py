@@ -6,8 +6,10 @@
   every forward). The value is a function of ``state.global_step`` only, so a resumed run follows the same curve.
 - `TokenPruneTrainer`: the stock `Trainer` plus what this model family needs: the token bookkeeping of the outputs is
   kept out of the predictions, and the logs carry the scheduled plan values.
-- `DistillationTrainer`: the model's own loss plus a logits KL against the unpruned model (the same weights with
-  ``disable_plans=True``, as DynamicViT does) or a given teacher.
+- `DistillationTrainer`: the model's own loss mixed with a logits KL (and optionally a token MSE) against a teacher:
+  the unpruned model (the same weights with ``disable_plans=True``), a frozen snapshot, or a given model.
+- `DynamicViTTrainer`: DynamicViT's official recipe (frozen teacher snapshot, CE + 2 ratio + 0.5 KL + 0.5 token MSE,
+  backbone frozen for the first 5/30 of the run and then at 0.01 of the methods' learning rate).
 - `SuperViTTrainer`: SuperViT's step: four sub-networks (full, lower keep rate, smaller resolution, both), one
   optimizer step.
 - `build_compute_metrics`: accuracy computed with numpy (``evaluate.load`` needs the Hub) plus the per-layer token
@@ -36,7 +38,9 @@ from .flops import count_flops
 from .models.token_reduction import REDUCTION_METHODS, get_reduction_class, grid_of
 
 # Output fields of TokenPruneViT that are bookkeeping, not predictions (ragged or nested: kept out of eval loops).
-BOOKKEEPING_OUTPUTS = ["hidden_states", "attentions", "token_counts", "token_positions", "token_owner", "patch_grid"]
+BOOKKEEPING_OUTPUTS = [
+    "hidden_states", "attentions", "token_counts", "token_positions", "token_owner", "patch_grid", "token_policy",
+]  # fmt: skip
 
 # ----------------------------------------------------------------------------------------------------------------
 # Plan schedules
@@ -201,9 +205,10 @@ class CosineSchedule(_WarmupSchedule):
 
 
 class LinearSchedule(_WarmupSchedule):
-    """Token Cropr's pruning curriculum: ``key`` grows linearly from ``start`` (0: prune nothing) to ``target`` over
-    the first ``warmup_fraction`` of training (default: half), then stays there. Integers are floored, per layer for
-    a per-layer list.
+    """A linear curriculum (ours, not a paper's): ``key`` grows linearly from ``start`` (0: remove nothing) to
+    ``target`` over the first ``warmup_fraction`` of training (default: half), then stays there. Integers are
+    floored, per layer for a per-layer list. Token Cropr's official code has no curriculum (it prunes at the full
+    rate from the first step), so ``build_schedule("auto", ...)`` gives Cropr none; this is an option for it.
 
     Args:
         key, target, start: see `PlanSchedule` (``key`` defaults to Cropr's ``"tokens_per_layer"``).
@@ -228,8 +233,9 @@ def _check_fractions(warmup_fraction: float, delay_fraction: float) -> None:
 
 
 SCHEDULES = {"constant": ConstantSchedule, "cosine": CosineSchedule, "linear": LinearSchedule}
-# The schedule each paper trains with, for `build_schedule("auto", ...)`; other methods get none.
-PAPER_SCHEDULES = {"evit": "cosine", "cropr": "linear"}
+# The schedule each official code trains with, for `build_schedule("auto", ...)`; other methods get none (Cropr,
+# DynamicViT, Evo-ViT and SuperViT train at their operating point from the first step).
+PAPER_SCHEDULES = {"evit": "cosine"}
 
 
 def default_schedule_key(plan: dict) -> str:
@@ -243,8 +249,8 @@ def default_schedule_key(plan: dict) -> str:
 
 
 def build_schedule(name: str, plan: dict | None, key: str | None = None, **kwargs: Any) -> PlanSchedule | None:
-    """A schedule by name: ``"none"``, ``"constant"``, ``"cosine"``, ``"linear"``, or ``"auto"`` (the paper's:
-    cosine for EViT, linear for Cropr, none otherwise). ``kwargs`` go to the schedule class."""
+    """A schedule by name: ``"none"``, ``"constant"``, ``"cosine"``, ``"linear"``, or ``"auto"`` (the official
+    code's: cosine for EViT, none otherwise). ``kwargs`` go to the schedule class."""
     if name == "auto":
         name = PAPER_SCHEDULES.get(plan["method"], "none") if plan else "none"
     if name == "none":
@@ -390,61 +396,6 @@ class TokenPruneTrainer(Trainer):
         return {}
 
 
-class DistillationTrainer(TokenPruneTrainer):
-    """`TokenPruneTrainer` whose training loss is ``(1 - alpha) * model loss + alpha * T^2 * KL(teacher || student)``
-    on the logits, as DynamicViT and SuperViT distil from the unpruned model.
-
-    A Trainer subclass rather than ``compute_loss_func``: the teacher needs the inputs (``compute_loss_func`` sees
-    only the outputs), and with ``compute_loss_func`` the Trainer takes the labels away from the model, which would
-    drop the auxiliary losses methods add inside ``forward`` (Cropr's auxiliary head, DynamicViT's ratio loss,
-    Evo-ViT's two heads). Evaluation loss is the model's own.
-
-    Args:
-        teacher_model: a model taking ``pixel_values`` and returning ``logits`` with the same labels; by default the
-            trained model itself with ``disable_plans=True`` (same weights, no reduction, no gradient, eval mode).
-        distill_alpha: the weight of the KL term, in [0, 1].
-        distill_temperature: the softmax temperature ``T`` (> 0); the KL is scaled by ``T^2``.
-    """
-
-    def __init__(self, *args, teacher_model=None, distill_alpha=0.5, distill_temperature=1.0, **kwargs):
-        super().__init__(*args, **kwargs)
-        if not 0.0 <= distill_alpha <= 1.0:
-            raise ValueError(f"distill_alpha = {distill_alpha!r} must be in [0, 1] (the weight of the KL term).")
-        if not distill_temperature > 0:
-            raise ValueError(f"distill_temperature = {distill_temperature!r} must be > 0.")
-        self.distill_alpha = distill_alpha
-        self.distill_temperature = distill_temperature
-        self.teacher_model = None
-        if teacher_model is not None:
-            labels, teacher_labels = _config_of(self.model).num_labels, _config_of(teacher_model).num_labels
-            if labels != teacher_labels:
-                raise ValueError(f"teacher_model has {teacher_labels} labels but the model has {labels}.")
-            self.teacher_model = teacher_model.to(self.args.device).eval().requires_grad_(False)
-
-    @torch.no_grad()
-    def teacher_logits(self, model, inputs: dict[str, Any]) -> torch.Tensor:
-        extra = {k: v for k, v in inputs.items() if k == "interpolate_pos_encoding"}
-        if self.teacher_model is not None:
-            return self.teacher_model(pixel_values=inputs["pixel_values"], **extra).logits
-        student = self.accelerator.unwrap_model(model)
-        was_training = student.training
-        student.eval()
-        try:
-            return student(pixel_values=inputs["pixel_values"], disable_plans=True, **extra).logits
-        finally:
-            student.train(was_training)
-
-    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        teacher = self.teacher_logits(model, inputs) if model.training and self.distill_alpha > 0 else None
-        loss, outputs = super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
-        if teacher is not None:
-            kl = distillation_loss(
-                outputs["logits"], teacher, self.distill_temperature, self._items(num_items_in_batch)
-            )
-            loss = (1.0 - self.distill_alpha) * loss + self.distill_alpha * kl * self._loss_scale(num_items_in_batch)
-        return (loss, outputs) if return_outputs else loss
-
-
 def resize_images(pixel_values: torch.Tensor, size: int | tuple[int, int]) -> torch.Tensor:
     """Bilinear, antialiased resize of a (B, C, H, W) batch to ``size`` (a side or (height, width))."""
     size = grid_of(size, 1)
@@ -569,3 +520,19 @@ def operating_points(config: Any) -> list[tuple[int, float]]:
     sides = sorted({side, *plan.get("resolutions", [])})
     rates = sorted({1.0, *plan.get("keep_rates", [plan.get("keep_rate", 1.0)])})
     return [(s, k) for s in sides for k in rates]
+
+
+# The distillation trainers live in `hf_tokenprune.distillation` (which builds on this module); they are importable
+# from here as before, loaded on first use.
+_DISTILLATION_NAMES = (
+    "BackboneFreeze", "DistillationTrainer", "DynamicViTTrainer", "final_tokens", "freeze_backbone",
+    "recipe_parameter_groups", "token_distillation_loss",
+)  # fmt: skip
+
+
+def __getattr__(name: str) -> Any:
+    if name in _DISTILLATION_NAMES:
+        from . import distillation
+
+        return getattr(distillation, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -58,7 +58,7 @@ VARIANT_PLANS = {
     "tome-list": {"method": "tome", "r": [10, 0, 6, 4], "proportional_attention": False},
     "evo_vit-two-heads": {"method": "evo_vit", "layers": [2], "keep_rate": 0.5, "two_heads": True},
     "cropr-no-fusion": {"method": "cropr", "tokens_per_layer": [10, 8, 6], "last_layer_fusion": False},
-    "dynamicvit-gather": {"method": "dynamicvit", "layers": [2], "keep_rate": 0.5, "train_mode": "gather"},
+    "cropr-projected": {"method": "cropr", "tokens_per_layer": 8, "scorer": "projected", "last_layer_fusion": False},
 }
 
 # Attention reuse alone and combined with a reduction that starts after the reused layers.

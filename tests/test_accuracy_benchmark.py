@@ -56,8 +56,6 @@ def test_operating_points_cover_every_method(script):
     assert set(REDUCTION_METHODS) <= methods
     variants = {name for extra in script.VARIANTS.values() for name in extra}
     assert methods - set(REDUCTION_METHODS) == (set(ATTENTION_REUSE_METHODS) & {"skipat"}) | variants
-    for name, plan in [(m, e["token_reduction"]) for m, _, e in points if m == "dynamicvit-gather"]:
-        assert plan["method"] == "dynamicvit" and plan["train_mode"] == "gather", name
     for method in methods:
         names = [name for m, name, _ in points if m == method]
         assert len(names) == len(set(names)) and 1 <= len(names) <= 2  # --tiny: at most two points each
@@ -73,13 +71,18 @@ def test_benchmarks_md_is_well_formed(script, tiny_run):
     assert header[0] == "method" and set(separator[0]) == {"-"}
     points = script.operating_points(script.Recipe(**script.TINY))
     expected = {(method, name, setting) for method, name, _ in points for setting in script.SETTINGS}
-    assert len(rows) == len(expected) and {(r[0], r[1], r[2]) for r in rows} == expected
+    untrained = " (untrained selector)"
+    assert len(rows) == len(expected) and {(r[0], r[1], r[2].removesuffix(untrained)) for r in rows} == expected
+    marked = {(r[0], r[2]) for r in rows if r[2].endswith(untrained)}  # new selectors rank arbitrarily zero-shot
+    assert marked == {(method, "zero-shot" + untrained) for method in ("dynamicvit", "cropr")}
     for row in rows:
         accuracy, delta, gflops = float(row[3]), float(row[4]), float(row[5])
         ideal, measured, fraction = float(row[6].rstrip("x")), float(row[7].rstrip("x")), float(row[8])
         assert 0.0 <= accuracy <= 1.0 and -1.0 <= delta <= 1.0 and gflops > 0
         assert ideal > 1.0 and measured > 0 and fraction == pytest.approx(measured / ideal, abs=0.011)
-        assert all(re.fullmatch(NUMBER, cell.rstrip("x")) for cell in row[3:])
+        assert all(re.fullmatch(NUMBER, cell.rstrip("x")) for cell in row[3:9])
+        share = re.fullmatch(r"(\d\.\d\d) \((\d\.\d\d)\)", row[9])  # digit patches kept (random)
+        assert share or (row[9] == "–" and row[0] in ("tome", "skipat")), row
     assert "![accuracy against measured speed-up](accuracy_vs_speedup.png)" in text
 
 
@@ -98,3 +101,21 @@ def test_json_and_png(tiny_run):
 def test_bad_option_is_refused(script):
     with pytest.raises(ValueError, match="--epochs 0"):
         script.recipe_from_args(script.parse_args(["--tiny", "--epochs", "0"]))
+
+
+def test_the_base_model_is_cached_across_runs(script, tmp_path, monkeypatch):
+    recipe = script.recipe_from_args(script.parse_args(["--tiny", "--epochs", "1", "--copies", "1"]))
+    recipe.max_train, recipe.max_eval = 32, 16
+    data = script.load_data(recipe, seed=0)
+    path = str(tmp_path / "base.pt")
+    weights, stock = script.cached_base(recipe, data, 0, path, progress=False)
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("the cached base must not be trained again")
+
+    monkeypatch.setattr(script, "train_base", no_training)
+    again, stock_again = script.cached_base(recipe, data, 0, path, progress=False)
+    assert stock_again == stock and all(torch.equal(again[k], weights[k]) for k in weights)
+    recipe.epochs = 2  # another recipe: trained anew
+    with pytest.raises(AssertionError, match="must not be trained again"):
+        script.cached_base(recipe, data, 0, path, progress=False)

@@ -263,12 +263,13 @@ def test_runtime_options_follow_the_config_and_structure_cannot_change(stock_mod
 
 def test_evo_vit_two_heads_trains_both_and_predicts_with_the_mean_head(stock_model, pixels):
     model = pruned_model(stock_model, token_reduction={"method": "evo_vit", "layers": [2], "two_heads": True})
-    assert model.mean_classifier is not None
+    assert model.cls_classifier is not None and model.cls_norm is not None
     labels = torch.tensor([1, 2, 3])
     out = model(pixels, labels=labels, output_hidden_states=False)
-    sequence = model.vit(pixels).last_hidden_state
-    cls_logits = model.classifier(sequence[:, 0])
-    mean_logits = model.mean_classifier(sequence[:, 1:].mean(dim=1))
+    assert out.hidden_states is None
+    last = model.vit(pixels, output_hidden_states=True).hidden_states[-1]  # before the final LayerNorm
+    cls_logits = model.cls_classifier(model.cls_norm(last[:, 0]))
+    mean_logits = model.classifier(model.vit.layernorm(last[:, 1:].mean(dim=1)))  # LN(mean), as the official
     torch.testing.assert_close(out.logits, mean_logits)
     ce = torch.nn.functional.cross_entropy
     torch.testing.assert_close(out.loss, 0.5 * ce(mean_logits, labels) + 0.5 * ce(cls_logits, labels))

@@ -13,8 +13,7 @@ from conftest import REDUCING_PLANS, REUSE_PLANS
 SCRIPT = Path(__file__).parent / "scripts" / "train_methods.py"
 PLANS = {name: {"token_reduction": plan} for name, plan in REDUCING_PLANS.items()}
 PLANS["skipat"] = REUSE_PLANS["skipat"]
-PLANS["dynamicvit-gather"] = {"token_reduction": {**REDUCING_PLANS["dynamicvit"], "train_mode": "gather"}}
-RANDOM_IN_TRAINING = {"dynamicvit", "dynamicvit-gather"}  # Gumbel noise differs between processes
+RANDOM_IN_TRAINING = {"dynamicvit"}  # Gumbel noise differs between processes
 
 
 def run(tmp_path, name, launcher, per_device, accumulation, plans=PLANS):

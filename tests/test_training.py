@@ -93,7 +93,7 @@ def test_cosine_schedule_follows_evit_warm_up():
     assert all(b <= a + 1e-12 for a, b in zip(values, values[1:])), "the keep rate never goes back up"
 
 
-def test_linear_schedule_is_cropr_curriculum_with_floored_ints():
+def test_linear_schedule_floors_ints_per_layer():
     schedule = LinearSchedule(key="tokens_per_layer", target=[8, 6, 3], start=0, warmup_fraction=0.5)
     assert schedule.value_at(0.0) == [0, 0, 0]
     assert schedule.value_at(0.25) == [4, 3, 1]  # 1.5 floors to 1: never more removed than the line allows
@@ -167,7 +167,7 @@ def test_linear_schedule_moves_any_method_with_the_option(tmp_path, fake_count_m
 @pytest.mark.skipif("cropr" not in REDUCTION_METHODS, reason="method cropr is not registered yet")
 def test_linear_schedule_drives_cropr_tokens_per_layer():
     model = tiny_model(token_reduction=REDUCING_PLANS["cropr"])
-    schedule = build_schedule("auto", model.config.token_reduction)
+    schedule = build_schedule("linear", model.config.token_reduction)
     assert isinstance(schedule, LinearSchedule) and schedule.key == "tokens_per_layer"
     schedule.check(model)
     target = schedule.target
@@ -198,6 +198,7 @@ def test_auto_schedule_is_each_papers():
     assert (
         build_schedule("auto", REDUCING_PLANS["evo_vit"]) is None
     )  # Evo-ViT trains with its keep rate from the start
+    assert build_schedule("auto", REDUCING_PLANS["cropr"]) is None  # the official Cropr prunes fully from step one
     tome = build_schedule("linear", REDUCING_PLANS["tome"])
     assert tome.key == "r"
 
@@ -247,9 +248,9 @@ def test_two_heads_loss_trains_both_heads_and_predicts_with_the_mean_head(tmp_pa
     model = tiny_model(token_reduction=VARIANT_PLANS["evo_vit-two-heads"])
     pixels, labels = TinyImages(4).pixels, TinyImages(4).labels
     out = model(pixels, labels=labels)
-    sequence = model.vit(pixels).last_hidden_state
-    mean_logits = model.mean_classifier(sequence[:, 1:].mean(dim=1))
-    cls_logits = model.classifier(sequence[:, 0])
+    last = model.vit(pixels, output_hidden_states=True).hidden_states[-1]  # before the final LayerNorm
+    mean_logits = model.classifier(model.vit.layernorm(last[:, 1:].mean(dim=1)))
+    cls_logits = model.cls_classifier(model.cls_norm(last[:, 0]))
     torch.testing.assert_close(out.logits, mean_logits)
     expected = 0.5 * torch.nn.functional.cross_entropy(mean_logits, labels)
     expected = expected + 0.5 * torch.nn.functional.cross_entropy(cls_logits, labels)

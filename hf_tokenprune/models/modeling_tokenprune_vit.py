@@ -70,6 +70,7 @@ class TokenPruneViTModelOutput(BaseModelOutputWithPooling):
         patch_grid: (rows, columns) of patches of this input.
         aux_logits: auxiliary predictions made in training, as ((logits, weight), ...) (Cropr's heads).
         aux_loss: an auxiliary loss that needs no labels, a batch mean (DynamicViT's keep-ratio loss).
+        token_policy: ``None`` or, in DynamicViT's masked training, the final (batch, tokens) 0/1 keep decision.
     """
 
     token_counts: tuple | None = None
@@ -78,6 +79,7 @@ class TokenPruneViTModelOutput(BaseModelOutputWithPooling):
     patch_grid: tuple | None = None
     aux_logits: tuple | None = None
     aux_loss: torch.FloatTensor | None = None
+    token_policy: torch.Tensor | None = None
 
 
 @dataclass
@@ -90,6 +92,7 @@ class TokenPruneViTImageClassifierOutput(ImageClassifierOutput):
     token_positions: tuple | None = None
     token_owner: tuple | None = None
     patch_grid: tuple | None = None
+    token_policy: torch.Tensor | None = None
 
 
 def cls_attention_row(query, key, attention_mask, scaling):
@@ -97,7 +100,8 @@ def cls_attention_row(query, key, attention_mask, scaling):
     logits = (query[:, :, :1] @ key.transpose(-1, -2)) * scaling  # (B, H, 1, N)
     if attention_mask is not None and attention_mask.dtype != torch.bool:
         logits = logits + attention_mask[..., :1, :]
-    return logits.softmax(dim=-1, dtype=torch.float32).mean(dim=1)[:, 0].to(query.dtype)
+    dtype = torch.promote_types(query.dtype, torch.float32)  # at least float32; float64 stays float64
+    return logits.softmax(dim=-1, dtype=dtype).mean(dim=1)[:, 0].to(query.dtype)
 
 
 def policy_attention(query, key, value, policy, scaling, eps=1e-6):
@@ -456,6 +460,7 @@ class TokenPruneViTModel(TokenPruneViTPreTrainedModel, ViTModel):
             patch_grid=grid,
             aux_logits=state.aux_logits,
             aux_loss=state.aux_loss,
+            token_policy=state.key_policy,
         )
 
 
@@ -467,11 +472,12 @@ class TokenPruneViTForImageClassification(TokenPruneViTPreTrainedModel, ViTForIm
         self.num_labels = config.num_labels
         self.vit = TokenPruneViTModel(config, add_pooling_layer=False)
         self.classifier = nn.Linear(config.hidden_size, config.num_labels) if config.num_labels > 0 else nn.Identity()
-        # Evo-ViT's two-head option: a head on the mean of the patch tokens, the one used for predictions.
-        wants_mean_head = (config.token_reduction or {}).get("two_heads", False)
-        self.mean_classifier = None
-        if wants_mean_head:
-            self.mean_classifier = (
+        # Evo-ViT's two heads, as the official model: predictions come from `classifier` on the final LayerNorm of the
+        # mean patch token; a CLS head with its own LayerNorm is trained alongside (new parameters of this plan only).
+        self.cls_norm = self.cls_classifier = None
+        if (config.token_reduction or {}).get("two_heads", False):
+            self.cls_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+            self.cls_classifier = (
                 nn.Linear(config.hidden_size, config.num_labels) if config.num_labels > 0 else nn.Identity()
             )
         self.post_init()
@@ -493,24 +499,26 @@ class TokenPruneViTForImageClassification(TokenPruneViTPreTrainedModel, ViTForIm
         disable_plans (`bool`, *optional*, defaults to `False`):
             Runs every layer in full, as the stock ViT with the same weights (the unreduced teacher for distillation).
         """
+        wants_hidden_states = kwargs.pop("output_hidden_states", None)
+        two_heads = self.cls_classifier is not None  # the mean head needs the tokens before the final LayerNorm
         outputs = self.vit(
             pixel_values,
             interpolate_pos_encoding=interpolate_pos_encoding,
             attention_mask=attention_mask,
             keep_rate=keep_rate,
             disable_plans=disable_plans,
+            output_hidden_states=True if two_heads else wants_hidden_states,
             **kwargs,
         )
-        sequence = outputs.last_hidden_state
-        logits = self.classifier(sequence[:, 0, :])
         loss = None
-        if self.mean_classifier is not None:  # two heads: train both, predict with the mean-pooled one
-            cls_logits, logits = logits, self.mean_classifier(sequence[:, 1:, :].mean(dim=1))
+        if two_heads:
+            logits, loss = self._two_heads(outputs.hidden_states[-1], labels, **kwargs)
+            if not (wants_hidden_states or (wants_hidden_states is None and self.config.output_hidden_states)):
+                outputs.hidden_states = None
+        else:
+            logits = self.classifier(outputs.last_hidden_state[:, 0, :])
             if labels is not None:
-                loss = 0.5 * self.loss_function(labels, logits, self.config, **kwargs)
-                loss = loss + 0.5 * self.loss_function(labels, cls_logits, self.config, **kwargs)
-        elif labels is not None:
-            loss = self.loss_function(labels, logits, self.config, **kwargs)
+                loss = self.loss_function(labels, logits, self.config, **kwargs)
         aux_loss = self.auxiliary_loss(outputs, labels, **kwargs) if labels is not None else None
         if aux_loss is not None:
             loss = loss + aux_loss
@@ -524,7 +532,19 @@ class TokenPruneViTForImageClassification(TokenPruneViTPreTrainedModel, ViTForIm
             token_positions=outputs.token_positions,
             token_owner=outputs.token_owner,
             patch_grid=outputs.patch_grid,
+            token_policy=outputs.token_policy,
         )
+
+    def _two_heads(self, hidden_states, labels, **kwargs):
+        """Evo-ViT's heads on the last layer's output before the final LayerNorm (B, T, C): the prediction is
+        ``classifier(LayerNorm(mean of the patch tokens))``; with labels the loss is 0.5 * CE of it plus 0.5 * CE of
+        ``cls_classifier(cls_norm(CLS token))``."""
+        logits = self.classifier(self.vit.layernorm(hidden_states[:, 1:].mean(dim=1)))  # (B, labels)
+        if labels is None:
+            return logits, None
+        cls_logits = self.cls_classifier(self.cls_norm(hidden_states[:, 0]))
+        loss = 0.5 * self.loss_function(labels, logits, self.config, **kwargs)
+        return logits, loss + 0.5 * self.loss_function(labels, cls_logits, self.config, **kwargs)
 
     def auxiliary_loss(self, outputs, labels, num_items_in_batch=None, **kwargs):
         """The methods' training objectives, on the same footing as the main loss: auxiliary heads go through the

@@ -3,13 +3,25 @@
 Bergner, Lippert, Mahendran, "Token Cropr: Faster ViTs for Quite a Few Tasks", arXiv 2412.00965, 2024;
 reference code benbergner/cropr.
 
-After every block but the last (the last two with ``last_layer_fusion``) a scorer removes a fixed number of tokens.
-The scorer is a cross-attention with learned queries: a token's score is the sum over heads and queries of the raw
-logits ``q . k_i``. In training an auxiliary head sees the block's output *detached* (value projection, softmax
-attention, MLP, classifier) and adds its task loss to the model's loss: it trains the queries and the scorer, never
-the backbone. At inference only the scorer is needed; because the queries are fixed, the score of a token reduces
-to ``LayerNorm(x_i) . (W_k^T sum_m q_m)`` (plus a constant), an O(N * d) product instead of a key projection.
-With ``last_layer_fusion`` the pruned tokens are kept aside and rejoin (in patch order) before the final block.
+After every block but the last (the last two with ``last_layer_fusion``) a scorer removes a fixed number of tokens;
+an int ``tokens_per_layer = R`` removes ``R + 1`` at the first module and ``R`` at the others, as the reference code
+does (``schedule[0] += 1``: 197 tokens become 20 on ViT-L with R = 8). The scorer is a cross-attention with learned
+queries: a token's score is the sum over heads and queries of the raw logits ``q . k_i``. In training an auxiliary
+head sees the block's output *detached* (softmax attention of the queries, MLP, classifier) and adds its task loss
+to the model's loss: it trains the queries and the scorer, never the backbone. With ``last_layer_fusion`` the pruned
+tokens are kept aside and rejoin (in patch order) before the final block.
+
+At inference only the scorer is needed; because the queries are fixed, the score of a token reduces
+to ``x_i . sum_m q_m``, an O(N * d) product.
+
+Two scorers, chosen by ``scorer``:
+
+- ``"official"`` (the default): the reference code's defaults (``cls/main.py``): one head, no LayerNorm before the
+  cross-attention, no query, key or value projections: the scorer is the learned queries alone (768 parameters at
+  ViT-B with one query). The auxiliary head's MLP norm has eps 1e-6 and its classifier norm 1e-5, as there.
+- ``"projected"``: a LayerNorm and biased query and key projections (and a value projection in the auxiliary head),
+  with the model's head count by default (about 1.2M scorer parameters at ViT-B). It scores
+  ``LayerNorm(x_i) . (W_k^T sum_m W_q q_m)`` at inference.
 """
 
 import torch
@@ -20,6 +32,7 @@ from .token_reduction import (
     TokenReduction,
     TokenState,
     check_bool,
+    check_choice,
     check_int,
     check_options,
     keep_tokens,
@@ -28,6 +41,16 @@ from .token_reduction import (
     register_reduction,
     rejoin_parked,
 )
+
+SCORERS = ("official", "projected")
+OFFICIAL_AUX_EPS = (1e-6, 1e-5)  # the reference auxiliary head: MLP norm, classifier norm
+
+
+def scorer_heads(plan, config) -> int:
+    """Heads of the cross-attention: the plan's, else 1 (official) or the model's (projected)."""
+    if plan["num_heads"] is not None:
+        return plan["num_heads"]
+    return 1 if plan["scorer"] == "official" else config.num_attention_heads
 
 
 def _num_modules(plan, num_layers):
@@ -39,7 +62,9 @@ def _check_schedule(plan, config) -> list[int]:
     count = _num_modules(plan, config.num_hidden_layers)
     field = "token_reduction['tokens_per_layer']"
     value = plan["tokens_per_layer"]
-    if isinstance(value, int) and not isinstance(value, bool):
+    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+        value = [value + 1] + [value] * (count - 1)  # the reference removes one more at the first module
+    elif isinstance(value, int) and not isinstance(value, bool):
         value = [value] * count
     if not isinstance(value, (list, tuple)) or len(value) != count:
         raise ValueError(
@@ -63,12 +88,13 @@ class CrossAttentionScorer(nn.Module):
 
     def __init__(self, config, plan):
         super().__init__()
-        width, self.num_heads = config.hidden_size, plan["num_heads"] or config.num_attention_heads
+        width, self.num_heads = config.hidden_size, scorer_heads(plan, config)
         self.head_dim = width // self.num_heads
         self.queries = nn.Parameter(torch.empty(1, plan["num_queries"], width))
-        self.norm = nn.LayerNorm(width, eps=config.layer_norm_eps)
-        self.q_proj = nn.Linear(width, width)
-        self.k_proj = nn.Linear(width, width)
+        projected = plan["scorer"] == "projected"
+        self.norm = nn.LayerNorm(width, eps=config.layer_norm_eps) if projected else nn.Identity()
+        self.q_proj = nn.Linear(width, width) if projected else nn.Identity()
+        self.k_proj = nn.Linear(width, width) if projected else nn.Identity()
         if plan["training_heads"]:  # training only: dropped from inference checkpoints
             self.aux_head = AuxiliaryHead(config, plan, self.num_heads)
         self.init_tokenprune_weights()
@@ -81,7 +107,7 @@ class CrossAttentionScorer(nn.Module):
     def fast_scores(self, x: torch.Tensor) -> torch.Tensor:
         """Inference scores (B, N): the same ranking as ``sum_heads sum_queries q . k_i`` at O(N * d)."""
         query = self.q_proj(self.queries).sum(dim=1)[0]  # (d,) sum over queries
-        weight = self.k_proj.weight.t() @ query  # (d,)
+        weight = query if isinstance(self.k_proj, nn.Identity) else self.k_proj.weight.t() @ query  # (d,)
         return self.norm(x) @ weight
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -100,14 +126,15 @@ class AuxiliaryHead(nn.Module):
 
     def __init__(self, config, plan, num_heads):
         super().__init__()
-        width = config.hidden_size
+        width, projected = config.hidden_size, plan["scorer"] == "projected"
         self.num_heads, self.scaling = num_heads, (width // num_heads) ** -0.5
-        self.v_proj = nn.Linear(width, width)
+        self.v_proj = nn.Linear(width, width) if projected else nn.Identity()
         self.out_proj = nn.Linear(width, width) if num_heads > 1 else nn.Identity()
-        self.mlp_norm = nn.LayerNorm(width, eps=config.layer_norm_eps)
+        eps = (config.layer_norm_eps,) * 2 if projected else OFFICIAL_AUX_EPS
+        self.mlp_norm = nn.LayerNorm(width, eps=eps[0])
         hidden = int(width * plan["mlp_ratio"])
         self.mlp = nn.Sequential(nn.Linear(width, hidden), nn.GELU(), nn.Linear(hidden, width))
-        self.head_norm = nn.LayerNorm(width, eps=config.layer_norm_eps)
+        self.head_norm = nn.LayerNorm(width, eps=eps[1])
         self.head = nn.Linear(width, config.num_labels) if config.num_labels > 0 else nn.Identity()
 
     def forward(self, x: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
@@ -125,6 +152,7 @@ class CroprReduction(TokenReduction):
         "tokens_per_layer": 8,
         "last_layer_fusion": True,
         "num_queries": 1,
+        "scorer": "official",
         "num_heads": None,
         "mlp_ratio": 4.0,
         "aux_loss_weight": 1.0,
@@ -141,6 +169,7 @@ class CroprReduction(TokenReduction):
             raise ValueError(f"cropr needs more layers than {config.num_hidden_layers} for its pruning modules.")
         plan["tokens_per_layer"] = _check_schedule(plan, config)
         check_int(plan["num_queries"], "token_reduction['num_queries']", 1, 4096)
+        check_choice(plan["scorer"], "token_reduction['scorer']", SCORERS)
         if plan["num_heads"] is not None:
             check_int(plan["num_heads"], "token_reduction['num_heads']", 1, config.hidden_size)
             if config.hidden_size % plan["num_heads"]:

@@ -4,17 +4,19 @@ Rao et al., "DynamicViT: Efficient Vision Transformers with Dynamic Token Sparsi
 (arXiv 2106.02034); reference code raoyongming/DynamicViT.
 
 Before each listed layer a small predictor looks at every patch token (its own features and a global, keep-weighted
-average) and gives it a keep probability. After stage ``i`` (0-based) ``ceil(keep_rate ** (i + 1) * N)`` of the
-original ``N`` patch tokens remain.
+average) and gives it a keep probability. After stage ``i`` (0-based) ``int(N * keep_rate ** (i + 1))`` of the
+original ``N`` patch tokens remain (floor, as the reference code counts; at least one).
 
 - Inference: top-k of the predicted keep score and a gather, so the sequence really shrinks (static shapes).
 - Training, ``train_mode="mask"`` (the paper): hard Gumbel-softmax decisions with a straight-through gradient;
   dropped tokens stay in the sequence but are masked out of every other token's attention, so gradients reach the
   predictor. A keep-ratio loss pulls the kept fraction of each stage towards its target. No training speed-up, and
   ``token_counts`` in training report the full sequence the layers really process.
-- Training, ``train_mode="gather"`` (ours): the predictor's scores plus Gumbel noise choose exactly the inference
-  count, the sequence is gathered as at inference (training is as fast as inference), and the kept tokens are scaled
-  by ``1 + p - stop_gradient(p)`` (value unchanged, gradient to the keep probability ``p``).
+- ``train_mode`` accepts only ``"mask"``. A former ``"gather"`` mode (Gumbel top-k and a gather in training, kept
+  tokens scaled by ``1 + p - stop_gradient(p)``) was removed: that gradient only told the predictor whether a
+  *larger* kept token helps, never whether keeping or dropping it does, and on the cluttered digits it learned to
+  keep background. A key-visibility variant (``log(1 + p - sg(p))`` on kept keys' logits) was tried and barely beat
+  random selection, so no gather mode ships.
 """
 
 import math
@@ -30,22 +32,27 @@ from .token_reduction import (
     check_keep_rate,
     check_layers,
     check_options,
-    gather_tokens,
     keep_tokens,
-    kept_count,
     park_tokens,
     rank_patches,
     register_reduction,
     scaled_layers,
 )
 
-TRAIN_MODES = ("mask", "gather")
+TRAIN_MODES = ("mask",)
+PREDICTOR_EPS = 1e-5
+
+
+def stage_keep_ratios(plan, keep_rate=None):
+    """The fraction of the original patch tokens each stage keeps: ``keep_rate ** (i + 1)``."""
+    rate = plan["keep_rate"] if keep_rate is None else keep_rate
+    return [rate ** (stage + 1) for stage in range(len(plan["layers"]))]
 
 
 def stage_keep_counts(plan, num_patches, keep_rate=None):
-    """Patch tokens kept after each stage: ceil(keep_rate ** (i + 1) * N)."""
-    rate = plan["keep_rate"] if keep_rate is None else keep_rate
-    return [kept_count(num_patches, rate ** (stage + 1)) for stage in range(len(plan["layers"]))]
+    """Patch tokens kept after each stage: ``int(N * keep_rate ** (i + 1))``, the same float expression as the
+    reference code (raoyongming/DynamicViT ``num_keep_node``), so the counts agree to the token; at least one."""
+    return [min(num_patches, max(1, int(num_patches * ratio))) for ratio in stage_keep_ratios(plan, keep_rate)]
 
 
 class KeepPredictor(nn.Module):
@@ -106,6 +113,11 @@ class DynamicViTReduction(TokenReduction):
         if isinstance(weight, bool) or not isinstance(weight, (int, float)) or weight < 0:
             raise ValueError(f"token_reduction['ratio_loss_weight'] = {weight!r} must be a non-negative number.")
         plan["ratio_loss_weight"] = float(weight)
+        if plan["train_mode"] == "gather":
+            raise ValueError(
+                "token_reduction['train_mode'] = 'gather' was removed (its gradient taught the predictor to keep "
+                "background); allowed: ['mask'], the paper's masked training."
+            )
         check_choice(plan["train_mode"], "token_reduction['train_mode']", TRAIN_MODES)
         return plan
 
@@ -137,31 +149,23 @@ class DynamicViTReduction(TokenReduction):
     def __init__(self, plan, config, layer_idx):
         super().__init__(plan, config, layer_idx)
         self.stage = plan["layers"].index(layer_idx)
-        self.predictor = KeepPredictor(config.hidden_size, config.layer_norm_eps, initial_keep=plan["keep_rate"])
+        # The reference predictor's LayerNorm has PyTorch's default eps (1e-5), whatever the backbone's.
+        self.predictor = KeepPredictor(config.hidden_size, PREDICTOR_EPS, initial_keep=plan["keep_rate"])
         self.park_dropped = bool(config.restore_tokens)
 
     def before_block(self, x: torch.Tensor, state: TokenState):
         num_prefix = state.num_prefix
         num_patches = state.num_embedding_tokens - num_prefix
+        if self.training:  # the paper's masked training; the ratio loss aims at the rate, as the reference
+            return self._mask(x, state, stage_keep_ratios(state.plan)[self.stage])
         target = stage_keep_counts(state.plan, num_patches)[self.stage]
-        if self.training and state.plan["train_mode"] == "mask":
-            return self._mask(x, state, target / num_patches)
         if target >= x.shape[1] - num_prefix:
             return x, state
-        log_probs = self.predictor(x[:, num_prefix:], None)  # (B, N_cur, 2)
-        scores = log_probs[..., 0]
-        if self.training:  # gather mode: Gumbel-perturbed choice of exactly `target` tokens
-            uniform = torch.rand_like(scores).clamp(1e-9, 1 - 1e-9)
-            scores = scores - torch.log(-torch.log(uniform))
+        scores = self.predictor(x[:, num_prefix:], None)[..., 0]  # (B, N_cur) log keep probability
         keep, dropped = rank_patches(scores, target, num_prefix)
         if self.park_dropped:
             state = park_tokens(x, state, dropped)
-        x, state = keep_tokens(x, state, keep)
-        if self.training:  # straight-through: value unchanged, gradient to the keep probability
-            probability = gather_tokens(log_probs[..., :1].exp(), keep - num_prefix)  # (B, K, 1)
-            scale = 1.0 + probability - probability.detach()
-            x = torch.cat([x[:, :num_prefix], x[:, num_prefix:] * scale], dim=1)
-        return x, state
+        return keep_tokens(x, state, keep)
 
     def _mask(self, x, state, target_ratio):
         """The paper's training: hard Gumbel decisions mask attention; a ratio loss steers the kept fraction."""

@@ -53,11 +53,16 @@ class EViTReduction(TokenReduction):
         for layer in range(num_layers):
             attention_tokens = tokens
             if layer in plan["layers"]:
-                kept = kept_count(tokens - 1, keep_rate)
+                kept = cls.num_kept(tokens - 1, keep_rate)
                 if kept < tokens - 1:
                     tokens = 1 + kept + int(plan["fuse"])
             counts.append((attention_tokens, tokens))
         return counts
+
+    @classmethod
+    def num_kept(cls, num_patches: int, keep_rate: float) -> int:
+        """Patch tokens kept of ``num_patches``: ``ceil(keep_rate * N)`` (youweiliang/evit ``left_tokens``)."""
+        return kept_count(num_patches, keep_rate)
 
     @classmethod
     def extra_macs(cls, plan, config, counts):
@@ -80,7 +85,7 @@ class EViTReduction(TokenReduction):
     def after_attention(self, x: torch.Tensor, state: TokenState, probe: AttentionProbe):
         num_prefix = state.num_prefix
         num_patches = x.shape[1] - num_prefix
-        num_keep = kept_count(num_patches, self.keep_rate(state))
+        num_keep = self.num_kept(num_patches, self.keep_rate(state))
         if num_keep >= num_patches:
             return x, state
 

@@ -5,12 +5,12 @@ reference code YifanXu74/Evo-ViT.
 
 A global class attention ``g`` follows the CLS token's attention over the layers as a moving average
 (``g = (1 - a) * g + a * a_cls``, with ``a = 1`` before the first stage). At the start of each stage the patch tokens
-are ranked by ``g``: the top ``ceil(keep_rate * N)`` are *informative* and go through attention and MLP (slow
-update); the others are *placeholders*. Placeholders either stay as they are (``placeholder_update="none"``, the
-reference code's default) or are summarised into one representative token, weighted by ``g``, that goes through
-the block with the informative tokens and whose residual update is added to every placeholder
-(``"representative"``, the paper's fast update). Placeholders rejoin the sequence at the end of each stage, so the
-full token map exists again after it. Only informative tokens update ``g``.
+are ranked by ``g``: the top ``int(N * keep_rate)`` (floor, as the reference code counts) are *informative* and go
+through attention and MLP (slow update); the others are *placeholders*. Placeholders either stay as they are
+(``placeholder_update="none"``, the reference code's default) or are summarised into one representative token,
+weighted by ``g``, that goes through the block with the informative tokens and whose residual update is added to
+every placeholder (``"representative"``, the paper's fast update). Placeholders rejoin the sequence at the end of
+each stage, so the full token map exists again after it. Only informative tokens update ``g``.
 
 With ``two_heads`` the classifier gets a second head on the mean of the patch tokens, trained with the CLS head
 (0.5 * cross-entropy each) and used alone at inference, as in the reference training.
@@ -28,7 +28,6 @@ from .token_reduction import (
     check_layers,
     check_options,
     keep_tokens,
-    kept_count,
     park_tokens,
     rank_patches,
     register_reduction,
@@ -37,6 +36,11 @@ from .token_reduction import (
 )
 
 PLACEHOLDER_UPDATES = ("none", "representative")
+
+
+def informative_count(num_patches: int, keep_rate: float) -> int:
+    """Informative tokens of ``num_patches``: ``int(N * keep_rate)`` (YifanXu74/Evo-ViT ``N_``), at least one."""
+    return max(1, min(num_patches, int(num_patches * keep_rate)))
 
 
 def _check_stages(plan: dict, num_layers: int) -> list[list[int]]:
@@ -101,7 +105,7 @@ class EvoViTReduction(TokenReduction):
     @classmethod
     def token_counts(cls, plan, num_layers, num_patches, keep_rate=None):
         keep_rate = plan["keep_rate"] if keep_rate is None else keep_rate
-        kept = kept_count(num_patches, keep_rate)
+        kept = informative_count(num_patches, keep_rate)
         if kept >= num_patches:
             return [(num_patches + 1, num_patches + 1)] * num_layers
         inside = 1 + kept + int(plan["placeholder_update"] == "representative")
@@ -167,7 +171,7 @@ class EvoViTReduction(TokenReduction):
         """Ranks patch tokens by global class attention; the low-ranked become placeholders (parked)."""
         num_prefix = state.num_prefix
         num_patches = x.shape[1] - num_prefix
-        num_keep = kept_count(num_patches, self.keep_rate(state))
+        num_keep = informative_count(num_patches, self.keep_rate(state))
         if num_keep >= num_patches:
             return x, state
         scores = state.global_attention.gather(1, state.positions[:, num_prefix:])  # (B, N)

@@ -3,12 +3,16 @@
 Lin et al., "Super Vision Transformer", IJCV 2023 (arXiv 2205.11397); reference code lmbxmu/SuperViT.
 
 At inference SuperViT keeps tokens like EViT without fusion: at each listed layer the patch tokens the CLS token
-attends to least are dropped, keeping ``ceil(keep_rate * N)``. What makes it SuperViT is training: every step runs
+attends to least are dropped. The reference code counts the CLS token in: it keeps ``ceil(keep_rate * (N + 1))``
+patch tokens of ``N`` (at ViT-B/16 224 and keep rate 0.7: 139, 99 and 71 tokens with CLS after blocks 3, 6, 9),
+one or two more than EViT's ``ceil(keep_rate * N)``. What makes it SuperViT is training: every step runs
 the full model, a random lower keep rate distilled from it, a random smaller resolution, and that resolution with a
 lower keep rate distilled from its full version (``hf_tokenprune.training.SuperViTTrainer``). The trained model
 serves every (resolution, keep rate) pair of ``resolutions`` x ``keep_rates``: pass ``keep_rate=`` and an image of
 that size with ``interpolate_pos_encoding=True`` (position embeddings are interpolated; no extra parameters).
 """
+
+import math
 
 from .reduction_evit import EViTReduction
 from .token_reduction import check_keep_rate, check_options, grid_of, register_reduction
@@ -37,6 +41,12 @@ def _check_resolutions(value, config) -> list[int]:
 @register_reduction("supervit")
 class SuperViTReduction(EViTReduction):
     options = {**EViTReduction.options, "fuse": False, "keep_rates": list(BASE_KEEP_RATES), "resolutions": None}
+
+    @classmethod
+    def num_kept(cls, num_patches: int, keep_rate: float) -> int:
+        """``ceil(keep_rate * (N + 1))`` patch tokens, the CLS token counted in (lmbxmu/SuperViT
+        ``important_token_num``, the same float expression), at most ``N``; keep rate 1 keeps all."""
+        return max(1, min(num_patches, math.ceil(keep_rate * (num_patches + 1))))
 
     @classmethod
     def check_plan(cls, plan, config):

@@ -10,8 +10,8 @@ merged. Merged tokens remember how many patches they stand for, and later attent
 logits of each key (proportional attention, an additive float bias that keeps SDPA usable).
 
 ``r`` is an int (the same every layer), a ``(r, inflection)`` ramp (``inflection`` in [-1, 1]: 0 is constant,
-positive merges fewer tokens early and more late, with the same total) or a per-layer list. A layer never merges
-more than half of its non-CLS tokens.
+positive merges fewer tokens early and more late; the counts are the reference ``parse_r``'s) or a per-layer list.
+A layer never merges more than half of its non-CLS tokens.
 """
 
 import torch
@@ -40,8 +40,7 @@ def _schedule(value, num_layers: int) -> list[int]:
             raise ValueError(f"{field} = {value!r}: a ramp is (r, inflection) with an int r and a float inflection.")
         if not -1.0 <= inflection <= 1.0:
             raise ValueError(f"{field} = {value!r}: the inflection must be in [-1, 1].")
-        low, step = r * (1.0 - inflection), 2.0 * r * inflection / max(num_layers - 1, 1)
-        schedule = [int(low + step * layer) for layer in range(num_layers)]
+        schedule = _ramp(r, inflection, num_layers)
     elif isinstance(value, (list, tuple)) and len(value) == num_layers:
         schedule = list(value)
     else:
@@ -51,6 +50,14 @@ def _schedule(value, num_layers: int) -> list[int]:
     if any(isinstance(r, bool) or not isinstance(r, int) or r < 0 for r in schedule):
         raise ValueError(f"{field} = {value!r}: merge counts must be non-negative integers.")
     return schedule
+
+
+def _ramp(r: int, inflection: float, num_layers: int) -> list[int]:
+    """ToMe's ``parse_r``: the first layer's count is truncated (``lo = int(r * (1 - inflection))``), the last is
+    ``2 r - lo``, and the layers between follow the line between them, each truncated."""
+    low = int(r * (1.0 - inflection))
+    step = (2 * r - 2 * low) / max(num_layers - 1, 1)
+    return [int(low + step * layer) for layer in range(num_layers)]
 
 
 def merge_counts(schedule: list[int], num_tokens: int, num_prefix: int = 1) -> list[tuple[int, int, int]]:

@@ -1,0 +1,571 @@
+"""Reference fixtures from the official implementations (for maintainers; the tests never run this script).
+
+For one method, this script imports the official model code from a checkout of its repository, builds the official
+model on small, fixed, *sharpened* random weights (attention is peaky and the selections decisive, so float error
+cannot flip a choice), runs fixed inputs in float64 and float32, and writes ``tests/fixtures/<name>.safetensors``
+per operating point: the weights under HF ViT names, the inputs, the official logits (float64 and float32) and what
+the official code kept (embedding positions of the kept patch tokens per pruning layer) or merged (ToMe: which
+output token holds each input token, per layer). Nothing of the official code is copied into this repository.
+
+The official code needs an old timm and a few packages this project does not use; a separate environment works:
+
+    python3 -m venv /work/venv-ref
+    echo /work/venv/lib/python3.11/site-packages > /work/venv-ref/lib/python3.11/site-packages/base.pth  # torch
+    /work/venv-ref/bin/pip install --no-deps timm==0.6.13
+    git clone https://github.com/facebookresearch/ToMe /work/ref/ToMe   # and the others: see REPOSITORIES
+    /work/venv-ref/bin/python scripts/make_reference_fixtures.py tome /work/ref/ToMe
+    /work/venv-ref/bin/python scripts/make_reference_fixtures.py evit /work/ref/evit
+    /work/venv-ref/bin/python scripts/make_reference_fixtures.py dynamicvit /work/ref/DynamicViT
+    /work/venv-ref/bin/python scripts/make_reference_fixtures.py supervit /work/ref/SuperViT
+    /work/venv-ref/bin/python scripts/make_reference_fixtures.py evo_vit /work/ref/Evo-ViT
+    # Cropr's code needs timm 1.x: the same kind of environment with timm==1.0.15 (here /work/venv-ref2)
+    /work/venv-ref2/bin/python scripts/make_reference_fixtures.py cropr /work/ref/cropr
+    # SkipAt's code needs timm 0.5 and einops: /work/venv-ref3 with timm==0.5.4 and einops
+    /work/venv-ref3/bin/python scripts/make_reference_fixtures.py skipat /work/ref/skip-attention
+
+torchvision, torchprofile and the like are replaced by stand-in modules (the models never call them).
+"""
+
+import argparse
+import collections.abc
+import functools
+import importlib.abc
+import importlib.machinery
+import importlib.util
+import json
+import math
+import os
+import subprocess
+import sys
+import types
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+FIXTURES = Path(__file__).resolve().parents[1] / "tests" / "fixtures"
+# A small ViT: 56x56 images in 4x4 patches = 14x14 patch tokens (DynamicViT's official code assumes 14x14).
+MODEL = dict(
+    image_size=56, patch_size=4, hidden_size=16, num_hidden_layers=12, num_attention_heads=2, intermediate_size=32,
+    num_labels=5, layer_norm_eps=1e-6, qkv_bias=True, hidden_act="gelu",
+)  # fmt: skip
+TIMM_MODEL = dict(img_size=56, patch_size=4, embed_dim=16, depth=12, num_heads=2, mlp_ratio=2.0, num_classes=5)
+STAND_INS = {"torchvision", "torchprofile", "einops", "fvcore", "thop", "tensorboardX", "wandb", "submitit"}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Stand-ins for packages the official files import but never use here
+# ----------------------------------------------------------------------------------------------------------------
+
+
+class _AnyAttribute(type):
+    def __getattr__(cls, name):
+        if name.startswith("__"):
+            raise AttributeError(name)
+        return f"{cls.__name__}.{name}"
+
+
+class _AnyModule(types.ModuleType):
+    """A module in which every attribute exists (a placeholder class)."""
+
+    __path__: list = []
+
+    def __getattr__(self, name):
+        if name.startswith("__"):
+            raise AttributeError(name)
+        value = _AnyAttribute(name, (), {"__init__": lambda self, *args, **kwargs: None})
+        setattr(self, name, value)
+        return value
+
+
+class _StandIns(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+    def find_spec(self, name, path=None, target=None):
+        root = name.split(".")[0]
+        if root in STAND_INS and importlib.machinery.PathFinder.find_spec(root) is None:
+            return importlib.machinery.ModuleSpec(name, self, is_package=True)  # only where it is not installed
+        return None
+
+    def create_module(self, spec):
+        return _AnyModule(spec.name)
+
+    def exec_module(self, module):
+        pass
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Weights: sharpened random values, mapped from timm names to HF ViT names
+# ----------------------------------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def sharpen(model: torch.nn.Module, seed: int) -> None:
+    """Fixed random weights that make attention peaky and scores decisive (query/key weights 3x a unit scale)."""
+    generator = torch.Generator().manual_seed(seed)
+    for name, parameter in model.named_parameters():
+        noise = torch.randn(parameter.shape, generator=generator)
+        if "norm" in name or "in_conv.0" in name:  # LayerNorms: around (1, 0)
+            parameter.copy_((1.0 + 0.1 * noise) if name.endswith("weight") else 0.1 * noise)
+        elif name.endswith(("qkv.weight", "qk.weight")):
+            fan_in = parameter.shape[1]
+            scale = torch.ones(parameter.shape[0], 1)
+            scale[: 2 * fan_in] = 3.0  # queries and keys
+            parameter.copy_(noise * scale / fan_in**0.5)
+        elif parameter.dim() > 1:
+            parameter.copy_(noise / parameter[0].numel() ** 0.5)
+        elif "cls_token" in name or "pos_embed" in name:
+            parameter.copy_(0.5 * noise)
+        else:
+            parameter.copy_(0.1 * noise)
+    model.head.weight.mul_(0.1)  # small logits: float32 rounding of the deep features stays below 1e-5 in them
+    for name, parameter in model.named_parameters():
+        if "cls_token" in name or "pos_embed" in name:
+            parameter.copy_(0.5 * torch.randn(parameter.shape, generator=generator))
+
+
+def timm_layout(state: dict) -> dict:
+    """SuperViT's one position table and Evo-ViT's split attention (``norms``, ``qks``, ``vs``, ``projs``) in the
+    plain timm layout; Evo-ViT's CLS head under ``head_cls`` / ``norm_cls``."""
+    state = dict(state)
+    if "pos_embed_list.0" in state:
+        state["pos_embed"] = state["pos_embed_list.0"]
+    for layer in range(MODEL["num_hidden_layers"]):
+        if f"qks.{layer}.qk.weight" not in state:
+            break
+        for part in ("weight", "bias"):
+            qkv = [state[f"qks.{layer}.qk.{part}"], state[f"vs.{layer}.v.{part}"]]
+            state[f"blocks.{layer}.attn.qkv.{part}"] = torch.cat(qkv)
+            state[f"blocks.{layer}.attn.proj.{part}"] = state[f"projs.{layer}.{part}"]
+            state[f"blocks.{layer}.norm1.{part}"] = state[f"norms.{layer}.{part}"]
+    return state
+
+
+def hf_weights(state: dict, predictor_layers: list[int] = (), reused_layers: list[int] = ()) -> dict:
+    """The timm-layout ``state`` under TokenPruneViT names (``vit.layers.i.attention.q_proj`` ...)."""
+    state = timm_layout(state)
+    out = {
+        "vit.embeddings.cls_token": state["cls_token"],
+        "vit.embeddings.position_embeddings": state["pos_embed"],
+        "vit.embeddings.patch_embeddings.projection.weight": state["patch_embed.proj.weight"],
+        "vit.embeddings.patch_embeddings.projection.bias": state["patch_embed.proj.bias"],
+        "vit.layernorm.weight": state["norm.weight"],
+        "vit.layernorm.bias": state["norm.bias"],
+        "classifier.weight": state["head.weight"],
+        "classifier.bias": state["head.bias"],
+    }
+    if "head_cls.weight" in state:  # Evo-ViT's CLS head (training only)
+        for part in ("weight", "bias"):
+            out[f"cls_classifier.{part}"] = state[f"head_cls.{part}"]
+            out[f"cls_norm.{part}"] = state[f"norm_cls.{part}"]
+    for layer in range(MODEL["num_hidden_layers"]):
+        timm, ours = f"blocks.{layer}.", f"vit.layers.{layer}."
+        for part in ("weight", "bias"):
+            for name, value in zip(("q_proj", "k_proj", "v_proj"), state[f"{timm}attn.qkv.{part}"].chunk(3)):
+                out[f"{ours}attention.{name}.{part}"] = value
+            out[f"{ours}attention.o_proj.{part}"] = state[f"{timm}attn.proj.{part}"]
+            out[f"{ours}layernorm_before.{part}"] = state[f"{timm}norm1.{part}"]
+            out[f"{ours}layernorm_after.{part}"] = state[f"{timm}norm2.{part}"]
+            out[f"{ours}mlp.fc1.{part}"] = state[f"{timm}mlp.fc1.{part}"]
+            out[f"{ours}mlp.fc2.{part}"] = state[f"{timm}mlp.fc2.{part}"]
+    for key, value in state.items():  # Cropr's learned queries (its official scorer has nothing else)
+        parts = key.split(".")
+        if parts[0] == "cropr" and parts[2:] == ["cross_attn", "queries"]:
+            out[f"vit.layers.{parts[1]}.token_reduction.scorer.queries"] = value
+    phi = {"linear1.0": "expand", "dwconv.0": "depthwise", "linear2.0": "reduce"}  # SkipAt's LeFF -> our Phi
+    for index, layer in enumerate(reused_layers):
+        for theirs, ours in phi.items():
+            for part in ("weight", "bias"):
+                out[f"vit.layers.{layer}.attention_reuse.{ours}.{part}"] = state[f"param_{index + 1}.{theirs}.{part}"]
+        out[f"vit.layers.{layer}.attention_reuse.gate.conv.weight"] = state[f"param_{index + 1}.eca.conv.weight"]
+    names = {"in_conv.0": "project.0", "in_conv.1": "project.1", "out_conv.0": "classify.0",
+             "out_conv.2": "classify.2", "out_conv.4": "classify.4"}  # fmt: skip
+    for stage, layer in enumerate(predictor_layers):
+        for theirs, ours in names.items():
+            for part in ("weight", "bias"):
+                key = f"vit.layers.{layer}.token_reduction.predictor.{ours}.{part}"
+                out[key] = state[f"score_predictor.{stage}.{theirs}.{part}"]
+    return {key: value.detach().float().contiguous() for key, value in out.items()}
+
+
+def inputs(seed: int) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randn(2, 3, MODEL["image_size"], MODEL["image_size"], generator=generator)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# One runner per method: (logits, {layer: kept or owner}) of the official model
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def run_tome(repo: Path, model, pixels: torch.Tensor, r) -> tuple[torch.Tensor, dict]:
+    """ToMe's timm patch with source tracing; per layer, which output token holds each input token."""
+    owners = {}
+
+    def record(module, args, output, layer):
+        source = module._tome_info["source"]  # (B, N_cur, N_in): which input tokens each token holds
+        if source is not None:
+            owners[layer] = source.argmax(dim=1)  # (B, N_in)
+
+    hooks = [
+        block.register_forward_hook(lambda m, a, o, layer=layer: record(m, a, o, layer))
+        for layer, block in enumerate(model.blocks)
+    ]
+    model.r = r
+    try:
+        with torch.no_grad():
+            logits = model(pixels)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return logits, owners
+
+
+def build_tome(repo: Path):
+    sys.path.insert(0, str(repo))
+    import timm
+    import tome
+
+    model = timm.models.vision_transformer.VisionTransformer(**TIMM_MODEL, qkv_bias=True)
+    tome.patch.timm(model, trace_source=True, prop_attn=True)
+    return model
+
+
+def build_evit(repo: Path, keep_rate: float, fuse: bool, layers: list[int]):
+    sys.path.insert(0, str(repo))
+    import evit
+
+    rates = tuple(keep_rate if layer in layers else 1.0 for layer in range(MODEL["num_hidden_layers"]))
+    return evit.EViT(**TIMM_MODEL, keep_rate=rates, fuse_token=fuse)
+
+
+def run_evit(model, pixels: torch.Tensor, layers: list[int]) -> tuple[torch.Tensor, dict]:
+    """EViT's ``get_idx``: per pruning layer, the kept indices among the current non-CLS tokens."""
+    with torch.no_grad():
+        logits, indices = model(pixels, get_idx=True)
+    num_patches = (MODEL["image_size"] // MODEL["patch_size"]) ** 2
+    positions = torch.arange(1, 1 + num_patches).expand(pixels.shape[0], -1)  # positions of the non-CLS tokens
+    kept = {}
+    for layer, index in zip(layers, indices):
+        chosen = positions.gather(1, index)  # (B, K)
+        kept[layer] = chosen
+        made_up = torch.full((pixels.shape[0], 1), -1, dtype=positions.dtype)
+        positions = torch.cat([chosen, made_up], dim=1) if model.blocks[layer].fuse_token else chosen
+    return logits, kept
+
+
+def build_dynamicvit(repo: Path, keep_rate: float, layers: list[int]):
+    sys.path.insert(0, str(repo))
+    from models import dyvit
+
+    ratios = [keep_rate ** (stage + 1) for stage in range(len(layers))]
+    return dyvit.VisionTransformerDiffPruning(**TIMM_MODEL, qkv_bias=True, pruning_loc=layers, token_ratio=ratios)
+
+
+def run_dynamicvit(model, pixels: torch.Tensor, layers: list[int]) -> tuple[torch.Tensor, dict]:
+    """Records the official ``batch_index_select`` on the hidden states: the kept tokens of each stage."""
+    from models import dyvit
+
+    selections, original = [], dyvit.batch_index_select
+
+    def record(x, index):
+        if x.shape[-1] != 1:  # the hidden states, not the decision mask
+            selections.append(index)
+        return original(x, index)
+
+    dyvit.batch_index_select = record
+    try:
+        with torch.no_grad():
+            logits = model(pixels)
+    finally:
+        dyvit.batch_index_select = original
+    positions = torch.arange(1 + (MODEL["image_size"] // MODEL["patch_size"]) ** 2).expand(pixels.shape[0], -1)
+    kept = {}
+    for layer, index in zip(layers, selections):
+        positions = positions.gather(1, index)  # index includes CLS at 0
+        kept[layer] = positions[:, 1:]
+    return logits, kept
+
+
+def load_file(path: Path, name: str):
+    """Imports one official file by path (its repository may vendor an old timm we must not import)."""
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def recording(module, function: str, keep):
+    """Wraps ``module.function`` so that every call's index argument is kept when ``keep(x)`` is true."""
+    calls, original = [], getattr(module, function)
+
+    def wrapper(x, index):
+        if keep(x):
+            calls.append(index)
+        return original(x, index)
+
+    setattr(module, function, wrapper)
+    return calls, lambda: setattr(module, function, original)
+
+
+def build_supervit(repo: Path):
+    torch.Tensor.cuda = lambda self, *args, **kwargs: self  # its Block calls .cuda() on an index; run on the CPU
+    super_deit = load_file(repo / "deit" / "super_deit.py", "super_deit")
+    config = {k: v for k, v in TIMM_MODEL.items() if k != "img_size"}
+    return super_deit.VisionTransformer(img_size_list=[TIMM_MODEL["img_size"]], qkv_bias=True, **config)
+
+
+def run_supervit(model, pixels: torch.Tensor, keep_rate: float, layers: list[int]) -> tuple[torch.Tensor, dict]:
+    """SuperViT at (full resolution, ``keep_rate``): the official blocks 3, 6, 9 keep ``ceil(rate * (N + 1))``."""
+    module = sys.modules["super_deit"]
+    calls, restore = recording(module, "batch_index_select", lambda x: x.dim() == 3)
+    try:
+        with torch.no_grad():
+            logits = model(pixels, img_size=TIMM_MODEL["img_size"], keep_ratio=keep_rate)
+    finally:
+        restore()
+    return logits, _compose(calls, layers, pixels.shape[0], with_cls=True)
+
+
+def _compose(calls: list, layers: list[int], batch: int, with_cls: bool) -> dict:
+    """Embedding positions of the kept patch tokens after each recorded selection (indices into the current
+    sequence, CLS included when ``with_cls``)."""
+    count = (MODEL["image_size"] // MODEL["patch_size"]) ** 2
+    positions = torch.arange(0 if with_cls else 1, 1 + count).expand(batch, -1)
+    kept = {}
+    for layer, index in zip(layers, calls):
+        positions = positions.gather(1, index)
+        kept[layer] = positions[:, 1:] if with_cls else positions
+    return kept
+
+
+def build_evo_vit(repo: Path, keep_rate: float):
+    evo_deit = load_file(repo / "deit" / "evo_deit.py", "evo_deit")
+    depth = MODEL["num_hidden_layers"]
+    tradeoff = [1.0] * 4 + [0.5] * (depth - 4)  # the official models' settings (evo_deit_*_patch16_224)
+    ratio = [1.0] * 4 + [keep_rate] * (depth - 4)
+    config = {k: v for k, v in TIMM_MODEL.items() if k != "img_size"}
+    return evo_deit.EvoVisionTransformer(
+        img_size=TIMM_MODEL["img_size"], qkv_bias=True, tradeoff=tradeoff, prune_ratio=ratio,
+        norm_layer=functools.partial(torch.nn.LayerNorm, eps=1e-6), **config,
+    )  # fmt: skip
+
+
+def run_evo_vit(model, pixels: torch.Tensor, keep_rate: float) -> tuple[torch.Tensor, dict]:
+    """Evo-ViT at inference: at blocks 4 and 8 the patch tokens are re-sorted by global class attention and the first
+    ``int(N * rate)`` are informative; they stay informative through the stage."""
+    module = sys.modules["evo_deit"]
+    calls, restore = recording(module, "easy_gather", lambda x: True)
+    try:
+        with torch.no_grad():
+            logits = model(pixels)
+    finally:
+        restore()
+    count = (MODEL["image_size"] // MODEL["patch_size"]) ** 2
+    positions, kept, informative = torch.arange(1, 1 + count).expand(pixels.shape[0], -1), {}, int(count * keep_rate)
+    for start, index in zip((4, 8), calls):
+        positions = positions.gather(1, index)  # the official sorts every patch token, placeholders too
+        for layer in range(start, start + 4):
+            kept[layer] = positions[:, :informative]
+    return logits, kept
+
+
+def build_cropr(repo: Path, plan: dict):
+    sys.path.insert(0, str(repo / "cls"))  # for its `from cropr import Cropr`
+    vision_transformer = load_file(repo / "cls" / "vision_transformer.py", "cropr_vision_transformer")
+    fusion = plan.get("last_layer_fusion", True)
+    rate = plan["tokens_per_layer"]
+    settings = {
+        "use_cropr": True,
+        "pruning_rate": rate,
+        "llf": fusion,
+        "num_queries": 1,
+        "num_heads": 1,
+        "pre_attn_norm": False,
+        "q_proj": False,
+        "k_proj": False,
+        "v_proj": False,
+        "mlp": True,
+        "mlp_ratio": 4,
+        "training": True,
+    }  # fmt: skip  (cls/main.py's defaults)
+    config = {k: v for k, v in TIMM_MODEL.items() if k != "mlp_ratio"}
+    return vision_transformer.VisionTransformer(
+        settings, **config, mlp_ratio=4.0, global_pool="token", drop_path_rate=0.0, class_token=True
+    )
+
+
+def run_cropr(model, pixels: torch.Tensor) -> tuple[torch.Tensor, dict]:
+    """Records each Cropr module's choice (CLS first, then the best-scored tokens); stored under the layer whose
+    input it is (module ``i`` prunes after block ``i``)."""
+    cropr = sys.modules["cropr"]
+    calls, original = [], cropr.Cropr.prune
+
+    def prune(module, x, scores):
+        calls.append(scores.argsort(dim=1, descending=True)[:, : x.shape[1] - module.pruning_rate])
+        return original(module, x, scores)
+
+    cropr.Cropr.prune = prune
+    try:
+        with torch.no_grad():
+            logits = model(pixels)
+    finally:
+        cropr.Cropr.prune = original
+    return logits, _compose(calls, list(range(1, len(calls) + 1)), pixels.shape[0], with_cls=True)
+
+
+def build_skipat(repo: Path, layers: list[int]):
+    sys.path.insert(0, str(repo))  # for its `from model.uformer_utils import LeFF`
+    vit_skipat = load_file(repo / "model" / "vit_skipat.py", "vit_skipat")
+    return vit_skipat.VisionTransformerSkipAt(**TIMM_MODEL, qkv_bias=True, skip_indices=tuple(layers))
+
+
+def run_skipat(model, pixels: torch.Tensor) -> tuple[torch.Tensor, dict]:
+    with torch.no_grad():
+        return model(pixels), {}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Operating points and the fixture files
+# ----------------------------------------------------------------------------------------------------------------
+
+POINTS = {
+    "tome": [("tome_r8", {"method": "tome", "r": 8}), ("tome_ramp", {"method": "tome", "r": (13, -0.5)})],
+    "evit": [
+        ("evit_fuse", {"method": "evit", "layers": [3, 6, 9], "keep_rate": 0.7, "fuse": True}),
+        ("evit_drop", {"method": "evit", "layers": [3, 6, 9], "keep_rate": 0.5, "fuse": False}),
+    ],
+    "dynamicvit": [
+        ("dynamicvit_07", {"method": "dynamicvit", "layers": [3, 6, 9], "keep_rate": 0.7}),
+        ("dynamicvit_05", {"method": "dynamicvit", "layers": [3, 6, 9], "keep_rate": 0.5}),
+    ],
+    "supervit": [
+        ("supervit_07", {"method": "supervit", "layers": [3, 6, 9], "keep_rate": 0.7}),
+        ("supervit_05", {"method": "supervit", "layers": [3, 6, 9], "keep_rate": 0.5}),
+    ],
+    "cropr": [
+        ("cropr_llf", {"method": "cropr", "tokens_per_layer": 8, "training_heads": False}),
+        (
+            "cropr_no_llf",
+            {"method": "cropr", "tokens_per_layer": 12, "last_layer_fusion": False, "training_heads": False},
+        ),
+    ],  # fmt: skip
+    "skipat": [
+        ("skipat_3_8", {"attention_reuse": {"method": "skipat", "layers": [3, 4, 5, 6, 7, 8]}}),
+        ("skipat_2_4", {"attention_reuse": {"method": "skipat", "layers": [2, 3, 4]}}),
+    ],
+    "evo_vit": [
+        ("evo_vit_05", {"method": "evo_vit", "layers": [4, 8], "keep_rate": 0.5, "two_heads": True}),
+        ("evo_vit_07", {"method": "evo_vit", "layers": [4, 8], "keep_rate": 0.7, "two_heads": True}),
+    ],
+}
+REPOSITORIES = {
+    "tome": "facebookresearch/ToMe", "evit": "youweiliang/evit", "dynamicvit": "raoyongming/DynamicViT",
+    "supervit": "lmbxmu/SuperViT", "evo_vit": "YifanXu74/Evo-ViT", "cropr": "benbergner/cropr",
+    "skipat": "Qualcomm-AI-research/skip-attention",
+}  # fmt: skip
+MODEL_OVERRIDES = {"cropr": {"intermediate_size": 64}}  # its blocks use timm's default MLP ratio, 4
+
+
+def official(method: str, repo: Path, plan: dict):
+    """A builder (no arguments) and a runner (model, pixels) for the official model of ``plan``."""
+    if method == "tome":
+        r = tuple(plan["r"]) if isinstance(plan["r"], (list, tuple)) else plan["r"]
+        return (lambda: build_tome(repo)), (lambda model, pixels: run_tome(repo, model, pixels, r))
+    if method == "evit":
+        layers = plan["layers"]
+        return (lambda: build_evit(repo, plan["keep_rate"], plan["fuse"], layers)), (
+            lambda model, pixels: run_evit(model, pixels, layers)
+        )
+    if method == "cropr":
+        return (lambda: build_cropr(repo, plan)), run_cropr
+    if method == "skipat":
+        return (lambda: build_skipat(repo, plan["attention_reuse"]["layers"])), run_skipat
+    if method == "supervit":
+        return (lambda: build_supervit(repo)), (
+            lambda model, pixels: run_supervit(model, pixels, plan["keep_rate"], plan["layers"])
+        )
+    if method == "evo_vit":
+        return (lambda: build_evo_vit(repo, plan["keep_rate"])), (
+            lambda model, pixels: run_evo_vit(model, pixels, plan["keep_rate"])
+        )
+    layers = plan["layers"]
+    return (lambda: build_dynamicvit(repo, plan["keep_rate"], layers)), (
+        lambda model, pixels: run_dynamicvit(model, pixels, layers)
+    )
+
+
+def selections_agree(first: dict, second: dict, method: str) -> bool:
+    if first.keys() != second.keys():
+        return False
+    if method == "tome":
+        return all(torch.equal(first[k], second[k]) for k in first)
+    return all(torch.equal(first[k].sort(dim=1).values, second[k].sort(dim=1).values) for k in first)
+
+
+def make_fixture(method: str, repo: Path, name: str, plan: dict, commit: str, seed: int = 0) -> Path:
+    build, run = official(method, repo, plan)
+    for attempt in range(20):  # a seed whose float32 choices equal the float64 ones (decisive)
+        torch.manual_seed(seed + attempt)
+        model = build().eval()
+        sharpen(model, seed + attempt)
+        pixels = inputs(seed + attempt)
+        logits32, chosen32 = run(model.float(), pixels)
+        logits64, chosen64 = run(model.double(), pixels.double())
+        if selections_agree(chosen32, chosen64, method):
+            break
+    else:
+        raise RuntimeError(f"{name}: no seed gave decisive selections")
+    state = model.float().state_dict()
+    predictors = plan["layers"] if method == "dynamicvit" else []
+    plans = plan if "attention_reuse" in plan else {"token_reduction": plan}
+    reused = plans.get("attention_reuse", {}).get("layers", [])
+    tensors = {f"weights.{key}": value for key, value in hf_weights(state, predictors, reused).items()}
+    tensors["pixel_values"] = pixels.float().contiguous()
+    tensors["logits_fp64"] = logits64.contiguous()
+    tensors["logits_fp32"] = logits32.float().contiguous()
+    kind = {"tome": "owner", "skipat": "none"}.get(method, "kept")
+    for layer, value in chosen64.items():
+        tensors[f"{kind}.{layer}"] = value.long().contiguous()
+    metadata = {
+        "method": method, "operating_point": name, "repository": REPOSITORIES[method], "commit": commit,
+        "config": json.dumps({**MODEL, **MODEL_OVERRIDES.get(method, {}), **plans}),
+        "selection": kind,
+    }  # fmt: skip
+    FIXTURES.mkdir(parents=True, exist_ok=True)
+    path = FIXTURES / f"{name}.safetensors"
+    save_file(tensors, str(path), metadata=metadata)
+    return path
+
+
+def repository_commit(repo: Path, given: str | None) -> str:
+    if given:
+        return given
+    try:
+        return subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True,
+                              check=True).stdout.strip()  # fmt: skip
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("method", choices=sorted(POINTS))
+    parser.add_argument("repo", help="a checkout of the method's official repository")
+    parser.add_argument("--commit", default=None, help="the checkout's commit (default: git rev-parse HEAD)")
+    args = parser.parse_args(argv)
+    repo = Path(args.repo).resolve()
+    if not repo.is_dir():
+        raise SystemExit(f"repo {repo} is not a directory; pass a checkout of {REPOSITORIES[args.method]}.")
+    sys.meta_path.insert(0, _StandIns())
+    six = types.ModuleType("torch._six")  # removed in torch 2; DynamicViT's utils.py still imports it
+    six.inf, six.string_classes, six.container_abcs = math.inf, str, collections.abc
+    sys.modules.setdefault("torch._six", six)
+    os.chdir(repo)  # some official files open paths relative to their repository
+    commit = repository_commit(repo, args.commit)
+    for name, plan in POINTS[args.method]:
+        print(f"wrote {make_fixture(args.method, repo, name, plan, commit)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
