@@ -14,6 +14,7 @@ from transformers.conversion_mapping import (
     get_checkpoint_conversion_mapping,
     register_checkpoint_conversion_mapping,
 )
+from transformers.integrations.flex_attention import compile_friendly_flex_attention
 from transformers.masking_utils import create_bidirectional_mask
 from transformers.modeling_outputs import BaseModelOutputWithPooling, ImageClassifierOutput
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
@@ -95,9 +96,65 @@ class TokenPruneViTImageClassifierOutput(ImageClassifierOutput):
 def cls_attention_row(query, key, attention_mask, scaling):
     """The CLS token's attention over all keys, averaged over heads: (B, N). Costs O(N * d), not O(N^2 * d)."""
     logits = (query[:, :, :1] @ key.transpose(-1, -2)) * scaling  # (B, H, 1, N)
-    if attention_mask is not None and attention_mask.dtype != torch.bool:
+    if isinstance(attention_mask, torch.Tensor) and attention_mask.dtype != torch.bool:
         logits = logits + attention_mask[..., :1, :]
     return logits.softmax(dim=-1, dtype=torch.float32).mean(dim=1)[:, 0].to(query.dtype)
+
+
+# Attention backends that add a float tensor mask to the logits (flex_attention through its score_mod). The flash
+# kernels (flash_attention_2/3, kernels-community/*) take at most a padding mask: an additive bias cannot reach them.
+BIAS_BACKENDS = ("eager", "sdpa", "flex_attention")
+
+
+def bias_refusal(implementation, method) -> str:
+    """The one-line error for a backend that cannot add a per-key bias to the attention logits."""
+    return (
+        f"attn_implementation={implementation!r} cannot add {method}'s proportional-attention bias (log of each "
+        "key's token count) to the attention logits; set token_reduction['proportional_attention']=False, or load "
+        f"with attn_implementation='sdpa' (or one of {list(BIAS_BACKENDS)})."
+    )
+
+
+def check_attention_backend(plan, implementation) -> None:
+    """Refuses, before any work, a backend that would have to drop a bias the plan needs."""
+    if plan is None or implementation in BIAS_BACKENDS:
+        return
+    if get_reduction_class(plan["method"]).uses_key_bias(plan):
+        raise ValueError(bias_refusal(implementation, plan["method"]))
+
+
+def flex_attention_with_key_bias(module, query, key, value, key_bias, dropout=0.0, **kwargs):
+    """flex_attention with a per-key bias (B, N) as its score_mod. Returns (B, N, H, d) like the interfaces.
+
+    Checked with torch 2.13 on CPU: HF's flex interface would need the bias as a (B, 1, N, N) score mask, which
+    compiled flex reads out of bounds (segfault); a 2-d lookup fails to compile once the length becomes dynamic
+    (the next layer's shorter sequence); a lookup into the flattened bias compiles for every length.
+    """
+    if dropout > 0:
+        raise ValueError("flex_attention does not support attention dropout: use it in eval mode or set it to 0.")
+    bias, length = key_bias.to(query.dtype).reshape(-1), key_bias.shape[1]  # (B * N,)
+
+    def add_key_bias(score, batch, head, query_index, key_index):
+        return score + bias[batch * length + key_index]
+
+    output = compile_friendly_flex_attention(
+        query, key, value, score_mod=add_key_bias, scale=module.scaling, training=module.training
+    )
+    return output.transpose(1, 2).contiguous(), None
+
+
+def attention_with_key_bias(module, query, key, value, attention_mask, key_bias, **kwargs):
+    """The configured attention with a bias (B, N) added to every query's logit for each key: as an additive
+    float mask for eager and sdpa, as a score_mod for flex_attention; other backends are refused."""
+    implementation = module.config._attn_implementation
+    if implementation not in BIAS_BACKENDS:
+        raise ValueError(bias_refusal(implementation, "this plan"))
+    if implementation == "flex_attention":
+        return flex_attention_with_key_bias(module, query, key, value, key_bias, **kwargs)
+    bias = key_bias[:, None, None, :].to(query.dtype)  # (B, 1, 1, N)
+    attention_mask = bias if attention_mask is None else attention_mask + bias
+    interface = ALL_ATTENTION_FUNCTIONS.get_interface(implementation, eager_attention_forward)
+    return interface(module, query, key, value, attention_mask, **kwargs)
 
 
 def policy_attention(query, key, value, policy, scaling, eps=1e-6):
@@ -123,7 +180,14 @@ class TokenPruneViTAttention(ViTAttention):
     """
 
     def forward(
-        self, hidden_states, attention_mask=None, probe_cls=False, probe_keys=False, key_policy=None, **kwargs
+        self,
+        hidden_states,
+        attention_mask=None,
+        probe_cls=False,
+        probe_keys=False,
+        key_policy=None,
+        key_bias=None,
+        **kwargs,
     ):
         input_shape = hidden_states.shape[:-1]
         hidden_shape = (*input_shape, -1, self.head_dim)
@@ -131,28 +195,25 @@ class TokenPruneViTAttention(ViTAttention):
         key = self.k_proj(hidden_states).view(hidden_shape).transpose(1, 2)
         value = self.v_proj(hidden_states).view(hidden_shape).transpose(1, 2)
 
+        options = {"dropout": 0.0 if not self.training else self.attention_dropout, "scaling": self.scaling}
         if key_policy is not None:
             attn_output, attn_weights = policy_attention(query, key, value, key_policy, self.scaling), None
+        elif key_bias is not None:
+            attn_output, attn_weights = attention_with_key_bias(
+                self, query, key, value, attention_mask, key_bias, **options, **kwargs
+            )
         else:
             interface = ALL_ATTENTION_FUNCTIONS.get_interface(
                 self.config._attn_implementation, eager_attention_forward
             )
-            attn_output, attn_weights = interface(
-                self,
-                query,
-                key,
-                value,
-                attention_mask,
-                dropout=0.0 if not self.training else self.attention_dropout,
-                scaling=self.scaling,
-                **kwargs,
-            )
+            attn_output, attn_weights = interface(self, query, key, value, attention_mask, **options, **kwargs)
         attn_output = self.o_proj(attn_output.reshape(*input_shape, -1).contiguous())
 
         probe = None
         if probe_cls or probe_keys:
+            cls_mask = attention_mask if key_bias is None else key_bias[:, None, None, :].to(query.dtype)
             probe = AttentionProbe(
-                cls_attention=cls_attention_row(query, key, attention_mask, self.scaling) if probe_cls else None,
+                cls_attention=cls_attention_row(query, key, cls_mask, self.scaling) if probe_cls else None,
                 keys=key.mean(dim=1) if probe_keys else None,
             )
         return attn_output, attn_weights, probe
@@ -224,15 +285,13 @@ class TokenPruneViTLayer(ViTLayer):
                 f"layer {self.layer_idx} reuses attention and this checkpoint dropped its own attention weights "
                 "(keep_replaced_attention=false), so it cannot run with disable_plans=True."
             )
-        if state.key_bias is not None:  # e.g. ToMe's proportional attention: log(size) added to each key's logits
-            bias = state.key_bias[:, None, None, :].to(hidden_states.dtype)
-            attention_mask = bias if attention_mask is None else attention_mask + bias
         attention_output, _, probe = self.attention(
             self.layernorm_before(hidden_states),
             attention_mask,
             probe_cls=reduction is not None and reduction.needs_cls_attention,
             probe_keys=reduction is not None and reduction.needs_keys,
             key_policy=state.key_policy,
+            key_bias=state.key_bias,  # e.g. ToMe's proportional attention: log(size) added to each key's logits
             **kwargs,
         )
         return attention_output, probe
@@ -255,6 +314,13 @@ class TokenPruneViTPreTrainedModel(ViTPreTrainedModel):
     config_class = TokenPruneViTConfig
     config: TokenPruneViTConfig
     _no_split_modules = ["ViTEmbeddings", "TokenPruneViTLayer"]
+
+    def _check_and_adjust_attn_implementation(self, attn_implementation, *args, **kwargs):
+        """HF's check, then ours: a backend the plan cannot run on is refused at load time and by
+        ``set_attn_implementation`` alike."""
+        implementation = super()._check_and_adjust_attn_implementation(attn_implementation, *args, **kwargs)
+        check_attention_backend(self.config.token_reduction, implementation)
+        return implementation
 
     @classmethod
     def from_pretrained(cls, *args, **kwargs):
@@ -425,6 +491,7 @@ class TokenPruneViTModel(TokenPruneViTPreTrainedModel, ViTModel):
         grid = check_pixel_values(pixel_values, self.config, interpolate_pos_encoding)
         plan = None if disable_plans else plan_in_force(self.config, self.built_plans, keep_rate)
         reuse = None if disable_plans else self.config.attention_reuse
+        check_attention_backend(plan, self.config._attn_implementation)  # a runtime option may have added a bias
         if attention_mask is not None and self.config.token_reduction is not None:
             raise ValueError("attention_mask cannot be combined with token_reduction: the sequence changes length.")
         expected_dtype = self.embeddings.patch_embeddings.projection.weight.dtype
@@ -434,9 +501,11 @@ class TokenPruneViTModel(TokenPruneViTPreTrainedModel, ViTModel):
         hidden_states = self.embeddings(
             pixel_values, bool_masked_pos=bool_masked_pos, interpolate_pos_encoding=interpolate_pos_encoding
         )
-        attention_mask = create_bidirectional_mask(
-            config=self.config, inputs_embeds=hidden_states, attention_mask=attention_mask
-        )
+        if attention_mask is not None:  # no mask is built when there is none to apply (it would not follow a
+            # shrinking sequence: flex's BlockMask, or the full-length mask torch.export materialises)
+            attention_mask = create_bidirectional_mask(
+                config=self.config, inputs_embeds=hidden_states, attention_mask=attention_mask
+            )
         state = TokenState.start(hidden_states, grid, plan, reuse)
         traces = []
         for layer in self.layers:
