@@ -52,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     plan = commands.add_parser("plan", help="per-layer token counts and FLOPs of a plan (no weights needed)")
     add_model_arguments(plan)
     plan.set_defaults(func=_plan_command)
-    for module_name in ("benchmark", "visualization", "hub", "tune"):
+    for module_name in ("benchmark", "visualization", "hub", "tune", "export"):
         try:
             module = __import__(f"hf_tokenprune.{module_name}", fromlist=["add_cli"])
         except ImportError:

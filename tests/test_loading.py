@@ -18,6 +18,7 @@ ISLAND = {
     "modeling_tokenprune_vit.py",
     "token_reduction.py",
     "attention_reuse.py",
+    "attention_backends.py",
 }
 
 

@@ -31,6 +31,7 @@ from transformers.models.vit.modeling_vit import (
 from transformers.utils.generic import can_return_tuple
 from transformers.utils.output_capturing import capture_outputs
 
+from .attention_backends import attention_with_key_bias, check_attention_backend
 from .attention_reuse import ATTENTION_REUSE_METHODS
 from .configuration_tokenprune_vit import TokenPruneViTConfig
 from .reduction_cropr import CroprReduction  # noqa: F401  (every built-in method is imported, so it registers)
@@ -98,7 +99,7 @@ class TokenPruneViTImageClassifierOutput(ImageClassifierOutput):
 def cls_attention_row(query, key, attention_mask, scaling):
     """The CLS token's attention over all keys, averaged over heads: (B, N). Costs O(N * d), not O(N^2 * d)."""
     logits = (query[:, :, :1] @ key.transpose(-1, -2)) * scaling  # (B, H, 1, N)
-    if attention_mask is not None and attention_mask.dtype != torch.bool:
+    if isinstance(attention_mask, torch.Tensor) and attention_mask.dtype != torch.bool:
         logits = logits + attention_mask[..., :1, :]
     dtype = torch.promote_types(query.dtype, torch.float32)  # at least float32; float64 stays float64
     return logits.softmax(dim=-1, dtype=dtype).mean(dim=1)[:, 0].to(query.dtype)
@@ -127,7 +128,14 @@ class TokenPruneViTAttention(ViTAttention):
     """
 
     def forward(
-        self, hidden_states, attention_mask=None, probe_cls=False, probe_keys=False, key_policy=None, **kwargs
+        self,
+        hidden_states,
+        attention_mask=None,
+        probe_cls=False,
+        probe_keys=False,
+        key_policy=None,
+        key_bias=None,
+        **kwargs,
     ):
         input_shape = hidden_states.shape[:-1]
         hidden_shape = (*input_shape, -1, self.head_dim)
@@ -135,28 +143,25 @@ class TokenPruneViTAttention(ViTAttention):
         key = self.k_proj(hidden_states).view(hidden_shape).transpose(1, 2)
         value = self.v_proj(hidden_states).view(hidden_shape).transpose(1, 2)
 
+        options = {"dropout": 0.0 if not self.training else self.attention_dropout, "scaling": self.scaling}
         if key_policy is not None:
             attn_output, attn_weights = policy_attention(query, key, value, key_policy, self.scaling), None
+        elif key_bias is not None:
+            attn_output, attn_weights = attention_with_key_bias(
+                self, query, key, value, attention_mask, key_bias, **options, **kwargs
+            )
         else:
             interface = ALL_ATTENTION_FUNCTIONS.get_interface(
                 self.config._attn_implementation, eager_attention_forward
             )
-            attn_output, attn_weights = interface(
-                self,
-                query,
-                key,
-                value,
-                attention_mask,
-                dropout=0.0 if not self.training else self.attention_dropout,
-                scaling=self.scaling,
-                **kwargs,
-            )
+            attn_output, attn_weights = interface(self, query, key, value, attention_mask, **options, **kwargs)
         attn_output = self.o_proj(attn_output.reshape(*input_shape, -1).contiguous())
 
         probe = None
         if probe_cls or probe_keys:
+            cls_mask = attention_mask if key_bias is None else key_bias[:, None, None, :].to(query.dtype)
             probe = AttentionProbe(
-                cls_attention=cls_attention_row(query, key, attention_mask, self.scaling) if probe_cls else None,
+                cls_attention=cls_attention_row(query, key, cls_mask, self.scaling) if probe_cls else None,
                 keys=key.mean(dim=1) if probe_keys else None,
             )
         return attn_output, attn_weights, probe
@@ -228,15 +233,13 @@ class TokenPruneViTLayer(ViTLayer):
                 f"layer {self.layer_idx} reuses attention and this checkpoint dropped its own attention weights "
                 "(keep_replaced_attention=false), so it cannot run with disable_plans=True."
             )
-        if state.key_bias is not None:  # e.g. ToMe's proportional attention: log(size) added to each key's logits
-            bias = state.key_bias[:, None, None, :].to(hidden_states.dtype)
-            attention_mask = bias if attention_mask is None else attention_mask + bias
         attention_output, _, probe = self.attention(
             self.layernorm_before(hidden_states),
             attention_mask,
             probe_cls=reduction is not None and reduction.needs_cls_attention,
             probe_keys=reduction is not None and reduction.needs_keys,
             key_policy=state.key_policy,
+            key_bias=state.key_bias,  # e.g. ToMe's proportional attention: log(size) added to each key's logits
             **kwargs,
         )
         return attention_output, probe
@@ -259,6 +262,13 @@ class TokenPruneViTPreTrainedModel(ViTPreTrainedModel):
     config_class = TokenPruneViTConfig
     config: TokenPruneViTConfig
     _no_split_modules = ["ViTEmbeddings", "TokenPruneViTLayer"]
+
+    def _check_and_adjust_attn_implementation(self, attn_implementation, *args, **kwargs):
+        """HF's check, then ours: a backend the plan cannot run on is refused at load time and by
+        ``set_attn_implementation`` alike."""
+        implementation = super()._check_and_adjust_attn_implementation(attn_implementation, *args, **kwargs)
+        check_attention_backend(self.config.token_reduction, implementation)
+        return implementation
 
     @classmethod
     def from_pretrained(cls, *args, **kwargs):
@@ -429,6 +439,7 @@ class TokenPruneViTModel(TokenPruneViTPreTrainedModel, ViTModel):
         grid = check_pixel_values(pixel_values, self.config, interpolate_pos_encoding)
         plan = None if disable_plans else plan_in_force(self.config, self.built_plans, keep_rate)
         reuse = None if disable_plans else self.config.attention_reuse
+        check_attention_backend(plan, self.config._attn_implementation)  # a runtime option may have added a bias
         if attention_mask is not None and self.config.token_reduction is not None:
             raise ValueError("attention_mask cannot be combined with token_reduction: the sequence changes length.")
         expected_dtype = self.embeddings.patch_embeddings.projection.weight.dtype
@@ -438,9 +449,11 @@ class TokenPruneViTModel(TokenPruneViTPreTrainedModel, ViTModel):
         hidden_states = self.embeddings(
             pixel_values, bool_masked_pos=bool_masked_pos, interpolate_pos_encoding=interpolate_pos_encoding
         )
-        attention_mask = create_bidirectional_mask(
-            config=self.config, inputs_embeds=hidden_states, attention_mask=attention_mask
-        )
+        if attention_mask is not None:  # no mask is built when there is none to apply (it would not follow a
+            # shrinking sequence: flex's BlockMask, or the full-length mask torch.export materialises)
+            attention_mask = create_bidirectional_mask(
+                config=self.config, inputs_embeds=hidden_states, attention_mask=attention_mask
+            )
         state = TokenState.start(hidden_states, grid, plan, reuse)
         traces = []
         for layer in self.layers:

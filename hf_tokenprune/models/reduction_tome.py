@@ -112,6 +112,10 @@ class ToMeReduction(TokenReduction):
     def build(cls, plan, config, layer_idx):
         return cls(plan, config, layer_idx)  # every layer: r is a runtime option and may become > 0
 
+    @classmethod
+    def uses_key_bias(cls, plan):
+        return plan["proportional_attention"] and any(r > 0 for r in plan["r"])
+
     def __init__(self, plan, config, layer_idx):
         super().__init__(plan, config, layer_idx)
         self.needs_keys = True
@@ -141,9 +145,10 @@ def bipartite_matching(keys: torch.Tensor, r: int, num_prefix: int):
     protected_b = torch.arange(b.shape[1], device=keys.device) * 2 + 1 < num_prefix
     scores = scores.masked_fill(protected_a[None, :, None] | protected_b[None, None, :], -torch.inf)
     best, best_b = scores.max(dim=-1)  # (B, N_a) each A token's best B match
-    order = best.argsort(dim=-1, descending=True)  # most similar pairs first
+    # Sorts as topk with a constant k (it exports as a TopK with a constant K); float32 holds the indices exactly.
+    order = best.topk(best.shape[-1], dim=-1).indices  # most similar pairs first
     src = order[:, :r]
-    unmerged = order[:, r:].sort(dim=-1).values  # keep spatial order; prefix tokens first
+    unmerged = order[:, r:].float().topk(order.shape[1] - r, dim=-1, largest=False).values.long()  # spatial order
     dst = best_b.gather(1, src)
     return src, dst, unmerged
 

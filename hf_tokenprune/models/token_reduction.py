@@ -195,9 +195,10 @@ def gather_tokens(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
 def rank_patches(scores: torch.Tensor, num_keep: int, num_prefix: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Splits the non-prefix tokens by score: returns (kept, dropped) sequence indices, best first.
 
-    ``scores`` is (B, N_cur - num_prefix); the returned indices point into the full sequence.
+    ``scores`` is (B, N_cur - num_prefix); the returned indices point into the full sequence. A ``topk`` with a
+    constant k, not a sort: a sort exports as a TopK whose k is read from the shape at run time (TensorRT refuses).
     """
-    order = scores.argsort(dim=1, descending=True) + num_prefix  # (B, N_patches)
+    order = scores.topk(scores.shape[1], dim=1).indices + num_prefix  # (B, N_patches)
     return order[:, :num_keep], order[:, num_keep:]
 
 
@@ -310,6 +311,12 @@ class TokenReduction(nn.Module):
     @classmethod
     def build(cls, plan: dict, config: Any, layer_idx: int) -> "TokenReduction | None":
         return cls(plan, config, layer_idx)
+
+    @classmethod
+    def uses_key_bias(cls, plan: dict) -> bool:
+        """Whether the plan adds a per-key bias to the attention logits (``state.key_bias``); backends that cannot
+        take one are refused."""
+        return False
 
     @classmethod
     def structure(cls, plan: dict) -> dict:

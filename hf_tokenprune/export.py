@@ -1,0 +1,271 @@
+"""Export a TokenPruneViT classifier for deployment: ONNX (onnxruntime, TensorRT) or a ``torch.export`` program.
+
+Every plan keeps a number of tokens per layer that depends only on the plan and the image size, so a model exports
+as one static graph per resolution, with a dynamic batch dimension. The exported function is
+``pixel_values (B, C, H, W) -> logits (B, labels)`` and is checked against the PyTorch model after export.
+
+ONNX graphs are also audited for two silent traps: a reducing scatter (``scatter_add``, ``scatter_reduce``) that
+the exporter turned into a plain overwrite (``scatter_reduce(reduce="mean")`` is emitted with ``reduction='none'``),
+and a TopK whose k is computed at run time (what a sort becomes; TensorRT refuses it). The models avoid both
+(``topk`` with a constant k; sums divided by counts), and the audit keeps it that way.
+"""
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .models.modeling_tokenprune_vit import plan_in_force
+
+__all__ = ["FORMATS", "ExportReport", "LogitsOnly", "add_cli", "audit_onnx_graph", "export_model", "run_exported"]
+
+FORMATS = ("onnx", "torch-export")
+SUFFIXES = {"onnx": ".onnx", "torch-export": ".pt2"}
+# Ops whose meaning is "combine into the destination"; ONNX must keep a reduction for each of them.
+REDUCING_SCATTERS = ("scatter_add", "scatter_reduce", "index_add", "index_reduce")
+
+
+@dataclass
+class ExportReport:
+    """What was written and how closely it reproduces the PyTorch model."""
+
+    path: str
+    format: str
+    image_size: tuple[int, int]
+    dynamic_batch: bool
+    max_abs_diff: dict[int, float] = field(default_factory=dict)  # batch -> max |exported - PyTorch| of the logits
+
+    def summary(self) -> str:
+        batch = "dynamic batch" if self.dynamic_batch else "fixed batch"
+        checks = ", ".join(f"batch {b}: {d:.1e}" for b, d in sorted(self.max_abs_diff.items()))
+        size = f"{self.image_size[0]}x{self.image_size[1]}"
+        return f"wrote {self.path} ({self.format}, {size}, {batch}); max |logits - PyTorch| {checks or 'not checked'}"
+
+
+class LogitsOnly(nn.Module):
+    """The classifier as a deployable function: pixel values (B, C, H, W) -> logits (B, labels)."""
+
+    def __init__(self, model: nn.Module, keep_rate: float | None = None, interpolate: bool = False):
+        super().__init__()
+        self.model, self.keep_rate, self.interpolate = model, keep_rate, interpolate
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        kwargs = {"keep_rate": self.keep_rate} if self.keep_rate is not None else {}
+        return self.model(pixel_values, interpolate_pos_encoding=self.interpolate, **kwargs).logits
+
+
+def _pair(value: Any) -> tuple[int, int]:
+    return tuple(value) if isinstance(value, (list, tuple)) else (value, value)
+
+
+def check_export_request(
+    model: nn.Module, fmt: str, batch_size: int, image_size: Any, keep_rate: Any
+) -> tuple[int, int]:
+    """One-line errors for a request that cannot export, before any slow work. Returns the (height, width)."""
+    if fmt not in FORMATS:
+        raise ValueError(f"--format {fmt!r} is not supported; allowed: {list(FORMATS)}.")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"--batch-size {batch_size!r} must be a positive integer.")
+    config = model.config
+    if getattr(config, "model_type", None) != "tokenprune_vit" or not hasattr(model, "vit"):
+        raise ValueError(
+            f"export needs a TokenPruneViT classifier (pixel_values -> logits); got {type(model).__name__} "
+            f"({getattr(config, 'model_type', None)!r})."
+        )
+    height, width = _pair(config.image_size if image_size is None else image_size)
+    patch = _pair(config.patch_size)
+    if height % patch[0] or width % patch[1] or height < patch[0] or width < patch[1]:
+        raise ValueError(
+            f"--image-size {height}x{width} cannot export: it must be a positive multiple of the patch size "
+            f"{patch[0]}x{patch[1]} (the token counts of every layer are fixed by the resolution)."
+        )
+    plan_in_force(config, model.vit.built_plans, keep_rate)  # a keep rate the plan has no use for, or out of range
+    if fmt == "onnx":
+        _require("onnx", "onnxscript")
+    return height, width
+
+
+def _require(*modules: str) -> None:
+    for module in modules:
+        try:
+            __import__(module)
+        except ImportError:
+            raise ValueError(
+                f"this export needs the {module!r} package: pip install 'hf-tokenprune[export]'."
+            ) from None
+
+
+def audit_onnx_graph(model_proto: Any, exported_program: Any = None) -> list[str]:
+    """Problems in an exported ONNX graph that would make it silently wrong or unusable in TensorRT.
+
+    - a TopK whose k is not a constant (a sort exported with its length read from a shape at run time);
+    - fewer reducing ScatterElements/ScatterND nodes than reducing scatters in ``exported_program`` (the
+      ``torch.export`` program the graph came from): a reduction was emitted as ``reduction='none'``.
+    """
+    graph = model_proto.graph
+    constants = {i.name for i in graph.initializer}
+    constants |= {out for node in graph.node if node.op_type == "Constant" for out in node.output}
+    problems = [
+        f"TopK node {node.name!r} takes its k from a run-time value ({node.input[1]!r}), not a constant"
+        for node in graph.node
+        if node.op_type == "TopK" and node.input[1] not in constants
+    ]
+    if exported_program is not None:
+        meant = sum(_is_reducing_scatter(node) for node in exported_program.graph.nodes)
+        kept = sum(
+            any(a.name == "reduction" and a.s not in (b"", b"none") for a in node.attribute)
+            for node in graph.node
+            if node.op_type in ("ScatterElements", "ScatterND")
+        )
+        if kept < meant:
+            problems.append(
+                f"{meant} reducing scatter(s) in the PyTorch program but {kept} reducing ScatterElements/ScatterND "
+                "in ONNX: a reduction was exported as reduction='none' (use scatter_add and divide by counts)"
+            )
+    return problems
+
+
+def _is_reducing_scatter(node: Any) -> bool:
+    if node.op != "call_function":
+        return False
+    name = getattr(node.target, "__name__", str(node.target))
+    if name.startswith("index_put"):
+        return len(node.args) > 3 and bool(node.args[3])  # accumulate=True
+    return name.split(".")[0] in REDUCING_SCATTERS
+
+
+def _example(model: nn.Module, batch: int, size: tuple[int, int], seed: int = 0) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    dtype = model.vit.embeddings.patch_embeddings.projection.weight.dtype
+    return torch.randn(batch, model.config.num_channels, *size, generator=generator).to(dtype)
+
+
+def _export(wrapper: nn.Module, example: torch.Tensor, fmt: str, output: Path, dynamic: bool) -> None:
+    dynamic_shapes = ({0: torch.export.Dim("batch", min=1, max=65536)},) if dynamic else None
+    if fmt == "torch-export":
+        program = torch.export.export(wrapper, (example,), dynamic_shapes=dynamic_shapes)
+        torch.export.save(program, str(output))
+        return
+    onnx_program = torch.onnx.export(
+        wrapper,
+        (example,),
+        dynamo=True,
+        dynamic_shapes=dynamic_shapes,
+        input_names=["pixel_values"],
+        output_names=["logits"],
+        verbose=False,
+    )
+    problems = audit_onnx_graph(onnx_program.model_proto, getattr(onnx_program, "exported_program", None))
+    if problems:
+        raise ValueError(f"the ONNX graph cannot be used as exported: {'; '.join(problems)}.")
+    onnx_program.save(str(output))
+
+
+def run_exported(path: str | Path, fmt: str, pixel_values: torch.Tensor) -> torch.Tensor:
+    """Logits of an exported model: onnxruntime for ONNX, the loaded program for torch.export."""
+    if fmt == "torch-export":
+        return torch.export.load(str(path)).module()(pixel_values)
+    _require("onnxruntime")
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    (logits,) = session.run(["logits"], {"pixel_values": pixel_values.cpu().numpy()})
+    return torch.from_numpy(logits)
+
+
+def export_model(
+    model: nn.Module,
+    output: str | Path,
+    fmt: str = "onnx",
+    batch_size: int = 1,
+    image_size: Any = None,
+    keep_rate: float | None = None,
+    dynamic_batch: bool = True,
+    atol: float | None = 1e-4,
+) -> ExportReport:
+    """Exports ``model`` (a TokenPruneViTForImageClassification) and checks it against PyTorch.
+
+    Args:
+        output: the file to write (``.onnx`` or ``.pt2``).
+        fmt: ``"onnx"`` (dynamo exporter) or ``"torch-export"``.
+        batch_size: the batch the export is checked at (and fixed to, without ``dynamic_batch``); the check also
+            runs at batch 1.
+        image_size: the fixed input resolution (default: the config's); another multiple of the patch size
+            interpolates the position embeddings.
+        keep_rate: a runtime keep rate baked into the graph (methods with a keep rate).
+        atol: the largest allowed difference of the logits from PyTorch; ``None`` skips the check.
+    """
+    size = check_export_request(model, fmt, batch_size, image_size, keep_rate)
+    implementation = model.config._attn_implementation
+    if implementation not in ("sdpa", "eager"):  # flex and the flash kernels do not export; the logits are the same
+        model.set_attn_implementation("sdpa")
+    try:
+        return _export_and_check(model.eval(), output, fmt, batch_size, size, keep_rate, dynamic_batch, atol)
+    finally:
+        if model.config._attn_implementation != implementation:
+            model.set_attn_implementation(implementation)
+
+
+def _export_and_check(model, output, fmt, batch_size, size, keep_rate, dynamic_batch, atol) -> ExportReport:
+    wrapper = LogitsOnly(model, keep_rate, interpolate=size != _pair(model.config.image_size)).eval()
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    trace_batch = max(batch_size, 2) if dynamic_batch else batch_size  # export specialises a batch of 1
+    with torch.no_grad():
+        _export(wrapper, _example(model, trace_batch, size), fmt, output, dynamic_batch)
+    report = ExportReport(str(output), fmt, size, dynamic_batch)
+    if atol is not None:
+        for batch in sorted({1, batch_size}) if dynamic_batch else [batch_size]:
+            pixels = _example(model, batch, size, seed=batch)
+            with torch.no_grad():
+                difference = (run_exported(output, fmt, pixels).float() - wrapper(pixels).float()).abs().max().item()
+            report.max_abs_diff[batch] = difference
+            if not difference <= atol:  # also refuses NaN
+                raise ValueError(
+                    f"the exported {fmt} model differs from PyTorch by {difference:.2e} at batch {batch} "
+                    f"(allowed {atol:g}); {output} was written but should not be used."
+                )
+    return report
+
+
+def _export_command(args: Any) -> int:
+    from .models.modeling_tokenprune_vit import TokenPruneViTForImageClassification
+
+    if not Path(args.folder).is_dir():
+        raise ValueError(f"FOLDER {args.folder!r} is not a checkpoint folder.")
+    output = args.output or str(Path(args.folder) / f"model{SUFFIXES.get(args.format, '')}")
+    model = TokenPruneViTForImageClassification.from_pretrained(args.folder, attn_implementation="sdpa")
+    report = export_model(
+        model,
+        output,
+        fmt=args.format,
+        batch_size=args.batch_size,
+        image_size=args.image_size,
+        keep_rate=args.keep_rate,
+        dynamic_batch=not args.static_batch,
+        atol=None if args.no_check else args.atol,
+    )
+    print(report.summary())
+    return 0
+
+
+def add_cli(commands: Any) -> None:
+    """Adds ``hf-tokenprune export`` to the CLI's subcommands."""
+    parser = commands.add_parser(
+        "export",
+        help="export a checkpoint to ONNX or torch.export (fixed resolution, dynamic batch), checked against PyTorch",
+        description="Exports pixel_values -> logits at a fixed resolution with a dynamic batch dimension, then runs "
+        "the exported model (onnxruntime for ONNX) at batch 1 and --batch-size and compares it with PyTorch.",
+    )
+    parser.add_argument("folder", help="a checkpoint folder (save_pretrained) of a TokenPruneViT classifier")
+    parser.add_argument("--format", default="onnx", choices=FORMATS, help="onnx (default) or torch-export (.pt2)")
+    parser.add_argument("--batch-size", type=int, default=1, help="batch checked (and fixed with --static-batch)")
+    parser.add_argument("--output", default=None, help="file to write (default: FOLDER/model.onnx or model.pt2)")
+    parser.add_argument("--image-size", type=int, default=None, help="input resolution (default: the model's)")
+    parser.add_argument("--keep-rate", type=float, default=None, help="runtime keep rate baked into the graph")
+    parser.add_argument("--static-batch", action="store_true", help="fix the batch to --batch-size")
+    parser.add_argument("--atol", type=float, default=1e-4, help="largest allowed |logits - PyTorch| (fp32)")
+    parser.add_argument("--no-check", action="store_true", help="skip the comparison with PyTorch")
+    parser.set_defaults(func=_export_command)
