@@ -20,8 +20,6 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from huggingface_hub.errors import HFValidationError
 from huggingface_hub.utils import validate_repo_id
 
-from .flops import count_flops
-
 CARD_NAME = "README.md"
 IMAGES_DIR = "card_images"
 TEMPLATE_NAME = "tokenprune_vit.md"
@@ -477,6 +475,8 @@ def _default_base_model(config: Any) -> str | None:
 
 
 def _body_context(config: Any, accuracy: dict | None, revision: str | None, repo_id: str | None) -> dict:
+    from .flops import count_flops
+
     report = count_flops(config)
     shown_accuracy = None
     if accuracy is not None:
