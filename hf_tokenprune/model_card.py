@@ -50,7 +50,11 @@ METHOD_PAPERS: dict[str, tuple[str, str, str, str | None]] = {
     name: (title, venue, arxiv, None if code == "-" else code)
     for name, title, venue, arxiv, code in (map(str.strip, line.split("|")) for line in _PAPERS.strip().splitlines())
 }
-IMAGE_CAPTIONS = {"kept_tokens": "Tokens kept at each layer", "pareto": "Accuracy against speed-up (Pareto front)"}
+IMAGE_CAPTIONS = {
+    "kept_tokens": "Tokens kept at each layer",
+    "pareto": "Accuracy against speed-up (Pareto front)",
+    "training_curve": "Training loss, evaluation accuracy and the scheduled keep rate",
+}
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".gif", ".webp")
 _MARKDOWN_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+\-.!|~=])")
 _REVISION = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/-]{0,127}")
