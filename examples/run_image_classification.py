@@ -544,9 +544,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Trains, evaluates, compares and saves; returns the results written to ``<output_dir>/results.json``."""
     started = time.perf_counter()
     model_args, data_args, recipe, training_args = parse_args(argv)
+    lines = lines_without_terminal(argv)
     dataset, processor, model, image_size = prepare(model_args, data_args, recipe, training_args)
     trainer = build_trainer(model, training_args, dataset, processor, recipe, image_size != native_size(model.config))
-    log_lines_without_terminal(trainer, argv)
+    if lines:
+        log_lines(trainer)
     results = train_and_evaluate(trainer, training_args)
     if trainer.is_world_process_zero():
         output_dir = training_args.output_dir
@@ -578,15 +580,27 @@ def _short(value: Any) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
-def log_lines_without_terminal(trainer, argv: list[str] | None) -> None:
-    """When output is not a terminal (a log file, CI) and --disable_tqdm was not given: no progress bars, but a line
-    at each of the Trainer's logging steps."""
+def lines_without_terminal(argv: list[str] | None) -> bool:
+    """When output is not a terminal (a log file, CI) and --disable_tqdm was not given, progress comes as lines: the
+    bars of datasets, the Hub and transformers are turned off, and the training logs one line per logging step."""
     given = " ".join(sys.argv[1:] if argv is None else argv).replace("-", "_")
     if sys.stdout.isatty() or sys.stderr.isatty() or "__disable_tqdm" in given:
-        return
+        return False
+    import datasets
+    import huggingface_hub
+    from transformers.utils import logging as transformers_logging
+
+    datasets.disable_progress_bars()
+    huggingface_hub.utils.disable_progress_bars()
+    transformers_logging.disable_progress_bar()
+    return True
+
+
+def log_lines(trainer) -> None:
+    """The Trainer reports progress with `LogLines` instead of its bars and raw log dicts."""
     trainer.args.disable_tqdm = True
     trainer.remove_callback(ProgressCallback)
-    trainer.remove_callback(PrinterCallback)  # it prints the raw log dicts
+    trainer.remove_callback(PrinterCallback)
     trainer.add_callback(LogLines())
 
 
