@@ -300,7 +300,7 @@ def plot_kept_tokens(
 
 
 # Plan colours: tab20 without its greys (the mode markers of the legend are grey), then golden-ratio hues.
-_PLAN_COLOURS = [i for i in range(20) if i not in (14, 15)]
+_PLAN_COLOURS = [i for i in (*range(0, 20, 2), *range(1, 20, 2)) if i not in (14, 15)]  # dark hues, then light
 
 
 def _colour_by(labels: list[str]):
