@@ -478,6 +478,24 @@ def format_comparison(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def comparison_warnings(rows: list[dict[str, Any]]) -> list[str]:
+    """A warning when the timed rounds disagree widely (a busy machine), as ``hf-tokenprune benchmark`` gives."""
+    from hf_tokenprune.benchmark_report import NOISY_SPREAD
+
+    noisy = [
+        row["model"]
+        for row in rows
+        if (row["speedup_range"][1] - row["speedup_range"][0]) > NOISY_SPREAD * row["speedup"]
+    ]
+    if not noisy:
+        return []
+    return [
+        f"the speed-ups are noisy: the rounds of {', '.join(noisy)} spread over more than {NOISY_SPREAD:.0%} of "
+        "their median (min-max above), so other processes were competing; measure again with more "
+        "--benchmark-rounds, or with hf-tokenprune benchmark --model OUTPUT_DIR --rounds 15 on a quieter machine."
+    ]
+
+
 def format_operating_points(rows: list[dict[str, Any]]) -> str:
     lines = [f"{'resolution':>10} {'keep rate':>9} {'accuracy':>8} {'GFLOPs':>8}"]
     lines += [f"{r['resolution']:>10} {r['keep_rate']:>9.2f} {r['accuracy']:>8.2%} {r['gflops']:>8.4f}" for r in rows]
@@ -666,6 +684,9 @@ def report(model, dataset, recipe: RecipeArguments) -> dict[str, Any]:
     if recipe.compare and model.config.token_reduction is not None:
         out["comparison"] = compare_with_and_without(model, dataset, recipe)
         print("\n" + format_comparison(out["comparison"]))
+        out["warnings"] = comparison_warnings(out["comparison"])
+        for warning in out["warnings"]:
+            print(f"warning: {warning}")
     if (model.config.token_reduction or {}).get("method") == "supervit":
         out["operating_points"] = operating_point_rows(model, dataset, recipe.benchmark_batch_size)
         print("\n" + format_operating_points(out["operating_points"]))

@@ -157,3 +157,12 @@ def test_a_cheap_import_still_registers_the_auto_classes(evit_folder):
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
     expected = ["hf_tokenprune.models.modeling_tokenprune_vit", "_model_push_to_hub"]
     assert result.stdout.split() == expected, result.stderr
+
+
+def test_the_main_job_warns_when_its_timed_rounds_disagree():
+    example = load_example()
+    quiet = [{"model": "TokenPruneViT, plan", "speedup": 1.2, "speedup_range": [1.15, 1.3]}]
+    busy = [{"model": "TokenPruneViT, plan", "speedup": 2.12, "speedup_range": [1.18, 2.87]}]
+    assert example.comparison_warnings(quiet) == []
+    (warning,) = example.comparison_warnings(busy)
+    assert "noisy" in warning and "--benchmark-rounds" in warning
