@@ -29,7 +29,8 @@ from typing import Any
 
 import numpy as np
 import torch
-from transformers import HfArgumentParser, TrainingArguments, set_seed
+from transformers import HfArgumentParser, TrainerCallback, TrainingArguments, set_seed
+from transformers.trainer_callback import PrinterCallback, ProgressCallback
 from transformers.utils import is_torchvision_available
 
 from hf_tokenprune import TokenPruneViTConfig, TokenPruneViTForImageClassification
@@ -426,7 +427,9 @@ def compare_with_and_without(model, dataset, recipe: RecipeArguments) -> list[di
         "same weights, plan off": lambda x: model(pixel_values=x, disable_plans=True),
         "stock HF ViT": lambda x: stock(pixel_values=x),
     }
-    timings = measure_paired(candidates, pixels, rounds=recipe.benchmark_rounds, desc="speed (paired)")
+    timings = measure_paired(
+        candidates, pixels, rounds=recipe.benchmark_rounds, desc="speed (paired)", progress=sys.stderr.isatty()
+    )
     plan_flops, full_flops = count_flops(model.config), count_flops(stock.config)
     reference = timings["stock HF ViT"].median_s
     stock_predictions, labels = predict(stock, dataset, size)
@@ -483,6 +486,24 @@ def format_comparison(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def comparison_warnings(rows: list[dict[str, Any]]) -> list[str]:
+    """A warning when the timed rounds disagree widely (a busy machine), as ``hf-tokenprune benchmark`` gives."""
+    from hf_tokenprune.benchmark_report import NOISY_SPREAD
+
+    noisy = [
+        row["model"]
+        for row in rows
+        if (row["speedup_range"][1] - row["speedup_range"][0]) > NOISY_SPREAD * row["speedup"]
+    ]
+    if not noisy:
+        return []
+    return [
+        f"the speed-ups are noisy: the rounds of {', '.join(noisy)} spread over more than {NOISY_SPREAD:.0%} of "
+        "their median (min-max above), so other processes were competing; measure again with more "
+        "--benchmark-rounds, or with hf-tokenprune benchmark --model OUTPUT_DIR --rounds 15 on a quieter machine."
+    ]
+
+
 def format_operating_points(rows: list[dict[str, Any]]) -> str:
     lines = [f"{'resolution':>10} {'keep rate':>9} {'accuracy':>8} {'GFLOPs':>8}"]
     lines += [f"{r['resolution']:>10} {r['keep_rate']:>9.2f} {r['accuracy']:>8.2%} {r['gflops']:>8.4f}" for r in rows]
@@ -499,13 +520,24 @@ def parse_args(argv: list[str] | None):
     argv = list(sys.argv[1:] if argv is None else argv)
     if len(argv) == 1 and argv[0].endswith(".json"):
         return parser.parse_json_file(os.path.abspath(argv[0]))
-    given = {arg.split("=")[0][2:] for arg in argv if arg.startswith("--")}
+    given = {arg.split("=")[0][2:].replace("-", "_") for arg in argv if arg.startswith("--")}  # either spelling
     if launched_processes() > 1 and torch.accelerator.current_accelerator() is None and "use_cpu" not in given:
         argv += ["--use_cpu", "true"]  # several CPU processes: the Trainer runs DDP (gloo) only when told use_cpu
     defaults = [
         item for key, value in MAIN_JOB_TRAINING_DEFAULTS.items() if key not in given for item in (f"--{key}", value)
     ]
     return parser.parse_args_into_dataclasses(args=defaults + argv)
+
+
+def check_paths(model_args: ModelArguments, data_args: DataArguments, recipe: RecipeArguments) -> None:
+    """Local paths that do not exist fail in one line that names them, before anything is loaded."""
+    from hf_tokenprune.paths import check_input_folder, check_model_source
+
+    check_model_source(model_args.model_name_or_path, "--model_name_or_path")
+    check_model_source(recipe.teacher_model_name_or_path, "--teacher_model_name_or_path")
+    what = "an imagefolder: one sub-folder of images per class"
+    check_input_folder(data_args.train_dir, "--train_dir", what)
+    check_input_folder(data_args.validation_dir, "--validation_dir", what)
 
 
 def launched_processes() -> int:
@@ -520,6 +552,7 @@ def prepare(model_args, data_args, recipe, training_args):
             f"{launched_processes()} processes were launched but the Trainer runs {training_args.world_size} "
             "(each process would train alone). On machines without an accelerator pass --use_cpu true."
         )
+    check_paths(model_args, data_args, recipe)
     check_image_size(build_config(model_args, ["placeholder"]), model_args)  # plan and size errors before the data
     with training_args.main_process_first(desc="loading the dataset"):
         dataset = load_data(data_args, model_args.cache_dir)
@@ -537,18 +570,99 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Trains, evaluates, compares and saves; returns the results written to ``<output_dir>/results.json``."""
     started = time.perf_counter()
     model_args, data_args, recipe, training_args = parse_args(argv)
+    lines = lines_without_terminal(argv)
     dataset, processor, model, image_size = prepare(model_args, data_args, recipe, training_args)
     trainer = build_trainer(model, training_args, dataset, processor, recipe, image_size != native_size(model.config))
+    if lines:
+        log_lines(trainer)
     results = train_and_evaluate(trainer, training_args)
     if trainer.is_world_process_zero():
+        output_dir = training_args.output_dir
         results.update(report(model, dataset["validation"], recipe))
-        plot_training(trainer.state.log_history, os.path.join(training_args.output_dir, "training_curve.png"))
+        results.update(describe_run(model_args, data_args, recipe, model))
+        plot_training(trainer.state.log_history, os.path.join(output_dir, "training_curve.png"))
         results["wall_time_s"] = time.perf_counter() - started
-        write_results(results, training_args.output_dir)
-        print(f"\nsaved to {training_args.output_dir} (results.json); wall time {results['wall_time_s']:.0f} s")
+        write_results(results, output_dir)
+        write_card(model, dataset["validation"], data_args, output_dir)
+        print(f"\nsaved to {output_dir} (results.json, README.md); wall time {results['wall_time_s']:.0f} s")
     if training_args.push_to_hub:
         trainer.push_to_hub(tags=["image-classification", "token-reduction", "hf_tokenprune"])
     return results
+
+
+class LogLines(TrainerCallback):
+    """Progress as one line per logging step (``step 50/400 (12%) epoch 1.00: loss 1.234, ...``), for output that
+    goes to a file, where progress bars pile up carriage returns."""
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not state.is_world_process_zero or not logs:
+            return
+        done = f"{state.global_step}/{state.max_steps} ({state.global_step / max(state.max_steps, 1):.0%})"
+        values = ", ".join(f"{key} {_short(value)}" for key, value in logs.items() if key != "epoch")
+        print(f"step {done} epoch {state.epoch or 0:.2f}: {values}", flush=True)
+
+
+def _short(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def lines_without_terminal(argv: list[str] | None) -> bool:
+    """When output is not a terminal (a log file, CI) and --disable_tqdm was not given, progress comes as lines: the
+    bars of datasets, the Hub and transformers are turned off, and the training logs one line per logging step."""
+    given = " ".join(sys.argv[1:] if argv is None else argv).replace("-", "_")
+    if sys.stdout.isatty() or sys.stderr.isatty() or "__disable_tqdm" in given:
+        return False
+    import datasets
+    import huggingface_hub
+    from transformers.utils import logging as transformers_logging
+
+    datasets.disable_progress_bars()
+    huggingface_hub.utils.disable_progress_bars()
+    transformers_logging.disable_progress_bar()
+    return True
+
+
+def log_lines(trainer) -> None:
+    """The Trainer reports progress with `LogLines` instead of its bars and raw log dicts."""
+    trainer.args.disable_tqdm = True
+    trainer.remove_callback(ProgressCallback)
+    trainer.remove_callback(PrinterCallback)
+    trainer.add_callback(LogLines())
+
+
+def describe_run(model_args, data_args, recipe: RecipeArguments, model) -> dict[str, Any]:
+    """What the card needs to say where the numbers come from: the data and how speed was measured."""
+    if data_args.dataset_name:
+        dataset = data_args.dataset_name
+    elif data_args.train_dir:  # data/train -> "data"
+        folder = os.path.normpath(os.path.abspath(data_args.train_dir))
+        name = os.path.basename(folder)
+        dataset = os.path.basename(os.path.dirname(folder)) if name in ("train", "training") else name
+    else:
+        dataset = "cluttered digits (hf_tokenprune.data)"
+    parameter = next(model.parameters())
+    setup = {"device": str(parameter.device), "dtype": str(parameter.dtype).removeprefix("torch.")}
+    setup |= {"batch_size": recipe.benchmark_batch_size, "rounds": recipe.benchmark_rounds}
+    return {"dataset": dataset, "model_name_or_path": model_args.model_name_or_path, "speed_setup": setup}
+
+
+def write_card(model, validation, data_args: DataArguments, output_dir: str) -> str:
+    """``README.md`` in the output folder, the card a pushed model gets: the plan, FLOPs, the accuracy with and
+    without the plan and the measured speed-up (from results.json), the training curve and the kept tokens of one
+    validation image."""
+    from hf_tokenprune.hub import results_from_folder
+    from hf_tokenprune.model_card import write_model_card
+
+    try:
+        from hf_tokenprune.visualization import plot_kept_tokens
+
+        image = validation.with_format(None)[0][data_args.image_column_name]
+        title = "kept tokens of a validation image (the trained model)"
+        plot_kept_tokens(model, image, os.path.join(output_dir, "kept_tokens.png"), title=title)
+    except ImportError:  # no matplotlib: the card goes without the picture
+        pass
+    write_model_card(output_dir, model, **results_from_folder(output_dir, model.config))
+    return os.path.join(output_dir, "README.md")
 
 
 def train_and_evaluate(trainer, training_args) -> dict[str, Any]:
@@ -578,6 +692,9 @@ def report(model, dataset, recipe: RecipeArguments) -> dict[str, Any]:
     if recipe.compare and model.config.token_reduction is not None:
         out["comparison"] = compare_with_and_without(model, dataset, recipe)
         print("\n" + format_comparison(out["comparison"]))
+        out["warnings"] = comparison_warnings(out["comparison"])
+        for warning in out["warnings"]:
+            print(f"warning: {warning}")
     if (model.config.token_reduction or {}).get("method") == "supervit":
         out["operating_points"] = operating_point_rows(model, dataset, recipe.benchmark_batch_size)
         print("\n" + format_operating_points(out["operating_points"]))

@@ -5,20 +5,33 @@ Every candidate runs in the same process, on the same batch, with the same weigh
 alike). Results are ratios against the stock model, next to the ideal ratio from `hf_tokenprune.flops`.
 """
 
+from __future__ import annotations
+
 import gc
 import statistics
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import torch
-
+from ._lazy import LazyModule
+from .benchmark_report import (
+    MODES,
+    compact_counts,
+    describe_setup,
+    format_table,
+    machine_load,
+    noise_of,
+    noise_warnings,
+    write_results,
+)
 from .plans import PlanEntry, default_plans, parse_plans
 
 __all__ = [
     "BenchmarkSettings",
     "TimingStats",
+    "compact_counts",
     "add_cli",
     "default_plans",
     "format_table",
@@ -30,6 +43,8 @@ __all__ = [
     "synchronize",
     "write_results",
 ]
+
+torch = LazyModule("torch")  # imported when first used: the CLI's help and bad-input errors need no torch
 
 
 @dataclass
@@ -128,8 +143,7 @@ def measure_paired(
 # ----------------------------------------------------------------------------------------------------------------
 
 DEVICES = ("auto", "cpu", "cuda", "npu")
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-MODES = ("inference", "latency", "training")
+DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}  # --dtype -> the torch dtype's name
 
 
 def _import_torch_npu() -> bool:
@@ -161,7 +175,7 @@ def parse_device(name: str) -> torch.device:
 def parse_dtype(name: str) -> torch.dtype:
     if name not in DTYPES:
         raise ValueError(f"--dtype {name!r} is not supported; allowed: {list(DTYPES)}.")
-    return DTYPES[name]
+    return getattr(torch, DTYPES[name])
 
 
 def cpu_name() -> str:
@@ -230,7 +244,7 @@ def build_models(
     state_dict: dict | None = None,
     seed: int = 0,
     device: torch.device | None = None,
-    dtype: torch.dtype = torch.float32,
+    dtype: torch.dtype | None = None,
 ) -> tuple[torch.nn.Module, dict[str, torch.nn.Module]]:
     """The stock `ViTForImageClassification` and one TokenPruneViT per plan, all holding the same weights.
 
@@ -242,12 +256,13 @@ def build_models(
         plans: (entry, config) pairs from `parse_plans`.
         state_dict: weights to load (a stock ViT or TokenPruneViT state dict); random weights from ``seed`` if None.
         device: where the models live (the CPU if None).
-        dtype: the models' floating-point type.
+        dtype: the models' floating-point type (float32 if None).
     """
     from transformers import ViTForImageClassification
 
     from .models.modeling_tokenprune_vit import TokenPruneViTForImageClassification
 
+    dtype = dtype or torch.float32
     torch.manual_seed(seed)
     stock = ViTForImageClassification(stock_config(base)).eval()
     if state_dict is not None:
@@ -314,7 +329,7 @@ class BenchmarkSettings:
     """How to measure: device, dtype, batch size, rounds, modes, compile."""
 
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
-    dtype: torch.dtype = torch.float32
+    dtype: torch.dtype = field(default_factory=lambda: torch.float32)
     batch_size: int = 16
     rounds: int = 5
     latency_rounds: int | None = None  # default: 3 x rounds (batch-1 calls are short and noisier)
@@ -432,6 +447,8 @@ def _row(entry: PlanEntry, config: Any, mode: str, ratios: list[float], settings
         "measured_speedup": measured,
         "fraction_of_ideal": measured / report.ideal_speedup,
         "spread": [min(ratios), max(ratios)],
+        **noise_of(ratios),
+        "load_before": info.get("load_before"),
         "round_speedups": list(ratios),
         "best_of_rounds_speedup": getattr(ratios, "best", None),
         "device": info["device"],
@@ -476,12 +493,13 @@ def run_benchmark(
     """
     settings = settings or BenchmarkSettings()
     settings.check()
+    load_before = machine_load()  # before this process adds its own load
     parsed = plans if _is_parsed(plans) else parse_plans(plans, base)
     stock, models = build_models(base, parsed, state_dict, settings.seed, settings.device, settings.dtype)
     check_token_counts(models, parsed, settings)
     if settings.compile:
         allow_recompiles(len(models) + 1)
-    info = machine_info(settings.device)
+    info = {**machine_info(settings.device), "load_before": load_before}
     ratios: dict[str, dict[str, list[float]]] = {}
     if "inference" in settings.modes:
         ratios["inference"] = measure_forward(
@@ -505,82 +523,18 @@ def _is_parsed(plans: Any) -> bool:
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Reporting
-# ----------------------------------------------------------------------------------------------------------------
-
-
-def compact_counts(counts: list[list[int]]) -> str:
-    """MLP tokens per layer, runs written once with a count: ``197x3 138x3 97x3 68x3``."""
-    tokens = [mlp for _, mlp in counts]
-    runs: list[list[int]] = []
-    for value in tokens:
-        if runs and runs[-1][0] == value:
-            runs[-1][1] += 1
-        else:
-            runs.append([value, 1])
-    return " ".join(f"{value}x{count}" if count > 1 else str(value) for value, count in runs)
-
-
-def format_table(rows: list[dict[str, Any]]) -> str:
-    """A markdown table, one line per plan: tokens, GFLOPs, ideal, and per mode the measured speed-up and the
-    fraction of the ideal it reaches."""
-    modes = [mode for mode in MODES if any(row["mode"] == mode for row in rows)]
-    titles = {"inference": "inference", "latency": "latency (batch 1)", "training": "training step"}
-    header = ["plan", "MLP tokens per layer", "GFLOPs", "ideal"] + [f"{titles[m]} (of ideal)" for m in modes]
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] * 2 + ["---:"] * (len(header) - 2)) + "|"]
-    for label in dict.fromkeys(row["label"] for row in rows):
-        by_mode = {row["mode"]: row for row in rows if row["label"] == label}
-        first = next(iter(by_mode.values()))
-        cells = [label, compact_counts(first["tokens_per_layer"]), f"{first['gflops']:.4g}"]
-        cells.append(f"{first['ideal_speedup']:.2f}x")
-        for mode in modes:
-            row = by_mode.get(mode)
-            cells.append("" if row is None else f"{row['measured_speedup']:.2f}x ({row['fraction_of_ideal']:.2f})")
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
-def describe_setup(rows: list[dict[str, Any]]) -> str:
-    """One line that says how the table was measured."""
-    row = rows[0]
-    batch = next((r["batch_size"] for r in rows if r["mode"] != "latency"), row["batch_size"])
-    rounds = ", ".join(f"{mode} {count}" for mode, count in {r["mode"]: r["rounds"] for r in rows}.items())
-    return (
-        f"device: {row['device']}; dtype {row['dtype']}; batch {batch}; rounds: {rounds}; "
-        f"image {row['image_size'][0]}; compile {row['compile']}; stock GFLOPs {row['stock_gflops']:.4g}; "
-        "speed-ups are medians of paired rounds (stock time / plan time, same process, interleaved); "
-        "(of ideal) = measured / ideal"
-    )
-
-
-def write_results(rows: list[dict[str, Any]], output_dir: str, extra: dict | None = None) -> dict[str, str]:
-    """Writes ``benchmark.json`` (rows, machine and ``extra``), ``benchmark.md`` (the table, how it was measured and
-    ``extra["command"]`` when given) and ``benchmark.png``."""
-    import json
-    import os
-
-    os.makedirs(output_dir, exist_ok=True)
-    paths = {name: os.path.join(output_dir, f"benchmark.{name}") for name in ("json", "md", "png")}
-    with open(paths["json"], "w") as file:
-        json.dump({"machine": machine_info_from_rows(rows), **(extra or {}), "rows": rows}, file, indent=2)
-    with open(paths["md"], "w") as file:
-        command = f"\n\ncommand: `{extra['command']}`" if extra and extra.get("command") else ""
-        file.write(format_table(rows) + "\n\n" + describe_setup(rows) + command + "\n")
-    from .visualization import plot_speedups
-
-    plot_speedups(rows, paths["png"], title=f"{rows[0]['device']}, {rows[0]['dtype']}")
-    return paths
-
-
-def machine_info_from_rows(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    info = machine_info()
-    info["device"] = rows[0]["device"] if rows else info["device"]
-    return info
-
-
-# ----------------------------------------------------------------------------------------------------------------
 # Command line
 # ----------------------------------------------------------------------------------------------------------------
+
+
+def checkpoint_plans(model: str) -> list | None:
+    """No reduction and the checkpoint's own plan, or None (the default plans) for a checkpoint without a plan."""
+    from .architectures import build_config
+
+    config = build_config(model, "")
+    if not config.token_reduction and not config.attention_reuse:
+        return None
+    return [None, {"token_reduction": config.token_reduction, "attention_reuse": config.attention_reuse}]
 
 
 def _plans_from_args(args: Any) -> list | None:
@@ -594,6 +548,8 @@ def _plans_from_args(args: Any) -> list | None:
     if any(plan is not None for plan in single):
         wrapped = {"token_reduction": single[0], "attention_reuse": single[1]}
         plans = (plans if plans is not None else [None]) + [wrapped]
+    if plans is None and args.model is not None:
+        plans = checkpoint_plans(args.model)  # what the card of that checkpoint looks for
     return plans
 
 
@@ -610,13 +566,16 @@ def settings_from_args(args: Any) -> BenchmarkSettings:
         compile=args.compile,
         image_size=args.image_size,
         seed=args.seed,
-        progress=not args.no_progress,
+        progress=not args.no_progress and sys.stderr.isatty(),  # no bars in a log file
     )
     settings.check()
     return settings
 
 
 def _benchmark_command(args: Any) -> int:
+    from .paths import check_model_source
+
+    check_model_source(args.model)
     settings = settings_from_args(args)
     if args.threads is not None:
         if args.threads < 1:
@@ -629,6 +588,8 @@ def _benchmark_command(args: Any) -> int:
     paths = write_results(rows, args.output_dir, {"model": args.model or args.arch, "command": args.command_line})
     print(format_table(rows))
     print(describe_setup(rows))
+    for warning in noise_warnings(rows):
+        print(f"warning: {warning}")
     print(f"wrote {paths['json']}, {paths['md']} and {paths['png']}")
     return 0
 
@@ -649,7 +610,8 @@ def add_cli(commands: Any) -> None:
         "--plans",
         default=None,
         help='JSON list of plans, each null, {"method": ...} or {"token_reduction": ..., "attention_reuse": ..., '
-        '"label": ...} (default: every registered method and no reduction)',
+        '"label": ...} (default: no reduction and the plan saved in --model; without --model, or for a '
+        "checkpoint with no plan, no reduction and every registered method)",
     )
     parser.add_argument("--device", default="auto", choices=DEVICES, help="default: an available accelerator")
     parser.add_argument("--dtype", default="fp32", choices=list(DTYPES))

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .models.attention_reuse import ATTENTION_REUSE_METHODS
-from .models.token_reduction import get_reduction_class, grid_of
+from .models.token_reduction import check_keep_rate, get_reduction_class, grid_of
 
 
 @dataclass
@@ -122,7 +122,9 @@ def count_flops(
         token_counts: per-layer (attention, MLP) token counts, e.g. ``outputs.token_counts``; computed from the
             plan when not given.
     """
-    image = grid_of(image_size if image_size is not None else config.image_size, 1)
+    image = check_image_size(config, image_size)
+    if keep_rate is not None:
+        check_keep_rate(keep_rate, "keep_rate")
     rows, columns = grid_of(image, config.patch_size)
     plan = getattr(config, "token_reduction", None)
     method = get_reduction_class(plan["method"]) if plan else None
@@ -151,13 +153,43 @@ def count_flops(
     )
 
 
+def check_image_size(config: Any, image_size: Any = None) -> tuple[int, int]:
+    """(height, width) of the input: ``image_size`` (an int or a pair) or the config's; each side must be a positive
+    multiple of the patch size, as the patch embedding covers whole patches only."""
+    size = image_size if image_size is not None else config.image_size
+    pairs = isinstance(size, (list, tuple)) and len(size) == 2
+    if not (pairs or isinstance(size, int)) or isinstance(size, bool):
+        raise ValueError(f"image_size = {size!r} must be an integer or a (height, width) pair.")
+    image, patch = grid_of(size, 1), grid_of(config.patch_size, 1)
+    for side, step in zip(image, patch):
+        if not isinstance(side, int) or side < step or side % step:
+            raise ValueError(
+                f"image_size = {size!r} must be a positive multiple of the patch size {step} "
+                f"(e.g. {max(step, (side if isinstance(side, int) else 0) // step * step)})."
+            )
+    return image
+
+
+def flops_unit(flops: float) -> tuple[float, str]:
+    """The divisor and name that show ``flops`` with a few digits before the point: GFLOPs, MFLOPs or kFLOPs."""
+    for scale, name in ((1e9, "GFLOPs"), (1e6, "MFLOPs"), (1e3, "kFLOPs")):
+        if flops >= scale:
+            return scale, name
+    return 1.0, "FLOPs"
+
+
 def format_report(report: FlopsReport) -> str:
-    """A small per-layer table for a terminal."""
-    lines = [f"{'layer':>5} {'attn tokens':>11} {'MLP tokens':>10} {'GFLOPs':>8}"]
+    """A small per-layer table for a terminal, in GFLOPs or, for small models, MFLOPs."""
+    scale, unit = flops_unit(2 * report.stock_macs)
+    lines = [f"{'layer':>5} {'attn tokens':>11} {'MLP tokens':>10} {unit:>8}"]
     for index, layer in enumerate(report.layers):
-        lines.append(f"{index:>5} {layer.attention_tokens:>11} {layer.mlp_tokens:>10} {2 * layer.macs / 1e9:>8.3f}")
+        lines.append(f"{index:>5} {layer.attention_tokens:>11} {layer.mlp_tokens:>10} {2 * layer.macs / scale:>8.4g}")
     lines.append(
-        f"total {report.gflops:.3f} GFLOPs per image (stock {report.stock_gflops:.3f}); "
+        f"total {report.flops / scale:.4g} {unit} per image (stock {2 * report.stock_macs / scale:.4g}); "
         f"ideal speed-up {report.ideal_speedup:.2f}x"
+    )
+    lines.append(
+        "tokens include CLS and made-up tokens (e.g. EViT's fused token), as outputs.token_counts counts them; "
+        "the kept-token picture shows the same counts"
     )
     return "\n".join(lines)

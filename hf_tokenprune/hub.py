@@ -448,7 +448,13 @@ def uninstall() -> None:
 
 def add_cli(commands: Any) -> None:
     """Adds ``hf-tokenprune card FOLDER``."""
-    card = commands.add_parser("card", help="(re)write the model card (README.md) of a saved TokenPruneViT folder")
+    card = commands.add_parser(
+        "card",
+        help="(re)write the model card (README.md) of a saved TokenPruneViT folder",
+        description="Writes FOLDER/README.md. Accuracy, measured speed-up and pictures are read from the folder "
+        "when it holds them (results.json of examples/run_image_classification.py, the Trainer's "
+        "eval_results.json, kept_tokens.png, training_curve.png); the options below override them.",
+    )
     card.add_argument("folder", help="a folder written by save_pretrained")
     card.add_argument("--base-model", help="Hub id of the checkpoint the model was made from")
     card.add_argument("--dataset", action="append", default=None, help="Hub id of a training dataset (repeatable)")
@@ -478,6 +484,73 @@ def _load_benchmark(path: str | None) -> list | dict | None:
     return rows.get("rows", rows) if isinstance(rows, dict) and "measured_speedup" not in rows else rows
 
 
+RESULTS_FILE = "results.json"  # what examples/run_image_classification.py writes into its output folder
+EVAL_RESULTS_FILE = "eval_results.json"  # what Trainer.save_metrics("eval", ...) writes
+FOLDER_IMAGES = {"kept_tokens": "kept_tokens.png", "training_curve": "training_curve.png"}
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as error:
+        raise ValueError(f"'{path}' is not a readable JSON file ({error}); fix or remove it.") from None
+
+
+def _same_plans(results: dict, config: Any) -> bool:
+    plans = [results.get("plan"), results.get("attention_reuse")]
+    mine = [config.token_reduction, getattr(config, "attention_reuse", None)]
+    return json.loads(json.dumps(plans)) == json.loads(json.dumps(mine))
+
+
+def _comparison_accuracy(results: dict) -> dict | None:
+    rows = {row.get("model"): row for row in results.get("comparison") or []}
+    if "TokenPruneViT, plan" not in rows:
+        return None
+    without = rows.get("same weights, plan off", {}).get("accuracy")
+    return {"with_reduction": rows["TokenPruneViT, plan"]["accuracy"], "without_reduction": without}
+
+
+def _comparison_speed(results: dict) -> list[dict]:
+    setup = results.get("speed_setup") or {}
+    return [
+        {
+            "label": "this plan (measured after training)",
+            "mode": "inference",
+            "measured_speedup": row["speedup"],
+            "ideal_speedup": row.get("ideal_speedup"),
+            "spread": row.get("speedup_range"),
+            "device": setup.get("device"),
+            "dtype": setup.get("dtype"),
+            "batch_size": setup.get("batch_size"),
+        }
+        for row in results.get("comparison") or []
+        if row.get("model") == "TokenPruneViT, plan" and row.get("speedup")
+    ]
+
+
+def results_from_folder(folder: str | Path, config: Any) -> dict[str, Any]:
+    """Card inputs a saved training folder already holds: the accuracy with and without the plan and the measured
+    speed-up from ``results.json`` (the example's), else the accuracy from the Trainer's ``eval_results.json``,
+    and the pictures ``kept_tokens.png`` / ``training_curve.png``. Results of another plan are left out."""
+    folder = Path(folder)
+    found: dict[str, Any] = {}
+    results = _read_json(folder / RESULTS_FILE) if (folder / RESULTS_FILE).is_file() else {}
+    if results and not _same_plans(results, config):
+        results = {}  # measured with another plan: not this model's numbers
+    accuracy = _comparison_accuracy(results)
+    if accuracy is None and (folder / EVAL_RESULTS_FILE).is_file():
+        value = _read_json(folder / EVAL_RESULTS_FILE).get("eval_accuracy")
+        accuracy = None if value is None else {"with_reduction": value}
+    if accuracy is not None:
+        found["accuracy"] = {**accuracy, "dataset": results.get("dataset"), "split": "validation"}
+    if _comparison_speed(results):
+        found["speed"] = _comparison_speed(results)
+    images = {key: str(folder / name) for key, name in FOLDER_IMAGES.items() if (folder / name).is_file()}
+    if images:
+        found["images"] = images
+    return found
+
+
 def _card_command(args: argparse.Namespace) -> int:
     from .models.configuration_tokenprune_vit import TokenPruneViTConfig
 
@@ -485,7 +558,8 @@ def _card_command(args: argparse.Namespace) -> int:
     if not (folder / "config.json").is_file():
         raise ValueError(f"FOLDER = '{folder}' has no config.json; give a folder written by save_pretrained.")
     config = TokenPruneViTConfig.from_pretrained(folder)
-    accuracy = None
+    found = results_from_folder(folder, config)  # what the folder holds; the flags below win
+    accuracy = found.get("accuracy")
     if args.accuracy is not None:
         accuracy = {
             "with_reduction": args.accuracy,
@@ -495,14 +569,18 @@ def _card_command(args: argparse.Namespace) -> int:
         }
     elif args.accuracy_without_reduction is not None:
         raise ValueError("--accuracy-without-reduction needs --accuracy (the accuracy with token reduction).")
-    images = {key: path for key, path in (("kept_tokens", args.kept_tokens), ("pareto", args.pareto)) if path}
+    elif accuracy is not None and args.eval_dataset:
+        accuracy["dataset"] = args.eval_dataset
+    images = found.get("images", {})
+    images.update({key: path for key, path in (("kept_tokens", args.kept_tokens), ("pareto", args.pareto)) if path})
+    speed = _load_benchmark(args.benchmark) if args.benchmark else found.get("speed")
     write_model_card(
         folder,
         config,
         base_model=args.base_model,
         datasets=args.dataset,
         accuracy=accuracy,
-        speed=_load_benchmark(args.benchmark),
+        speed=speed,
         images=images or None,
         repo_id=args.repo_id,
         revision=args.revision,
@@ -511,5 +589,6 @@ def _card_command(args: argparse.Namespace) -> int:
         license=args.license,
         tags=args.tag,
     )
-    print(f"wrote {folder / CARD_NAME}")
+    used = [name for name in (RESULTS_FILE, EVAL_RESULTS_FILE) if (folder / name).is_file()]
+    print(f"wrote {folder / CARD_NAME}" + (f" (with {', '.join(used)})" if used else ""))
     return 0

@@ -20,8 +20,6 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from huggingface_hub.errors import HFValidationError
 from huggingface_hub.utils import validate_repo_id
 
-from .flops import count_flops
-
 CARD_NAME = "README.md"
 IMAGES_DIR = "card_images"
 TEMPLATE_NAME = "tokenprune_vit.md"
@@ -52,7 +50,11 @@ METHOD_PAPERS: dict[str, tuple[str, str, str, str | None]] = {
     name: (title, venue, arxiv, None if code == "-" else code)
     for name, title, venue, arxiv, code in (map(str.strip, line.split("|")) for line in _PAPERS.strip().splitlines())
 }
-IMAGE_CAPTIONS = {"kept_tokens": "Tokens kept at each layer", "pareto": "Accuracy against speed-up (Pareto front)"}
+IMAGE_CAPTIONS = {
+    "kept_tokens": "Tokens kept at each layer",
+    "pareto": "Accuracy against speed-up (Pareto front)",
+    "training_curve": "Training loss, evaluation accuracy and the scheduled keep rate",
+}
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".gif", ".webp")
 _MARKDOWN_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+\-.!|~=])")
 _REVISION = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/-]{0,127}")
@@ -477,6 +479,8 @@ def _default_base_model(config: Any) -> str | None:
 
 
 def _body_context(config: Any, accuracy: dict | None, revision: str | None, repo_id: str | None) -> dict:
+    from .flops import count_flops
+
     report = count_flops(config)
     shown_accuracy = None
     if accuracy is not None:

@@ -12,8 +12,8 @@
   backbone frozen for the first 5/30 of the run and then at 0.01 of the methods' learning rate).
 - `SuperViTTrainer`: SuperViT's step: four sub-networks (full, lower keep rate, smaller resolution, both), one
   optimizer step.
-- `build_compute_metrics`: accuracy computed with numpy (``evaluate.load`` needs the Hub) plus the per-layer token
-  counts and GFLOPs of the plan in force.
+- `build_compute_metrics`: accuracy through `evaluate` with a metric module shipped here (``evaluate.load("accuracy")``
+  needs the Hub; numpy when `evaluate` is missing) plus the per-layer token counts and GFLOPs of the plan in force.
 
 Losses and ``num_items_in_batch``: TokenPruneViT's forward takes ``**kwargs``, so the Trainer passes
 ``num_items_in_batch`` (the number of labels in the whole accumulated, all-process batch) and the model's loss is a
@@ -322,9 +322,11 @@ def token_metrics(config: Any, keep_rate: float | None = None, image_size: Any =
 
 
 def accuracy(predictions: Any, labels: np.ndarray) -> float:
-    """Top-1 accuracy of logits (or a tuple whose first item is the logits) against integer labels."""
-    logits = predictions[0] if isinstance(predictions, (tuple, list)) else predictions
-    return float((np.asarray(logits).argmax(axis=-1) == np.asarray(labels)).mean())
+    """Top-1 accuracy of logits (or a tuple whose first item is the logits) against integer labels, through
+    `evaluate` (hf_tokenprune's own metric module, which loads offline) or numpy (`hf_tokenprune.metrics`)."""
+    from .metrics import accuracy as evaluate_accuracy
+
+    return evaluate_accuracy(predictions, labels)
 
 
 def build_compute_metrics(model: Any = None):

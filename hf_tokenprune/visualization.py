@@ -5,11 +5,16 @@ the pictures show what the model really did on that image: dropped or parked pat
 merging method (ToMe) folded into one token share a colour.
 """
 
+from __future__ import annotations
+
 import math
 from typing import Any
 
 import numpy as np
-import torch
+
+from ._lazy import LazyModule
+
+torch = LazyModule("torch")  # imported when first used: the CLI's help and bad-input errors need no torch
 
 __all__ = [
     "add_cli",
@@ -64,10 +69,10 @@ def load_image(source: Any):
         ) from None
 
 
-def preprocess(image: Any, config: Any) -> tuple[torch.Tensor, np.ndarray]:
+def preprocess(image: Any, config: Any, size: Any = None) -> tuple[torch.Tensor, np.ndarray]:
     """``pixel_values`` (1, C, H, W) for the model, as a `ViTImageProcessor` built from the config's size would make
     them (resize, rescale, normalise with mean and std 0.5; no download), and the resized image as (H, W, 3) floats
-    in [0, 1] for display."""
+    in [0, 1] for display. ``size``: (height, width) other than the config's image size."""
     from PIL import Image
 
     try:
@@ -77,7 +82,7 @@ def preprocess(image: Any, config: Any) -> tuple[torch.Tensor, np.ndarray]:
 
     from .models.token_reduction import grid_of
 
-    height, width = grid_of(config.image_size, 1)
+    height, width = grid_of(config.image_size if size is None else size, 1)
     image = load_image(image)
     processor = Processor(size={"height": height, "width": width})
     pixel_values = processor(image, return_tensors="pt")["pixel_values"]
@@ -144,14 +149,40 @@ def layers_to_show(maps: list[dict[str, Any]], which: str = "changes") -> list[i
     return [i for i, current in enumerate(maps) if _changed(maps[i - 1] if i else None, current)]
 
 
-def _group_colours(groups: np.ndarray) -> np.ndarray:
-    """(rows, cols, 3) colours: patches sharing a token share a distinct colour; unmerged patches get NaN."""
+def follow_groups(maps: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Gives every merge group a ``keys`` entry, a (rows, cols) array with one key per group that follows the
+    group from layer to layer: a group takes the key of the largest group of the layer before that it absorbed (the
+    first patch it holds on the first merging layer), so its colour stays while it grows."""
+    previous = None
+    for layer_map in maps:
+        groups = layer_map["groups"]
+        if groups is None:
+            previous = None
+            continue
+        before = np.arange(groups.size).reshape(groups.shape) if previous is None else previous
+        keys = np.empty_like(before)
+        for group in np.unique(groups):
+            inside = groups == group
+            values, counts = np.unique(before[inside], return_counts=True)
+            keys[inside] = values[np.argmax(counts)]  # the largest absorbed group (ties: the earliest patch)
+        layer_map["keys"] = previous = keys
+    return maps
+
+
+def _group_colours(groups: np.ndarray, keys: np.ndarray | None = None) -> np.ndarray:
+    """(rows, cols, 3) colours: patches sharing a token share a colour, chosen by the group's key (see
+    `follow_groups`; by default its first patch); unmerged patches get NaN."""
     import colorsys
 
-    identifiers, inverse, sizes = np.unique(groups, return_inverse=True, return_counts=True)
-    palette = np.array([colorsys.hsv_to_rgb((k * GOLDEN) % 1.0, 0.85, 1.0) for k in range(len(identifiers))])
-    colours = palette[inverse.reshape(groups.shape)]
-    colours[sizes[inverse.reshape(groups.shape)] < 2] = np.nan
+    flat = groups.reshape(-1)
+    _, inverse, sizes = np.unique(flat, return_inverse=True, return_counts=True)
+    if keys is None:
+        keys = np.full(len(sizes), flat.size)
+        np.minimum.at(keys, inverse, np.arange(flat.size))  # per group: its first patch
+        keys = keys[inverse]
+    hues = (keys.reshape(-1) * GOLDEN) % 1.0
+    colours = np.array([colorsys.hsv_to_rgb(hue, 0.85, 1.0) for hue in hues]).reshape(*groups.shape, 3)
+    colours[(sizes[inverse] < 2).reshape(groups.shape)] = np.nan
     return colours
 
 
@@ -163,50 +194,70 @@ def paint(image: np.ndarray, layer_map: dict[str, Any], tint: float = 0.5) -> np
     alive = np.kron(layer_map["alive"], np.ones(block))[:height, :width, None]
     out = image * (DIM + (1.0 - DIM) * alive)
     if layer_map["groups"] is not None:
-        colours = _group_colours(layer_map["groups"])
+        colours = _group_colours(layer_map["groups"], layer_map.get("keys"))
         colours = np.repeat(np.repeat(colours, block[0], axis=0), block[1], axis=1)[:height, :width]
         merged = ~np.isnan(colours[..., :1])
         out = np.where(merged, (1.0 - tint) * out + tint * np.nan_to_num(colours), out)
     return np.clip(out, 0.0, 1.0)
 
 
+LEGEND = (
+    "dimmed: patch no longer in the sequence (dropped, parked or fused); coloured: patches merged into one token "
+    "(a group keeps its colour across layers); counts are the tokens entering the MLP, CLS and fused tokens "
+    "included, as hf-tokenprune plan prints them"
+)
+
+
 def render_token_maps(
     image: np.ndarray, outputs: Any, path: str, layers: str = "changes", title: str = "", index: int = 0
 ) -> str:
-    """A PNG grid: the input, then the patches alive after each shown layer (dimmed: gone; tinted: merged)."""
+    """A PNG grid: the input, then the patches alive after each shown layer (dimmed: gone; tinted: merged), with
+    a legend under the panels."""
+    import textwrap
+
     plt = _pyplot()
-    maps = token_maps(outputs, index)
+    maps = follow_groups(token_maps(outputs, index))
     shown = layers_to_show(maps, layers)
     panels = [("input", image)] + [(_panel_title(i, maps[i]), paint(image, maps[i])) for i in shown]
     columns = min(4, len(panels))
     rows = math.ceil(len(panels) / columns)
-    figure, axes = plt.subplots(rows, columns, figsize=(3.2 * columns, 3.4 * rows + 0.4), squeeze=False, dpi=110)
+    figure, axes = plt.subplots(
+        rows, columns, figsize=(3.2 * columns, 3.6 * rows + 0.8), squeeze=False, dpi=110, layout="constrained"
+    )
     for axis in axes.flat:
         axis.axis("off")
     for axis, (name, picture) in zip(axes.flat, panels):
         axis.imshow(picture, interpolation="nearest")
         axis.set_title(name, fontsize=9)
     if title:
-        import textwrap
-
-        figure.suptitle(textwrap.fill(title, width=42 * columns), fontsize=10)
-    figure.tight_layout(rect=(0, 0, 1, 0.97) if title else None)
+        figure.suptitle(textwrap.fill(title, width=40 * columns), fontsize=10)
+    figure.supxlabel(textwrap.fill(LEGEND, width=40 * columns), fontsize=8)
     figure.savefig(path)
     plt.close(figure)
     return path
 
 
 def _panel_title(layer: int, layer_map: dict[str, Any]) -> str:
-    attention, mlp = layer_map["counts"]
-    alive = int(layer_map["alive"].sum())
-    extra = f" +{layer_map['made_up']} fused" if layer_map["made_up"] else ""
-    if layer_map["groups"] is not None:
-        return f"after layer {layer}: {mlp - 1} tokens{extra}"
-    return f"after layer {layer}: {alive}/{layer_map['alive'].size} patches{extra}"
+    """The tokens entering the MLP (as ``hf-tokenprune plan`` counts them: CLS and fused tokens included)."""
+    _, mlp = layer_map["counts"]
+    parts = ["CLS"]
+    if layer_map["groups"] is None:
+        parts.append(f"{int(layer_map['alive'].sum())}/{layer_map['alive'].size} patches")
+    else:
+        parts.append(f"{mlp - 1 - layer_map['made_up']} patch groups")
+    if layer_map["made_up"]:
+        parts.append(f"{layer_map['made_up']} fused")
+    return f"after layer {layer}: {mlp} tokens\n({' + '.join(parts)})"
 
 
 def plot_kept_tokens(
-    model: Any, image: Any, path: str, keep_rate: float | None = None, layers: str = "changes", title: str = ""
+    model: Any,
+    image: Any,
+    path: str,
+    keep_rate: float | None = None,
+    layers: str = "changes",
+    title: str = "",
+    image_size: int | None = None,
 ) -> str:
     """Runs ``model`` on ``image`` and saves a PNG of the patches alive after each reduction layer.
 
@@ -217,13 +268,19 @@ def plot_kept_tokens(
         keep_rate: a runtime keep rate (methods that have one).
         layers: ``changes`` (layers where the tokens change) or ``all``.
         title: a title; the plan by default.
+        image_size: an input side other than the model's (its position embeddings are interpolated).
 
     Returns:
         ``path``.
     """
-    pixel_values, shown = preprocess(image, model.config)
+    from .flops import check_image_size
+
+    size = check_image_size(model.config, image_size)
+    pixel_values, shown = preprocess(image, model.config, size)
     parameter = next(model.parameters())
     kwargs = {} if keep_rate is None else {"keep_rate": keep_rate}
+    if size != tuple(check_image_size(model.config)):
+        kwargs["interpolate_pos_encoding"] = True
     was_training = model.training
     model.eval()
     with torch.no_grad():
@@ -242,37 +299,65 @@ def plot_kept_tokens(
 # ----------------------------------------------------------------------------------------------------------------
 
 
+# Plan colours: tab20 without its greys (the mode markers of the legend are grey), then golden-ratio hues.
+_PLAN_COLOURS = [i for i in (*range(0, 20, 2), *range(1, 20, 2)) if i not in (14, 15)]  # dark hues, then light
+
+
 def _colour_by(labels: list[str]):
+    import colorsys
+
     plt = _pyplot()
-    colours = plt.get_cmap("tab10" if len(labels) <= 10 else "tab20")
-    return lambda label: colours(labels.index(label) % colours.N)
+    table = plt.get_cmap("tab10" if len(labels) <= 7 else "tab20")
+    indices = [0, 1, 2, 3, 4, 5, 6, 8, 9] if table.N == 10 else _PLAN_COLOURS  # tab10 without grey (7)
+
+    def colour(label: str):
+        k = labels.index(label)
+        return table(indices[k]) if k < len(indices) else colorsys.hsv_to_rgb((k * GOLDEN) % 1.0, 0.8, 0.8)
+
+    return colour
+
+
+def speedup_limits(rows: list[dict[str, Any]]) -> tuple[float, float]:
+    """Axis limits (the same on both axes) that hold every ideal and measured (median) speed-up with a margin;
+    whiskers (the spread of the rounds) are not allowed to stretch them."""
+    values = [row["ideal_speedup"] for row in rows] + [row["measured_speedup"] for row in rows] + [1.0]
+    low, high = min(values), max(values)
+    margin = 0.08 * (high - low) + 0.05
+    return max(low - margin, 0.0), high + margin
 
 
 def plot_speedups(rows: list[dict[str, Any]], path: str, title: str = "") -> str:
-    """A PNG of measured against ideal speed-up per plan (colour) and mode (marker), with the y = x line.
+    """A PNG of measured (median) against ideal speed-up per plan (colour) and mode (marker), with the y = x line.
 
-    ``rows`` are `hf_tokenprune.benchmark` result rows; the error bars are the spread of the paired rounds.
+    ``rows`` are `hf_tokenprune.benchmark` result rows. The axes fit the medians and ideals; the whiskers (the
+    min-max of the paired rounds) are clipped at the axes, an arrow marking a clipped end; noisy rows are hollow.
     """
     plt = _pyplot()
     markers = {"inference": "o", "latency": "s", "training": "^"}
     colour = _colour_by(list(dict.fromkeys(row["label"] for row in rows)))
     figure, axes = plt.subplots(figsize=(8, 6), dpi=120)
-    span = max(r["ideal_speedup"] for r in rows) - min(r["ideal_speedup"] for r in rows) + 0.2
+    low, top = speedup_limits(rows)
+    clipped = False
     for row in rows:
-        offset = (list(markers).index(row["mode"]) - 1) * 0.01 * span  # side by side, not on top of each other
-        low, high = row["spread"]
-        axes.errorbar(
-            row["ideal_speedup"] + offset, row["measured_speedup"], fmt=markers[row["mode"]], capsize=3,
-            yerr=[[row["measured_speedup"] - low], [high - row["measured_speedup"]]], color=colour(row["label"]),
-        )  # fmt: skip
-    low = min(min(r["ideal_speedup"], r["spread"][0]) for r in rows) * 0.95
-    top = max(max(r["ideal_speedup"], r["spread"][1]) for r in rows) * 1.05
+        x = row["ideal_speedup"] + (list(markers).index(row["mode"]) - 1) * 0.01 * (top - low)  # side by side
+        y, (bottom, ceiling) = row["measured_speedup"], row["spread"]
+        ends = (max(bottom, low), min(ceiling, top))
+        axes.plot([x, x], ends, color=colour(row["label"]), linewidth=1)
+        for end, limit, arrow in ((bottom, low, "v"), (ceiling, top, "^")):
+            if end != min(max(end, low), top):
+                clipped = True
+                axes.plot([x], [limit], arrow, color=colour(row["label"]), markersize=5, clip_on=False)
+        face = "none" if row.get("noisy") else colour(row["label"])
+        axes.plot([x], [y], markers[row["mode"]], color=colour(row["label"]), markerfacecolor=face, markersize=7)
     axes.plot([low, top], [low, top], "k--", linewidth=1, label="measured = ideal")
     for label in dict.fromkeys(row["label"] for row in rows):
-        axes.plot([], [], "o", color=colour(label), label=label)
+        axes.plot([], [], "-", color=colour(label), linewidth=6, label=label)
     for mode in dict.fromkeys(row["mode"] for row in rows):
         axes.plot([], [], markers[mode], color="grey", label=mode)
-    axes.set(xlim=(low, top), ylim=(low, top), xlabel="ideal speed-up (stock FLOPs / plan FLOPs)")
+    if any(row.get("noisy") for row in rows):
+        axes.plot([], [], "o", color="grey", markerfacecolor="none", label="noisy (see the table)")
+    note = "points: median of the rounds; bars: min-max of the rounds" + (", clipped at the axes (arrows)" * clipped)
+    axes.set(xlim=(low, top), ylim=(low, top), xlabel=f"ideal speed-up (stock FLOPs / plan FLOPs)\n{note}")
     axes.set(ylabel="measured speed-up vs stock ViT", title=title or "token reduction: measured vs ideal")
     return _finish(plt, figure, axes, path)
 
@@ -342,20 +427,25 @@ def build_model(model: str | None, arch: str, token_reduction: Any, attention_re
 
 def _visualize_command(args: Any) -> int:
     from .cli import parse_json_option
+    from .paths import check_model_source, check_output_file
 
     if args.image is not None and args.sample is not None:
         raise ValueError("give either --image or --sample, not both.")
-    model = build_model(
-        args.model,
-        args.arch,
-        parse_json_option(args.token_reduction, "--token-reduction"),
-        parse_json_option(args.attention_reuse, "--attention-reuse"),
-        seed=args.seed,
-    )
+    plans = [parse_json_option(args.token_reduction, "--token-reduction")]
+    plans.append(parse_json_option(args.attention_reuse, "--attention-reuse"))
+    check_output_file(args.output, "--output")
+    check_model_source(args.model)
+    image = load_image(args.image if args.image is not None else (args.sample or "china"))  # before the weights
+    model = build_model(args.model, args.arch, *plans, seed=args.seed)
     if model.config.token_reduction is None and not getattr(model.config, "attention_reuse", None):
         raise ValueError("the model has no plan, so every patch stays: give --token-reduction (JSON).")
-    image = args.image if args.image is not None else (args.sample or "china")
-    path = plot_kept_tokens(model, image, args.output, keep_rate=args.keep_rate, layers=args.layers)
+    from .plans import plan_label
+
+    title = plan_label(model.config.token_reduction, getattr(model.config, "attention_reuse", None))
+    if args.model is None:
+        title += f" | random weights ({args.arch}, seed {args.seed}): what is kept is arbitrary"
+    options = {"keep_rate": args.keep_rate, "layers": args.layers, "image_size": args.image_size}
+    path = plot_kept_tokens(model, image, args.output, title=title, **options)
     print(f"wrote {path}")
     return 0
 
@@ -368,8 +458,9 @@ def add_cli(commands: Any) -> None:
         "visualize",
         help="a PNG of the patches each reduction layer keeps, for an image or a sample photograph",
         description="Runs a model with a plan on one image and draws the patches alive after each reduction layer "
-        "(dimmed: dropped or parked; coloured: merged into one token). Built-in architectures have random weights, "
-        "so their choices are arbitrary; use --model for a trained checkpoint.",
+        "(dimmed: dropped or parked; coloured: merged into one token; counts as hf-tokenprune plan prints them, CLS "
+        "included). Built-in architectures have random weights, so their choices are arbitrary (the title says so); "
+        "use --model for a trained checkpoint. --image-size runs the model at another input size.",
     )
     add_model_arguments(parser)
     parser.add_argument("--image", default=None, help="an image file")

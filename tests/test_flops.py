@@ -121,5 +121,18 @@ def test_report_is_consistent():
     assert report.flops == 2 * report.macs
     assert len(report.layers) == TINY["num_hidden_layers"]
     text = format_report(report)
-    assert len(text.splitlines()) == TINY["num_hidden_layers"] + 2
+    assert len(text.splitlines()) == TINY["num_hidden_layers"] + 3  # header, layers, total, what tokens count
     assert f"{report.ideal_speedup:.2f}x" in text
+    assert "MFLOPs" in text and "0.000" not in text and "CLS" in text  # a tiny model in readable units
+    assert f"total {report.flops / 1e6:.4g} MFLOPs" in text
+
+
+def test_flops_refuse_keep_rates_and_image_sizes_the_model_refuses():
+    config = tiny_config(token_reduction=REDUCING_PLANS["evit"])
+    for keep_rate in (-1, 0, 5):
+        with pytest.raises(ValueError, match=r"keep_rate = .* outside the allowed range \(0, 1\]"):
+            count_flops(config, keep_rate=keep_rate)
+    for size in (0, 30, -4):
+        with pytest.raises(ValueError, match=f"image_size = {size} must be a positive multiple of the patch size 4"):
+            count_flops(config, image_size=size)
+    assert count_flops(config, image_size=36).image_size == (36, 36)

@@ -1,0 +1,128 @@
+"""Reporting `hf_tokenprune.benchmark` results: how noisy they are, the table, the setup line and the files
+(``benchmark.json``, ``benchmark.md``, ``benchmark.png``)."""
+
+import statistics
+from typing import Any
+
+MODES = ("inference", "latency", "training")  # what the benchmark measures, in the order it reports them
+NOISY_SPREAD = 0.3  # per-round ratios spread over more than this fraction of their median: a noisy row
+MIN_ROUNDS = 3  # fewer rounds cannot show whether a row is noisy
+BUSY_LOAD = 0.5  # a 1-minute load average per core above this before the run: the machine was busy
+
+
+def machine_load() -> float | None:
+    """The 1-minute load average per core (None where the system does not report it)."""
+    import os
+
+    try:
+        return os.getloadavg()[0] / (os.cpu_count() or 1)
+    except (AttributeError, OSError):
+        return None
+
+
+def noise_of(ratios: list[float]) -> dict[str, Any]:
+    """How far a row's per-round ratios disagree: ``relative_spread`` ((max - min) / median) and ``noisy`` when it
+    exceeds `NOISY_SPREAD` or there are fewer than `MIN_ROUNDS` rounds."""
+    relative = (max(ratios) - min(ratios)) / statistics.median(ratios)
+    return {"relative_spread": relative, "noisy": relative > NOISY_SPREAD or len(ratios) < MIN_ROUNDS}
+
+
+def noise_warnings(rows: list[dict[str, Any]]) -> list[str]:
+    """What makes these numbers shaky (noisy rows, a busy machine), each with what to do about it."""
+    warnings = []
+    noisy = [row for row in rows if row.get("noisy")]
+    if noisy:
+        worst = max(noisy, key=lambda row: row["relative_spread"])
+        warnings.append(
+            f"{len(noisy)} of {len(rows)} rows are noisy (per-round ratios spread over more than "
+            f"{NOISY_SPREAD:.0%} of their median, or fewer than {MIN_ROUNDS} rounds; worst: {worst['label']} "
+            f"{worst['mode']}, {worst['spread'][0]:.2f}-{worst['spread'][1]:.2f}x). Measure again with more --rounds "
+            "(e.g. 15), on a quieter machine, or with --threads set below the number of free cores."
+        )
+    load = next((row.get("load_before") for row in rows if row.get("load_before") is not None), None)
+    if load is not None and load > BUSY_LOAD:
+        warnings.append(
+            f"the machine was busy before the run (load {load:.2f} per core): other processes share it, so "
+            "speed-ups may be off; compare rows of this run only, or measure again when it is idle."
+        )
+    return warnings
+
+
+def compact_counts(counts: list[list[int]]) -> str:
+    """MLP tokens per layer, runs written once with a count: ``197x3 138x3 97x3 68x3``."""
+    tokens = [mlp for _, mlp in counts]
+    runs: list[list[int]] = []
+    for value in tokens:
+        if runs and runs[-1][0] == value:
+            runs[-1][1] += 1
+        else:
+            runs.append([value, 1])
+    return " ".join(f"{value}x{count}" if count > 1 else str(value) for value, count in runs)
+
+
+def format_table(rows: list[dict[str, Any]]) -> str:
+    """A markdown table, one line per plan: tokens, GFLOPs, ideal, and per mode the measured speed-up and the
+    fraction of the ideal it reaches."""
+    modes = [mode for mode in MODES if any(row["mode"] == mode for row in rows)]
+    titles = {"inference": "inference", "latency": "latency (batch 1)", "training": "training step"}
+    header = ["plan", "MLP tokens per layer", "GFLOPs", "ideal"] + [f"{titles[m]} (of ideal)" for m in modes]
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] * 2 + ["---:"] * (len(header) - 2)) + "|"]
+    for label in dict.fromkeys(row["label"] for row in rows):
+        by_mode = {row["mode"]: row for row in rows if row["label"] == label}
+        first = next(iter(by_mode.values()))
+        cells = [label, compact_counts(first["tokens_per_layer"]), f"{first['gflops']:.4g}"]
+        cells.append(f"{first['ideal_speedup']:.2f}x")
+        for mode in modes:
+            row = by_mode.get(mode)
+            cells.append("" if row is None else _cell(row))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _cell(row: dict[str, Any]) -> str:
+    cell = f"{row['measured_speedup']:.2f}x ({row['fraction_of_ideal']:.2f})"
+    return cell + (f" noisy {row['spread'][0]:.2f}-{row['spread'][1]:.2f}" if row.get("noisy") else "")
+
+
+def describe_setup(rows: list[dict[str, Any]]) -> str:
+    """One line that says how the table was measured."""
+    row = rows[0]
+    batch = next((r["batch_size"] for r in rows if r["mode"] != "latency"), row["batch_size"])
+    rounds = ", ".join(f"{mode} {count}" for mode, count in {r["mode"]: r["rounds"] for r in rows}.items())
+    return (
+        f"device: {row['device']}; dtype {row['dtype']}; batch {batch}; rounds: {rounds}; "
+        f"image {row['image_size'][0]}; compile {row['compile']}; stock GFLOPs {row['stock_gflops']:.4g}; "
+        "speed-ups are medians of paired rounds (stock time / plan time, same process, interleaved); "
+        "(of ideal) = measured / ideal"
+    )
+
+
+def write_results(rows: list[dict[str, Any]], output_dir: str, extra: dict | None = None) -> dict[str, str]:
+    """Writes ``benchmark.json`` (rows, machine and ``extra``), ``benchmark.md`` (the table, how it was measured and
+    ``extra["command"]`` when given) and ``benchmark.png``."""
+    import json
+    import os
+
+    os.makedirs(output_dir, exist_ok=True)
+    paths = {name: os.path.join(output_dir, f"benchmark.{name}") for name in ("json", "md", "png")}
+    warnings = noise_warnings(rows)
+    with open(paths["json"], "w") as file:
+        summary = {"machine": machine_info_from_rows(rows), **(extra or {}), "warnings": warnings}
+        json.dump({**summary, "rows": rows}, file, indent=2)
+    with open(paths["md"], "w") as file:
+        command = f"\n\ncommand: `{extra['command']}`" if extra and extra.get("command") else ""
+        notes = "".join(f"\n\nWarning: {warning}" for warning in warnings)
+        file.write(format_table(rows) + "\n\n" + describe_setup(rows) + command + notes + "\n")
+    from .visualization import plot_speedups
+
+    plot_speedups(rows, paths["png"], title=f"{rows[0]['device']}, {rows[0]['dtype']}")
+    return paths
+
+
+def machine_info_from_rows(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    from .benchmark import machine_info
+
+    info = machine_info()
+    info["device"] = rows[0]["device"] if rows else info["device"]
+    info["load_before"] = rows[0].get("load_before") if rows else None  # 1-minute load average per core
+    return info
