@@ -10,16 +10,20 @@ and a TopK whose k is computed at run time (what a sort becomes; TensorRT refuse
 (``topk`` with a constant k; sums divided by counts), and the audit keeps it that way.
 """
 
+from __future__ import annotations
+
+import functools
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
-from torch import nn
+from ._lazy import LazyModule
 
-from .models.modeling_tokenprune_vit import plan_in_force
+# torch is imported on first use, so listing the CLI's subcommands stays fast.
+torch = LazyModule("torch")
+nn = LazyModule("torch.nn")
 
-__all__ = ["FORMATS", "ExportReport", "LogitsOnly", "add_cli", "audit_onnx_graph", "export_model", "run_exported"]
+__all__ = ["FORMATS", "ExportReport", "LogitsOnly", "add_cli", "audit_onnx_graph", "export_model", "run_exported"]  # noqa: F822 (LogitsOnly: module __getattr__)
 
 FORMATS = ("onnx", "torch-export")
 SUFFIXES = {"onnx": ".onnx", "torch-export": ".pt2"}
@@ -44,16 +48,28 @@ class ExportReport:
         return f"wrote {self.path} ({self.format}, {size}, {batch}); max |logits - PyTorch| {checks or 'not checked'}"
 
 
-class LogitsOnly(nn.Module):
-    """The classifier as a deployable function: pixel values (B, C, H, W) -> logits (B, labels)."""
+@functools.cache
+def _logits_only_class() -> type:
+    """`LogitsOnly`, defined on first use (it subclasses ``torch.nn.Module``)."""
 
-    def __init__(self, model: nn.Module, keep_rate: float | None = None, interpolate: bool = False):
-        super().__init__()
-        self.model, self.keep_rate, self.interpolate = model, keep_rate, interpolate
+    class LogitsOnly(nn.Module):
+        """The classifier as a deployable function: pixel values (B, C, H, W) -> logits (B, labels)."""
 
-    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        kwargs = {"keep_rate": self.keep_rate} if self.keep_rate is not None else {}
-        return self.model(pixel_values, interpolate_pos_encoding=self.interpolate, **kwargs).logits
+        def __init__(self, model: nn.Module, keep_rate: float | None = None, interpolate: bool = False):
+            super().__init__()
+            self.model, self.keep_rate, self.interpolate = model, keep_rate, interpolate
+
+        def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+            kwargs = {"keep_rate": self.keep_rate} if self.keep_rate is not None else {}
+            return self.model(pixel_values, interpolate_pos_encoding=self.interpolate, **kwargs).logits
+
+    return LogitsOnly
+
+
+def __getattr__(name: str) -> Any:
+    if name == "LogitsOnly":
+        return _logits_only_class()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _pair(value: Any) -> tuple[int, int]:
@@ -81,6 +97,8 @@ def check_export_request(
             f"--image-size {height}x{width} cannot export: it must be a positive multiple of the patch size "
             f"{patch[0]}x{patch[1]} (the token counts of every layer are fixed by the resolution)."
         )
+    from .models.modeling_tokenprune_vit import plan_in_force
+
     plan_in_force(config, model.vit.built_plans, keep_rate)  # a keep rate the plan has no use for, or out of range
     if fmt == "onnx":
         _require("onnx", "onnxscript")
@@ -209,7 +227,7 @@ def export_model(
 
 
 def _export_and_check(model, output, fmt, batch_size, size, keep_rate, dynamic_batch, atol) -> ExportReport:
-    wrapper = LogitsOnly(model, keep_rate, interpolate=size != _pair(model.config.image_size)).eval()
+    wrapper = _logits_only_class()(model, keep_rate, interpolate=size != _pair(model.config.image_size)).eval()
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
     trace_batch = max(batch_size, 2) if dynamic_batch else batch_size  # export specialises a batch of 1

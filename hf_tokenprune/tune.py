@@ -19,18 +19,22 @@ Candidates, their order and their accuracies depend only on the checkpoint, the 
 speed-ups are measurements, and ``--time-budget`` stops the search early (at least one candidate is evaluated).
 """
 
+from __future__ import annotations
+
 import json
 import math
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-import torch
 
+from ._lazy import LazyModule
 from .plans import PlanEntry, plan_config, plan_label
 from .tune_data import accuracy, check_data, held_out_images, load_split, processor_for
+
+torch = LazyModule("torch")  # imported on first use, so listing the CLI's subcommands stays fast
 
 # Operating points per method, mildest first: (option, values). ToMe's and Cropr's values are fractions of the
 # patch tokens removed over the depth, turned into a per-layer count for the model at hand.
@@ -282,7 +286,7 @@ class SearchSettings:
     rounds: int = 5
     warmup: int = 1
     device: torch.device | None = None
-    dtype: torch.dtype = torch.float32
+    dtype: torch.dtype = field(default_factory=lambda: torch.float32)
     seed: int = 0
     time_budget: float | None = None  # seconds from the start of the search; None: no limit
     progress: bool = True

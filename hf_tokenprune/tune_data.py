@@ -1,12 +1,17 @@
 """Held-out images for `hf_tokenprune.tune`: the embedded cluttered digits, an image folder or a ``datasets``
 dataset, as a seeded subset of preprocessed tensors, and the accuracy of a model on them."""
 
+from __future__ import annotations
+
 import functools
 import os
 from typing import Any
 
 import numpy as np
-import torch
+
+from ._lazy import LazyModule
+
+torch = LazyModule("torch")  # imported on first use, so listing the CLI's subcommands stays fast
 
 
 def check_data(words: list[str]) -> tuple[str, str | None]:
@@ -96,13 +101,13 @@ def held_out_images(dataset, processor, config: Any, max_images: int, seed: int,
     return torch.cat(pixels), labels
 
 
-@torch.inference_mode()
 def accuracy(model: torch.nn.Module, pixels: torch.Tensor, labels: torch.Tensor, batch_size: int) -> float:
     """Top-1 accuracy of ``model`` on the images, in batches, on the model's device and dtype."""
-    parameter = next(model.parameters())
-    correct = 0
-    for start in range(0, len(labels), batch_size):
-        batch = pixels[start : start + batch_size].to(parameter.device, parameter.dtype)
-        predictions = model(pixel_values=batch).logits.argmax(-1).cpu()
-        correct += int((predictions == labels[start : start + batch_size]).sum())
-    return correct / len(labels)
+    with torch.inference_mode():
+        parameter = next(model.parameters())
+        correct = 0
+        for start in range(0, len(labels), batch_size):
+            batch = pixels[start : start + batch_size].to(parameter.device, parameter.dtype)
+            predictions = model(pixel_values=batch).logits.argmax(-1).cpu()
+            correct += int((predictions == labels[start : start + batch_size]).sum())
+        return correct / len(labels)
