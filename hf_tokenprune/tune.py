@@ -594,7 +594,7 @@ def add_cli(commands: Any) -> None:
     parser.add_argument("--batch-size", type=int, default=32, help="batch for accuracy and timing")
     parser.add_argument("--rounds", type=int, default=5, help="paired timing rounds per candidate")
     parser.add_argument("--warmup", type=int, default=1, help="untimed calls per model before timing")
-    parser.add_argument("--device", default="auto", help="cpu, cuda, npu or auto (an available accelerator)")
+    parser.add_argument("--device", default="auto", help="as for `benchmark` (default: an available accelerator)")
     parser.add_argument("--dtype", default="fp32", help="fp32, bf16 or fp16")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")
     parser.add_argument("--time-budget", type=float, default=None, help="seconds; then no new candidate starts")

@@ -79,7 +79,8 @@ def test_benchmarks_md_is_well_formed(script, tiny_run):
         accuracy, delta, gflops = float(row[3]), float(row[4]), float(row[5])
         ideal, measured, fraction = float(row[6].rstrip("x")), float(row[7].rstrip("x")), float(row[8])
         assert 0.0 <= accuracy <= 1.0 and -1.0 <= delta <= 1.0 and gflops > 0
-        assert ideal > 1.0 and measured > 0 and fraction == pytest.approx(measured / ideal, abs=0.011)
+        # the table rounds all three to 2 decimals: the ratio of the rounded values moves by up to about 0.015
+        assert ideal > 1.0 and measured > 0 and fraction == pytest.approx(measured / ideal, abs=0.02)
         assert all(re.fullmatch(NUMBER, cell.rstrip("x")) for cell in row[3:9])
         share = re.fullmatch(r"(\d\.\d\d) \((\d\.\d\d)\)", row[9])  # digit patches kept (random)
         assert share or (row[9] == "–" and row[0] in ("tome", "skipat")), row
