@@ -1,7 +1,13 @@
 """hf_tokenprune: faster Vision Transformers for Hugging Face transformers, by spending less on tokens that carry
 little (token skipping, pruning, merging) and on attention that repeats itself (attention reuse)."""
 
-from transformers import AutoConfig, AutoModel, AutoModelForImageClassification
+from transformers import (
+    AutoBackbone,
+    AutoConfig,
+    AutoModel,
+    AutoModelForImageClassification,
+    AutoModelForSemanticSegmentation,
+)
 
 from .models.configuration_tokenprune_vit import TokenPruneViTConfig
 from .models.modeling_tokenprune_vit import (
@@ -9,6 +15,11 @@ from .models.modeling_tokenprune_vit import (
     TokenPruneViTImageClassifierOutput,
     TokenPruneViTModel,
     TokenPruneViTModelOutput,
+)
+from .models.modeling_tokenprune_vit_dense import (
+    TokenPruneViTBackbone,
+    TokenPruneViTForSemanticSegmentation,
+    TokenPruneViTSemanticSegmenterOutput,
 )
 from .models.token_reduction import REDUCTION_METHODS, TokenReduction, register_reduction
 
@@ -18,6 +29,8 @@ __version__ = "0.1.0"
 AutoConfig.register(TokenPruneViTConfig.model_type, TokenPruneViTConfig, exist_ok=True)
 AutoModel.register(TokenPruneViTConfig, TokenPruneViTModel, exist_ok=True)
 AutoModelForImageClassification.register(TokenPruneViTConfig, TokenPruneViTForImageClassification, exist_ok=True)
+AutoModelForSemanticSegmentation.register(TokenPruneViTConfig, TokenPruneViTForSemanticSegmentation, exist_ok=True)
+AutoBackbone.register(TokenPruneViTConfig, TokenPruneViTBackbone, exist_ok=True)
 
 from . import hub as _hub  # noqa: E402
 
@@ -26,11 +39,14 @@ _hub.install()
 
 __all__ = [
     "REDUCTION_METHODS",
+    "TokenPruneViTBackbone",
     "TokenPruneViTConfig",
     "TokenPruneViTForImageClassification",
+    "TokenPruneViTForSemanticSegmentation",
     "TokenPruneViTImageClassifierOutput",
     "TokenPruneViTModel",
     "TokenPruneViTModelOutput",
+    "TokenPruneViTSemanticSegmenterOutput",
     "TokenReduction",
     "register_reduction",
 ]

@@ -70,6 +70,7 @@ class TokenPruneViTModelOutput(BaseModelOutputWithPooling):
         patch_grid: (rows, columns) of patches of this input.
         aux_logits: auxiliary predictions made in training, as ((logits, weight), ...) (Cropr's heads).
         aux_loss: an auxiliary loss that needs no labels, a batch mean (DynamicViT's keep-ratio loss).
+        layer_states: per layer, the `TokenState` after it, to restore that layer's output to the full grid.
     """
 
     token_counts: tuple | None = None
@@ -78,6 +79,7 @@ class TokenPruneViTModelOutput(BaseModelOutputWithPooling):
     patch_grid: tuple | None = None
     aux_logits: tuple | None = None
     aux_loss: torch.FloatTensor | None = None
+    layer_states: tuple | None = None
 
 
 @dataclass
@@ -438,10 +440,11 @@ class TokenPruneViTModel(TokenPruneViTPreTrainedModel, ViTModel):
             config=self.config, inputs_embeds=hidden_states, attention_mask=attention_mask
         )
         state = TokenState.start(hidden_states, grid, plan, reuse)
-        traces = []
+        traces, states = [], []
         for layer in self.layers:
             hidden_states, state, trace = layer(hidden_states, attention_mask, state, **kwargs)
             traces.append(trace)
+            states.append(state)
         if self.config.restore_tokens:
             hidden_states = restore_full_length(hidden_states, state)
 
@@ -456,6 +459,7 @@ class TokenPruneViTModel(TokenPruneViTPreTrainedModel, ViTModel):
             patch_grid=grid,
             aux_logits=state.aux_logits,
             aux_loss=state.aux_loss,
+            layer_states=tuple(states),
         )
 
 
