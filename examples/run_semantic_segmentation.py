@@ -46,8 +46,9 @@ SMALL_MODEL = dict(
 DEFAULT_PLAN = {"method": "cropr", "tokens_per_layer": 8, "aux_head": "per_query"}
 DEFAULTS = dict(
     output_dir="outputs/digit-segmentation",
-    num_train_epochs=6,
+    num_train_epochs=8,
     learning_rate=1e-3,
+    lr_scheduler_type="cosine",
     weight_decay=0.05,
     warmup_steps=20,
     per_device_train_batch_size=32,
@@ -76,6 +77,7 @@ class ModelArguments:
 class DataArguments:
     dataset_name: str | None = field(default=None, metadata={"help": "A dataset with image/label; none: embedded."})
     image_size: int | None = field(default=None, metadata={"help": "Resize to this size (default: the model's)."})
+    digits_copies: int = field(default=3, metadata={"help": "Embedded set: renders of each training digit."})
     max_train_samples: int | None = field(default=None)
     max_eval_samples: int | None = field(default=None)
     benchmark_rounds: int = field(default=7, metadata={"help": "Paired timing rounds."})
@@ -94,7 +96,7 @@ def parse_json(text: str | None, name: str) -> Any:
 def load_data(data_args: DataArguments):
     """(dataset dict with train/validation, label names) from the embedded set or a dataset with image/label."""
     if data_args.dataset_name is None:
-        return load_digit_segmentation(), SEGMENTATION_CLASS_NAMES
+        return load_digit_segmentation(copies=data_args.digits_copies), SEGMENTATION_CLASS_NAMES
     import datasets
 
     data = datasets.load_dataset(data_args.dataset_name)

@@ -273,7 +273,7 @@ def test_segmentation_example_trains_compares_and_writes_a_loadable_folder(tmp_p
     results = example.main(
         ["--token-reduction", json.dumps({"method": "tome", "r": 4}), "--output_dir", str(tmp_path),
          "--max_train_samples", "16", "--max_eval_samples", "16", "--num_train_epochs", "1",
-         "--benchmark_rounds", "1", "--disable_tqdm", "true"]
+         "--benchmark_rounds", "1", "--disable_tqdm", "true", "--digits_copies", "1"]
     )  # fmt: skip
     assert results["plan"]["r"] == [4] * 6
     names = [row["model"] for row in results["rows"]]
