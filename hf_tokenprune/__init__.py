@@ -19,6 +19,9 @@ _PUBLIC = {
     "TokenPruneViTImageClassifierOutput": "models.modeling_tokenprune_vit",
     "TokenPruneViTModel": "models.modeling_tokenprune_vit",
     "TokenPruneViTModelOutput": "models.modeling_tokenprune_vit",
+    "TokenPruneViTBackbone": "models.modeling_tokenprune_vit_dense",
+    "TokenPruneViTForSemanticSegmentation": "models.modeling_tokenprune_vit_dense",
+    "TokenPruneViTSemanticSegmenterOutput": "models.modeling_tokenprune_vit_dense",
     "REDUCTION_METHODS": "models.token_reduction",
     "TokenReduction": "models.token_reduction",
     "register_reduction": "models.token_reduction",
@@ -39,23 +42,33 @@ _registered = False
 
 
 def register() -> None:
-    """Registers TokenPruneViT with AutoConfig / AutoModel / AutoModelForImageClassification and installs the
-    Hub hooks (`hf_tokenprune.hub.install`). Idempotent; runs by itself when it is needed."""
+    """Registers TokenPruneViT with AutoConfig, AutoModel, AutoModelForImageClassification,
+    AutoModelForSemanticSegmentation and AutoBackbone, and installs the Hub hooks (`hf_tokenprune.hub.install`).
+    Idempotent; runs by itself when it is needed."""
     global _registered
     if _registered:
         return
     _registered = True
     for finder in [f for f in sys.meta_path if isinstance(f, _RegisterOnImport)]:
         sys.meta_path.remove(finder)
-    from transformers import AutoConfig, AutoModel, AutoModelForImageClassification
+    from transformers import (
+        AutoBackbone,
+        AutoConfig,
+        AutoModel,
+        AutoModelForImageClassification,
+        AutoModelForSemanticSegmentation,
+    )
 
     from . import hub
     from .models.configuration_tokenprune_vit import TokenPruneViTConfig
     from .models.modeling_tokenprune_vit import TokenPruneViTForImageClassification, TokenPruneViTModel
+    from .models.modeling_tokenprune_vit_dense import TokenPruneViTBackbone, TokenPruneViTForSemanticSegmentation
 
     AutoConfig.register(TokenPruneViTConfig.model_type, TokenPruneViTConfig, exist_ok=True)
     AutoModel.register(TokenPruneViTConfig, TokenPruneViTModel, exist_ok=True)
     AutoModelForImageClassification.register(TokenPruneViTConfig, TokenPruneViTForImageClassification, exist_ok=True)
+    AutoModelForSemanticSegmentation.register(TokenPruneViTConfig, TokenPruneViTForSemanticSegmentation, exist_ok=True)
+    AutoBackbone.register(TokenPruneViTConfig, TokenPruneViTBackbone, exist_ok=True)
     hub.install()  # model.push_to_hub and Trainer.push_to_hub of TokenPruneViT models upload our model card
 
 

@@ -232,7 +232,16 @@ def stock_config(config: Any) -> Any:
     from transformers import ViTConfig
 
     data = config.to_dict()
-    for key in ("token_reduction", "attention_reuse", "restore_tokens", "model_type", "auto_map", "architectures"):
+    for key in (
+        "token_reduction",
+        "attention_reuse",
+        "restore_tokens",
+        "model_type",
+        "auto_map",
+        "architectures",
+        "out_features",
+        "out_indices",
+    ):
         data.pop(key, None)
     data.pop("transformers_version", None)
     return ViTConfig(**data)

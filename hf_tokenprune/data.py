@@ -112,3 +112,116 @@ def load_cluttered_digits(seed: int = 0, canvas_size: int = 64, copies: int = 1,
         pictures = [Image.fromarray((image * 255).astype(np.uint8)).convert("RGB") for image in images]
         splits[name] = datasets.Dataset.from_dict({"image": pictures, "label": labels.tolist()}, features=features)
     return datasets.DatasetDict(splits)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Segmentation: the same real digits, labelled per pixel
+# ----------------------------------------------------------------------------------------------------------------
+
+SEGMENTATION_CLASS_NAMES = ["background"] + [f"digit {d}" for d in range(10)]  # label d + 1 is digit d
+IGNORE_INDEX = 255  # transformers' segmentation default; no pixel of this set carries it
+STROKE_THRESHOLD = 0.5  # a digit pixel at least this bright (of 1) is stroke; dimmer edges stay background
+
+
+def _free_spot(taken: list, size: int, canvas_size: int, rng: np.random.Generator) -> tuple[int, int]:
+    """A (top, left) whose size x size square overlaps no square in ``taken`` (the last try if none is free)."""
+    for _ in range(50):
+        top, left = (int(v) for v in rng.integers(0, canvas_size - size + 1, size=2))
+        if all(top + size <= t or t + s <= top or left + size <= c or c + s <= left for t, c, s in taken):
+            break
+    taken.append((top, left, size))
+    return top, left
+
+
+def render_segmentation(
+    digits: np.ndarray,
+    classes: np.ndarray,
+    others: np.ndarray,
+    rng: np.random.Generator,
+    canvas_size: int = 64,
+    scale: tuple[int, int] = (3, 4),
+    clutter: int = 4,
+    noise: float = 0.03,
+) -> tuple[np.ndarray, np.ndarray]:
+    """One canvas (values in [0, 1]) and its label map (uint8): each 8x8 digit of ``digits`` (values in [0, 16])
+    scaled and placed where it overlaps no other, its stroke pixels labelled ``class + 1``; the faint fragments of
+    other digits around them are clutter, labelled background (0), like the dark canvas."""
+    canvas = np.zeros((canvas_size, canvas_size), dtype=np.float32)
+    mask = np.zeros((canvas_size, canvas_size), dtype=np.uint8)
+    for other in others[:clutter]:
+        crop = np.kron(other[rng.integers(0, 4) :, rng.integers(0, 4) :][:4, :4] / 16.0, np.ones((2, 2)))
+        top, left = rng.integers(0, canvas_size - crop.shape[0], size=2)
+        _place(canvas, crop.astype(np.float32), top, left, weight=rng.uniform(0.25, 0.45))
+    taken = []
+    for digit, label in zip(digits, classes):
+        factor = int(rng.integers(scale[0], scale[1] + 1))
+        big = np.kron(digit / 16.0, np.ones((factor, factor))).astype(np.float32)
+        top, left = _free_spot(taken, big.shape[0], canvas_size, rng)
+        _place(canvas, big, top, left, weight=1.0)
+        region = mask[top : top + big.shape[0], left : left + big.shape[1]]
+        region[big >= STROKE_THRESHOLD] = label + 1
+    canvas += rng.normal(0.0, noise, canvas.shape).astype(np.float32)
+    return np.clip(canvas, 0.0, 1.0), mask
+
+
+def digit_segmentation_arrays(
+    seed: int = 0,
+    canvas_size: int = 64,
+    digits_per_image: int = 2,
+    copies: int = 1,
+    validation_fraction: float = 0.2,
+    **render: Any,
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """``{"train": (images, masks), "validation": (images, masks)}``: (N, H, W) floats in [0, 1] and (N, H, W)
+    uint8 labels (0 background, ``d + 1`` for digit ``d``; see ``SEGMENTATION_CLASS_NAMES``).
+
+    Each image holds ``digits_per_image`` digits of its split (split before rendering, so no digit appears in both);
+    every digit of a split leads one image (``copies`` times for training). Deterministic given the arguments.
+    """
+    from sklearn.datasets import load_digits
+
+    render.setdefault("scale", (max(1, canvas_size // 21), max(1, canvas_size // 16)))
+    low, high = render["scale"]
+    if not 1 <= low <= high or canvas_size < 8 * high * digits_per_image**0.5:
+        raise ValueError(
+            f"scale = {render['scale']} must be (smallest, largest) integer factors with 1 <= smallest <= largest, "
+            f"and {digits_per_image} digits of 8 * largest pixels must fit on the {canvas_size}-pixel canvas."
+        )
+    if not 0.0 < validation_fraction < 1.0:
+        raise ValueError(f"validation_fraction = {validation_fraction} must be in (0, 1).")
+    digits = load_digits()
+    images, labels = digits.images.astype(np.float32), digits.target.astype(np.int64)
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(labels))
+    cut = int(round(len(order) * (1.0 - validation_fraction)))
+    out = {}
+    for name, indices in (("train", order[:cut]), ("validation", order[cut:])):
+        rendered, masks = [], []
+        for _ in range(copies if name == "train" else 1):
+            for index in indices:
+                chosen = np.concatenate([[index], rng.choice(indices, size=digits_per_image - 1, replace=False)])
+                others = images[rng.choice(len(images), size=8, replace=False)]
+                image, mask = render_segmentation(
+                    images[chosen], labels[chosen], others, rng, canvas_size=canvas_size, **render
+                )
+                rendered.append(image)
+                masks.append(mask)
+        out[name] = (np.stack(rendered), np.stack(masks))
+    return out
+
+
+def load_digit_segmentation(seed: int = 0, canvas_size: int = 64, **kwargs: Any):
+    """The digit segmentation set as a `datasets.DatasetDict` (``train``, ``validation``) with ``image`` (RGB PIL
+    image) and ``label`` (a single-channel PIL image of class indices) columns, as transformers' semantic
+    segmentation example expects. Needs the ``train`` extra (datasets, scikit-learn); no download."""
+    import datasets
+    from PIL import Image
+
+    arrays = digit_segmentation_arrays(seed=seed, canvas_size=canvas_size, **kwargs)
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.Image()})
+    splits = {}
+    for name, (images, masks) in arrays.items():
+        pictures = [Image.fromarray((image * 255).astype(np.uint8)).convert("RGB") for image in images]
+        maps = [Image.fromarray(mask, mode="L") for mask in masks]
+        splits[name] = datasets.Dataset.from_dict({"image": pictures, "label": maps}, features=features)
+    return datasets.DatasetDict(splits)

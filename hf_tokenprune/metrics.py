@@ -1,8 +1,13 @@
-"""Metrics through `evaluate` where it can load, with numpy as the fallback.
+"""Metrics computed by the library, with no download.
 
-``evaluate.load("accuracy")`` fetches its script from the Hub, so offline it fails unless cached. hf_tokenprune ships
-its own metric modules (``hf_tokenprune/metric_modules/``) and loads them by path, which works offline; when
-`evaluate` is not installed or a module cannot load, the same number is computed with numpy.
+Classification accuracy goes through `evaluate` where it can load: ``evaluate.load("accuracy")`` fetches its script
+from the Hub, so offline it fails unless cached; hf_tokenprune ships its own metric modules
+(``hf_tokenprune/metric_modules/``) and loads them by path, which works offline; when `evaluate` is not installed or a
+module cannot load, the same number is computed with numpy.
+
+Semantic segmentation: ``evaluate.load("mean_iou")`` would fetch its script from the Hub; `segmentation_metrics`
+gives the same quantities from a confusion matrix: intersection over union per class, its mean over the classes that
+occur (in the labels or the predictions), and pixel accuracy, all skipping pixels labelled ``ignore_index``.
 """
 
 import functools
@@ -38,3 +43,47 @@ def accuracy(predictions: Any, labels: Any) -> float:
     if metric is not None:
         return float(metric.compute(predictions=predicted, references=labels)["accuracy"])
     return float((predicted == labels).mean())
+
+
+def confusion_matrix(predictions: Any, labels: Any, num_labels: int, ignore_index: int = 255) -> np.ndarray:
+    """(num_labels, num_labels) counts of pixels with true class ``i`` (row) predicted as ``j`` (column)."""
+    predictions, labels = np.asarray(predictions), np.asarray(labels)
+    if predictions.shape != labels.shape:
+        raise ValueError(f"predictions {predictions.shape} and labels {labels.shape} must have the same shape.")
+    valid = labels != ignore_index
+    truth, guess = labels[valid].astype(np.int64), predictions[valid].astype(np.int64)
+    if truth.size and (truth.min() < 0 or truth.max() >= num_labels):
+        raise ValueError(f"labels hold classes outside [0, {num_labels}) other than ignore_index={ignore_index}.")
+    return np.bincount(truth * num_labels + guess, minlength=num_labels**2).reshape(num_labels, num_labels)
+
+
+def segmentation_metrics(predictions: Any, labels: Any, num_labels: int, ignore_index: int = 255) -> dict:
+    """``mean_iou``, ``pixel_accuracy`` and ``per_class_iou`` (NaN for a class absent from both)."""
+    matrix = confusion_matrix(predictions, labels, num_labels, ignore_index).astype(np.float64)
+    intersection = np.diag(matrix)
+    union = matrix.sum(axis=0) + matrix.sum(axis=1) - intersection
+    with np.errstate(divide="ignore", invalid="ignore"):
+        iou = np.where(union > 0, intersection / union, np.nan)
+    total = matrix.sum()
+    return {
+        "mean_iou": float(np.nanmean(iou)) if np.isfinite(iou).any() else float("nan"),
+        "pixel_accuracy": float(intersection.sum() / total) if total else float("nan"),
+        "per_class_iou": iou.tolist(),
+    }
+
+
+def build_segmentation_compute_metrics(num_labels: int, ignore_index: int = 255):
+    """A ``Trainer`` ``compute_metrics``: logits (B, labels, h, w), at the label size or smaller (upsampled)."""
+
+    def compute_metrics(eval_prediction) -> dict:
+        import torch
+
+        logits, labels = eval_prediction.predictions, eval_prediction.label_ids
+        logits = logits[0] if isinstance(logits, tuple) else logits
+        logits = torch.from_numpy(np.asarray(logits))
+        if logits.shape[-2:] != labels.shape[-2:]:
+            logits = torch.nn.functional.interpolate(logits, size=labels.shape[-2:], mode="bilinear")
+        metrics = segmentation_metrics(logits.argmax(dim=1).numpy(), labels, num_labels, ignore_index)
+        return {"mean_iou": metrics["mean_iou"], "pixel_accuracy": metrics["pixel_accuracy"]}
+
+    return compute_metrics

@@ -4,6 +4,7 @@ import copy
 from typing import Any
 
 from transformers import ViTConfig
+from transformers.backbone_utils import BackboneConfigMixin
 
 from .attention_reuse import ATTENTION_REUSE_METHODS, check_attention_reuse
 from .reduction_cropr import CroprReduction  # noqa: F401  (every built-in method is imported, so it registers)
@@ -19,7 +20,7 @@ PLAN_FIELDS = ("token_reduction", "attention_reuse", "restore_tokens")
 STOCK_MODEL_TYPE = "vit"  # checkpoints whose weights load into TokenPruneViT as they are
 
 
-class TokenPruneViTConfig(ViTConfig):
+class TokenPruneViTConfig(BackboneConfigMixin, ViTConfig):
     r"""A [`ViTConfig`] with three more fields; every ViT field keeps its meaning.
 
     Args:
@@ -34,6 +35,9 @@ class TokenPruneViTConfig(ViTConfig):
         restore_tokens (`bool`, *optional*, defaults to `False`):
             Whether `last_hidden_state` comes back full length, in the original patch order: parked and dropped
             tokens with the value they had when they left, merged tokens copied to every position they stand for.
+        out_features / out_indices (`list`, *optional*):
+            The layers `TokenPruneViTBackbone` returns as feature maps, as for transformers' backbones: stage names
+            `"stem"` (the embeddings, index 0) and `"stage1"` ... `"stageN"` (after layer N). Default: the last.
     """
 
     model_type = "tokenprune_vit"
@@ -45,11 +49,25 @@ class TokenPruneViTConfig(ViTConfig):
         "patch_grid",
         "aux_logits",
         "aux_loss",
+        "layer_states",
     ]
 
     token_reduction: dict | None = None
     attention_reuse: dict | None = None
     restore_tokens: bool = False
+    _out_features: list[str] | None = None
+    _out_indices: list[int] | None = None
+
+    def __post_init__(self, **kwargs):
+        self.set_output_features_output_indices(
+            out_indices=kwargs.pop("out_indices", None), out_features=kwargs.pop("out_features", None)
+        )
+        super().__post_init__(**kwargs)
+
+    @property
+    def stage_names(self) -> list[str]:
+        """Backbone stages: the embeddings ("stem") and the output of every layer."""
+        return ["stem"] + [f"stage{index}" for index in range(1, self.num_hidden_layers + 1)]
 
     def __setattr__(self, key: str, value: Any) -> None:
         # Plans are checked whenever they are set: at construction and when transformers applies

@@ -72,6 +72,7 @@ class TokenPruneViTModelOutput(BaseModelOutputWithPooling):
         aux_logits: auxiliary predictions made in training, as ((logits, weight), ...) (Cropr's heads).
         aux_loss: an auxiliary loss that needs no labels, a batch mean (DynamicViT's keep-ratio loss).
         token_policy: ``None`` or, in DynamicViT's masked training, the final (batch, tokens) 0/1 keep decision.
+        layer_states: per layer, the `TokenState` after it, to restore that layer's output to the full grid.
     """
 
     token_counts: tuple | None = None
@@ -81,6 +82,7 @@ class TokenPruneViTModelOutput(BaseModelOutputWithPooling):
     aux_logits: tuple | None = None
     aux_loss: torch.FloatTensor | None = None
     token_policy: torch.Tensor | None = None
+    layer_states: tuple | None = None
 
 
 @dataclass
@@ -455,10 +457,11 @@ class TokenPruneViTModel(TokenPruneViTPreTrainedModel, ViTModel):
                 config=self.config, inputs_embeds=hidden_states, attention_mask=attention_mask
             )
         state = TokenState.start(hidden_states, grid, plan, reuse)
-        traces = []
+        traces, states = [], []
         for layer in self.layers:
             hidden_states, state, trace = layer(hidden_states, attention_mask, state, **kwargs)
             traces.append(trace)
+            states.append(state)
         if self.config.restore_tokens:
             hidden_states = restore_full_length(hidden_states, state)
 
@@ -474,6 +477,7 @@ class TokenPruneViTModel(TokenPruneViTPreTrainedModel, ViTModel):
             aux_logits=state.aux_logits,
             aux_loss=state.aux_loss,
             token_policy=state.key_policy,
+            layer_states=tuple(states),
         )
 
 

@@ -22,6 +22,10 @@ Two scorers, chosen by ``scorer``:
 - ``"projected"``: a LayerNorm and biased query and key projections (and a value projection in the auxiliary head),
   with the model's head count by default (about 1.2M scorer parameters at ViT-B). It scores
   ``LayerNorm(x_i) . (W_k^T sum_m W_q q_m)`` at inference.
+
+``aux_head="per_query"`` is the official segmentation variant: one learned query per patch of the grid
+(``num_queries`` becomes the number of patches) and the auxiliary head predicts a label for each query instead of
+one for the image; a dense model trains it against the patch labels.
 """
 
 import torch
@@ -136,6 +140,7 @@ class AuxiliaryHead(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(width, hidden), nn.GELU(), nn.Linear(hidden, width))
         self.head_norm = nn.LayerNorm(width, eps=eps[1])
         self.head = nn.Linear(width, config.num_labels) if config.num_labels > 0 else nn.Identity()
+        self.per_query = plan["aux_head"] == "per_query"
 
     def forward(self, x: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
         batch, length, width = x.shape
@@ -143,6 +148,8 @@ class AuxiliaryHead(nn.Module):
         pooled = (logits * self.scaling).softmax(dim=-1) @ value  # (B, H, M, hd)
         pooled = self.out_proj(pooled.transpose(1, 2).reshape(batch, -1, width))  # (B, M, d)
         pooled = pooled + self.mlp(self.mlp_norm(pooled))
+        if self.per_query:  # one prediction per query: (B, M, labels)
+            return self.head(self.head_norm(pooled))
         return self.head(self.head_norm(pooled.mean(dim=1)))  # (B, labels)
 
 
@@ -157,6 +164,7 @@ class CroprReduction(TokenReduction):
         "mlp_ratio": 4.0,
         "aux_loss_weight": 1.0,
         "training_heads": True,
+        "aux_head": "pooled",
     }
     runtime_options = ("tokens_per_layer", "aux_loss_weight")
     training_only_modules = ("scorer.aux_head",)
@@ -182,6 +190,14 @@ class CroprReduction(TokenReduction):
                 raise ValueError(f"token_reduction['{key}'] = {value!r} must be a non-negative number.")
             plan[key] = float(value)
         plan["training_heads"] = check_bool(plan["training_heads"], "token_reduction['training_heads']")
+        check_choice(plan["aux_head"], "token_reduction['aux_head']", ("pooled", "per_query"))
+        if plan["aux_head"] == "per_query":  # one query per patch (1, the default, means "as many as patches")
+            plan["num_queries"] = config.num_patches if plan["num_queries"] == 1 else plan["num_queries"]
+            if plan["num_queries"] != config.num_patches:
+                raise ValueError(
+                    f"token_reduction['num_queries'] = {plan['num_queries']} must equal the {config.num_patches} "
+                    "patches with aux_head='per_query' (one query per patch)."
+                )
         return plan
 
     @classmethod
