@@ -3,7 +3,9 @@ little (token skipping, pruning, merging) and on attention that repeats itself (
 
 from transformers import AutoConfig, AutoModel, AutoModelForImageClassification
 
+from .models.configuration_tokenprune_deit import TokenPruneDeiTConfig
 from .models.configuration_tokenprune_vit import TokenPruneViTConfig
+from .models.modeling_tokenprune_deit import TokenPruneDeiTForImageClassificationWithTeacher, TokenPruneDeiTModel
 from .models.modeling_tokenprune_vit import (
     TokenPruneViTForImageClassification,
     TokenPruneViTImageClassifierOutput,
@@ -18,6 +20,11 @@ __version__ = "0.1.0"
 AutoConfig.register(TokenPruneViTConfig.model_type, TokenPruneViTConfig, exist_ok=True)
 AutoModel.register(TokenPruneViTConfig, TokenPruneViTModel, exist_ok=True)
 AutoModelForImageClassification.register(TokenPruneViTConfig, TokenPruneViTForImageClassification, exist_ok=True)
+AutoConfig.register(TokenPruneDeiTConfig.model_type, TokenPruneDeiTConfig, exist_ok=True)
+AutoModel.register(TokenPruneDeiTConfig, TokenPruneDeiTModel, exist_ok=True)
+AutoModelForImageClassification.register(
+    TokenPruneDeiTConfig, TokenPruneDeiTForImageClassificationWithTeacher, exist_ok=True
+)
 
 from . import hub as _hub  # noqa: E402
 
@@ -26,6 +33,9 @@ _hub.install()
 
 __all__ = [
     "REDUCTION_METHODS",
+    "TokenPruneDeiTConfig",
+    "TokenPruneDeiTForImageClassificationWithTeacher",
+    "TokenPruneDeiTModel",
     "TokenPruneViTConfig",
     "TokenPruneViTForImageClassification",
     "TokenPruneViTImageClassifierOutput",

@@ -96,11 +96,12 @@ class TokenPruneConfigMixin:
                 f"allowed methods: {sorted(REDUCTION_METHODS)}."
             )
         method = get_reduction_class(value["method"])
-        self.check_method_fits_family(method)
-        return method.check_plan(copy.deepcopy(value), self)
+        return self.check_plan_fits_family(method, method.check_plan(copy.deepcopy(value), self))
 
-    def check_method_fits_family(self, method) -> None:
-        """Refuses a method this family cannot run (e.g. one that ranks by CLS attention on a model without CLS)."""
+    def check_plan_fits_family(self, method, plan: dict) -> dict:
+        """Refuses a plan this family cannot run (e.g. one that ranks by CLS attention on a model without CLS);
+        returns the plan. Every plan fits by default."""
+        return plan
 
     def _check_reuse_with_reduction(self) -> None:
         """Rejects plans that combine attention reuse and token reduction in a way the model cannot run."""

@@ -454,9 +454,28 @@ class TokenPrunePreTrainedMixin:
         return super().save_pretrained(save_directory, *args, **kwargs)
 
 
+class TokenPruneClassifierMixin:
+    """What a classifier on a TokenPrune backbone adds to its loss: the methods' auxiliary objectives."""
+
+    def auxiliary_loss(self, outputs, labels, num_items_in_batch=None, **kwargs):
+        """The methods' training objectives, on the same footing as the main loss: auxiliary heads go through the
+        same loss function (which honours ``num_items_in_batch``); a batch-mean loss is rescaled to the per-item
+        normalisation the Trainer assumes when it passes ``num_items_in_batch`` (summed over accumulation steps
+        and multiplied by the number of processes)."""
+        terms = [
+            weight * self.loss_function(labels, logits, self.config, num_items_in_batch=num_items_in_batch, **kwargs)
+            for logits, weight in (outputs.aux_logits or ())
+        ]
+        if outputs.aux_loss is not None:
+            scale = 1.0 if num_items_in_batch is None else labels.shape[0] / num_items_in_batch
+            terms.append(outputs.aux_loss * scale)
+        return sum(terms[1:], terms[0]) if terms else None
+
+
 __all__ = [
     "ProbedAttentionMixin",
     "TokenPruneLayerMixin",
+    "TokenPruneClassifierMixin",
     "TokenPruneModelMixin",
     "TokenPruneModelOutput",
     "TokenPrunePreTrainedMixin",

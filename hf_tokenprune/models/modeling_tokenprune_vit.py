@@ -31,6 +31,7 @@ from transformers.utils.output_capturing import capture_outputs
 from .configuration_tokenprune_vit import TokenPruneViTConfig
 from .modeling_tokenprune_common import (
     ProbedAttentionMixin,
+    TokenPruneClassifierMixin,
     TokenPruneLayerMixin,
     TokenPruneModelMixin,
     TokenPruneModelOutput,
@@ -154,7 +155,9 @@ class TokenPruneViTModel(TokenPruneModelMixin, TokenPruneViTPreTrainedModel, ViT
         )
 
 
-class TokenPruneViTForImageClassification(TokenPruneViTPreTrainedModel, ViTForImageClassification):
+class TokenPruneViTForImageClassification(
+    TokenPruneClassifierMixin, TokenPruneViTPreTrainedModel, ViTForImageClassification
+):
     """`ViTForImageClassification` on a `TokenPruneViTModel`; the output also carries the token bookkeeping."""
 
     def __init__(self, config: TokenPruneViTConfig):
@@ -235,20 +238,6 @@ class TokenPruneViTForImageClassification(TokenPruneViTPreTrainedModel, ViTForIm
         cls_logits = self.cls_classifier(self.cls_norm(hidden_states[:, 0]))
         loss = 0.5 * self.loss_function(labels, logits, self.config, **kwargs)
         return logits, loss + 0.5 * self.loss_function(labels, cls_logits, self.config, **kwargs)
-
-    def auxiliary_loss(self, outputs, labels, num_items_in_batch=None, **kwargs):
-        """The methods' training objectives, on the same footing as the main loss: auxiliary heads go through the
-        same loss function (which honours ``num_items_in_batch``); a batch-mean loss is rescaled to the per-item
-        normalisation the Trainer assumes when it passes ``num_items_in_batch`` (summed over accumulation steps
-        and multiplied by the number of processes)."""
-        terms = [
-            weight * self.loss_function(labels, logits, self.config, num_items_in_batch=num_items_in_batch, **kwargs)
-            for logits, weight in (outputs.aux_logits or ())
-        ]
-        if outputs.aux_loss is not None:
-            scale = 1.0 if num_items_in_batch is None else labels.shape[0] / num_items_in_batch
-            terms.append(outputs.aux_loss * scale)
-        return sum(terms[1:], terms[0]) if terms else None
 
 
 TokenPruneViTModel.register_for_auto_class("AutoModel")
