@@ -1,11 +1,31 @@
 """hf_tokenprune: faster Vision Transformers for Hugging Face transformers, by spending less on tokens that carry
 little (token skipping, pruning, merging) and on attention that repeats itself (attention reuse)."""
 
-from transformers import AutoConfig, AutoModel, AutoModelForImageClassification
+from transformers import (
+    AutoConfig,
+    AutoModel,
+    AutoModelForImageClassification,
+    AutoModelForZeroShotImageClassification,
+)
 
+from .models.configuration_tokenprune_clip import TokenPruneCLIPConfig, TokenPruneCLIPVisionConfig
 from .models.configuration_tokenprune_deit import TokenPruneDeiTConfig
+from .models.configuration_tokenprune_dinov2 import TokenPruneDinov2Config, TokenPruneDinov2WithRegistersConfig
+from .models.configuration_tokenprune_siglip import TokenPruneSiglipVisionConfig
 from .models.configuration_tokenprune_vit import TokenPruneViTConfig
+from .models.modeling_tokenprune_clip import (
+    TokenPruneCLIPModel,
+    TokenPruneCLIPVisionModel,
+    TokenPruneCLIPVisionModelWithProjection,
+)
 from .models.modeling_tokenprune_deit import TokenPruneDeiTForImageClassificationWithTeacher, TokenPruneDeiTModel
+from .models.modeling_tokenprune_dinov2 import (
+    TokenPruneDinov2ForImageClassification,
+    TokenPruneDinov2Model,
+    TokenPruneDinov2WithRegistersForImageClassification,
+    TokenPruneDinov2WithRegistersModel,
+)
+from .models.modeling_tokenprune_siglip import TokenPruneSiglipVisionModel
 from .models.modeling_tokenprune_vit import (
     TokenPruneViTForImageClassification,
     TokenPruneViTImageClassifierOutput,
@@ -16,15 +36,28 @@ from .models.token_reduction import REDUCTION_METHODS, TokenReduction, register_
 
 __version__ = "0.1.0"
 
-# An installed package needs no remote code: the Auto classes know our model type.
-AutoConfig.register(TokenPruneViTConfig.model_type, TokenPruneViTConfig, exist_ok=True)
-AutoModel.register(TokenPruneViTConfig, TokenPruneViTModel, exist_ok=True)
-AutoModelForImageClassification.register(TokenPruneViTConfig, TokenPruneViTForImageClassification, exist_ok=True)
-AutoConfig.register(TokenPruneDeiTConfig.model_type, TokenPruneDeiTConfig, exist_ok=True)
-AutoModel.register(TokenPruneDeiTConfig, TokenPruneDeiTModel, exist_ok=True)
-AutoModelForImageClassification.register(
-    TokenPruneDeiTConfig, TokenPruneDeiTForImageClassificationWithTeacher, exist_ok=True
+# An installed package needs no remote code: the Auto classes know our model types.
+FAMILY_CLASSES = (
+    (TokenPruneViTConfig, TokenPruneViTModel, TokenPruneViTForImageClassification),
+    (TokenPruneDeiTConfig, TokenPruneDeiTModel, TokenPruneDeiTForImageClassificationWithTeacher),
+    (TokenPruneDinov2Config, TokenPruneDinov2Model, TokenPruneDinov2ForImageClassification),
+    (
+        TokenPruneDinov2WithRegistersConfig,
+        TokenPruneDinov2WithRegistersModel,
+        TokenPruneDinov2WithRegistersForImageClassification,
+    ),
 )
+for _config, _model, _classifier in FAMILY_CLASSES:
+    AutoConfig.register(_config.model_type, _config, exist_ok=True)
+    AutoModel.register(_config, _model, exist_ok=True)
+    AutoModelForImageClassification.register(_config, _classifier, exist_ok=True)
+AutoConfig.register(TokenPruneCLIPVisionConfig.model_type, TokenPruneCLIPVisionConfig, exist_ok=True)
+AutoModel.register(TokenPruneCLIPVisionConfig, TokenPruneCLIPVisionModel, exist_ok=True)
+AutoConfig.register(TokenPruneSiglipVisionConfig.model_type, TokenPruneSiglipVisionConfig, exist_ok=True)
+AutoModel.register(TokenPruneSiglipVisionConfig, TokenPruneSiglipVisionModel, exist_ok=True)
+AutoConfig.register(TokenPruneCLIPConfig.model_type, TokenPruneCLIPConfig, exist_ok=True)
+AutoModel.register(TokenPruneCLIPConfig, TokenPruneCLIPModel, exist_ok=True)
+AutoModelForZeroShotImageClassification.register(TokenPruneCLIPConfig, TokenPruneCLIPModel, exist_ok=True)
 
 from . import hub as _hub  # noqa: E402
 
@@ -33,9 +66,22 @@ _hub.install()
 
 __all__ = [
     "REDUCTION_METHODS",
+    "TokenPruneCLIPConfig",
+    "TokenPruneCLIPModel",
+    "TokenPruneCLIPVisionConfig",
+    "TokenPruneCLIPVisionModel",
+    "TokenPruneCLIPVisionModelWithProjection",
     "TokenPruneDeiTConfig",
     "TokenPruneDeiTForImageClassificationWithTeacher",
     "TokenPruneDeiTModel",
+    "TokenPruneDinov2Config",
+    "TokenPruneDinov2ForImageClassification",
+    "TokenPruneDinov2Model",
+    "TokenPruneDinov2WithRegistersConfig",
+    "TokenPruneDinov2WithRegistersForImageClassification",
+    "TokenPruneDinov2WithRegistersModel",
+    "TokenPruneSiglipVisionConfig",
+    "TokenPruneSiglipVisionModel",
     "TokenPruneViTConfig",
     "TokenPruneViTForImageClassification",
     "TokenPruneViTImageClassifierOutput",

@@ -24,11 +24,13 @@ PLAN_FIELDS = ("token_reduction", "attention_reuse", "restore_tokens")
 class TokenPruneConfigMixin:
     """The plan fields' validation, shared by every family config.
 
-    A family sets ``stock_model_type`` (the HF checkpoints whose config it reads as its own) and, when its sequence
-    does not start with exactly one CLS token, overrides ``num_prefix_tokens``.
+    A family sets ``stock_model_type`` (the HF checkpoints whose config it reads as its own; a vision tower also
+    ``composite_model_types``, the full models it can be read from) and, when its sequence does not start with
+    exactly one CLS token, overrides ``num_prefix_tokens``.
     """
 
     stock_model_type = ""
+    composite_model_types: tuple = ()  # full checkpoints (e.g. "clip") whose ``base_config_key`` part is ours
     # Bookkeeping outputs (Python ints and ragged tensors) that Trainer.evaluate must not gather as logits.
     keys_to_ignore_at_inference = [
         "token_counts",
@@ -53,6 +55,9 @@ class TokenPruneConfigMixin:
         """Reads the stock family's config as ours; refuses another family's with one line."""
         config_dict, kwargs = super().get_config_dict(pretrained_model_name_or_path, **kwargs)
         model_type = config_dict.get("model_type", cls.model_type)
+        if model_type in cls.composite_model_types and isinstance(config_dict.get(cls.base_config_key), dict):
+            config_dict[cls.base_config_key]["model_type"] = cls.model_type  # transformers reads this part
+            return config_dict, kwargs
         if model_type not in (cls.stock_model_type, cls.model_type):
             hint = cls.other_family_hint(model_type)
             raise ValueError(

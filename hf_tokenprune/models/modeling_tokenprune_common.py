@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 from transformers.conversion_mapping import get_checkpoint_conversion_mapping
 from transformers.masking_utils import create_bidirectional_mask
-from transformers.modeling_outputs import BaseModelOutputWithPooling
+from transformers.modeling_outputs import BaseModelOutputWithPooling, ImageClassifierOutput
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.models.vit.modeling_vit import eager_attention_forward
 
@@ -60,6 +60,19 @@ class TokenPruneModelOutput(BaseModelOutputWithPooling):
     patch_grid: tuple | None = None
     aux_logits: tuple | None = None
     aux_loss: torch.FloatTensor | None = None
+    token_policy: torch.Tensor | None = None
+
+
+@dataclass
+class TokenPruneImageClassifierOutput(ImageClassifierOutput):
+    """`ImageClassifierOutput` plus the token bookkeeping of `TokenPruneModelOutput`; ``aux_loss`` is the part
+    of ``loss`` that comes from auxiliary objectives (already included in ``loss``)."""
+
+    aux_loss: torch.FloatTensor | None = None
+    token_counts: tuple | None = None
+    token_positions: tuple | None = None
+    token_owner: tuple | None = None
+    patch_grid: tuple | None = None
     token_policy: torch.Tensor | None = None
 
 
@@ -477,6 +490,7 @@ __all__ = [
     "TokenPruneLayerMixin",
     "TokenPruneClassifierMixin",
     "TokenPruneModelMixin",
+    "TokenPruneImageClassifierOutput",
     "TokenPruneModelOutput",
     "TokenPrunePreTrainedMixin",
     "check_pixel_values",

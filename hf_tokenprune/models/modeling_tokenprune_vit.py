@@ -14,7 +14,6 @@ from transformers.conversion_mapping import (
     get_checkpoint_conversion_mapping,
     register_checkpoint_conversion_mapping,
 )
-from transformers.modeling_outputs import ImageClassifierOutput
 from transformers.models.vit.modeling_vit import (
     ViTAttention,
     ViTEmbeddings,
@@ -32,6 +31,7 @@ from .configuration_tokenprune_vit import TokenPruneViTConfig
 from .modeling_tokenprune_common import (
     ProbedAttentionMixin,
     TokenPruneClassifierMixin,
+    TokenPruneImageClassifierOutput,
     TokenPruneLayerMixin,
     TokenPruneModelMixin,
     TokenPruneModelOutput,
@@ -56,16 +56,9 @@ class TokenPruneViTModelOutput(TokenPruneModelOutput):
 
 
 @dataclass
-class TokenPruneViTImageClassifierOutput(ImageClassifierOutput):
+class TokenPruneViTImageClassifierOutput(TokenPruneImageClassifierOutput):
     """`ImageClassifierOutput` plus the token bookkeeping of `TokenPruneViTModelOutput`; ``aux_loss`` is the part
     of ``loss`` that comes from auxiliary objectives (already included in ``loss``)."""
-
-    aux_loss: torch.FloatTensor | None = None
-    token_counts: tuple | None = None
-    token_positions: tuple | None = None
-    token_owner: tuple | None = None
-    patch_grid: tuple | None = None
-    token_policy: torch.Tensor | None = None
 
 
 class TokenPruneViTAttention(ProbedAttentionMixin, ViTAttention):

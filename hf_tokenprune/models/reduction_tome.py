@@ -190,15 +190,12 @@ def merge_tokens(x: torch.Tensor, state: TokenState, src, dst, unmerged) -> tupl
 
 def prefix_first_order(num_prefix: int, num_unmerged: int, length: int, device) -> tuple[torch.Tensor, torch.Tensor]:
     """A merged sequence is (unmerged A tokens, B tokens); with more than one prefix token, those in B (odd
-    indices) would sit after the A tokens. Returns the order (1, N') that puts every prefix token first, and for
-    each old index its new one (N',). With one prefix token (CLS, in A) or none the order is the identity."""
+    indices) would sit after the A tokens. Returns the order (1, N') that puts the prefix tokens first, in their
+    order, and for each old index its new one (N',). With one prefix token (CLS, in A) or none the order is the
+    identity."""
     in_a, in_b = (num_prefix + 1) // 2, num_prefix // 2
-    order = [
-        *range(in_a),
-        *range(num_unmerged, num_unmerged + in_b),
-        *range(in_a, num_unmerged),
-        *range(num_unmerged + in_b, length),
-    ]
+    prefix = [index // 2 if index % 2 == 0 else num_unmerged + index // 2 for index in range(num_prefix)]
+    order = [*prefix, *range(in_a, num_unmerged), *range(num_unmerged + in_b, length)]  # prefix in its own order
     new_index = [0] * length
     for new, old in enumerate(order):
         new_index[old] = new
