@@ -501,6 +501,97 @@ def test_vision_tower_loads_from_a_full_checkpoint(tmp_path, name):
         torch.testing.assert_close(model.eval()(PIXELS).last_hidden_state, expected, atol=1e-5, rtol=0)
 
 
+def save_text_and_image_processors(folder) -> None:
+    """A word-level tokenizer and a CLIP image processor for 32 px, so pipelines load the folder offline."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import CLIPImageProcessor, PreTrainedTokenizerFast
+
+    words = ["<s>", "</s>", "<unk>", "a", "photo", "of", "cat", "dog", "car"]
+    tokenizer = Tokenizer(models.WordLevel({word: i for i, word in enumerate(words)}, unk_token="<unk>"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single="<s> $A </s>", special_tokens=[("<s>", 0), ("</s>", 1)]
+    )
+    special = dict(bos_token="<s>", eos_token="</s>", pad_token="</s>", unk_token="<unk>")
+    PreTrainedTokenizerFast(tokenizer_object=tokenizer, **special).save_pretrained(folder)
+    CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(folder)
+
+
+def test_zero_shot_pipeline_on_a_saved_folder(tmp_path, clip_folder):
+    from PIL import Image
+    from transformers import pipeline
+
+    _, folder = clip_folder
+    model = TokenPruneCLIPModel.from_pretrained(folder, token_reduction=REDUCING_PLANS["tome"])
+    model.save_pretrained(tmp_path)
+    save_text_and_image_processors(tmp_path)
+    classify = pipeline("zero-shot-image-classification", model=str(tmp_path))
+    assert type(classify.model) is TokenPruneCLIPModel and classify.model.config.token_reduction["r"][0] == 6
+    scores = classify(Image.new("RGB", (40, 40), (120, 30, 200)), candidate_labels=["cat", "dog", "car"])
+    assert sorted(s["label"] for s in scores) == ["car", "cat", "dog"]
+    assert sum(s["score"] for s in scores) == pytest.approx(1.0)
+
+
+class TinyBatches(torch.utils.data.Dataset):
+    """Random 32x32 images with labels (for CLIP, with a caption instead), deterministic."""
+
+    def __init__(self, size: int = 8, captions: bool = False):
+        generator = torch.Generator().manual_seed(0)
+        self.pixels = torch.randn(size, 3, 32, 32, generator=generator)
+        self.labels = torch.randint(0, TINY["num_labels"], (size,), generator=generator)
+        self.captions = captions
+
+    def __len__(self):
+        return len(self.labels)
+
+    def __getitem__(self, index):
+        if self.captions:
+            return {"pixel_values": self.pixels[index], "input_ids": TEXT[index % 2]}
+        return {"pixel_values": self.pixels[index], "labels": self.labels[index]}
+
+
+def _train_two_steps(tmp_path, model, dataset):
+    from transformers import Trainer, TrainingArguments, default_data_collator
+
+    def collate(features):  # CLIP's contrastive loss is asked for per batch, as a flag
+        batch = default_data_collator(features)
+        return {**batch, "return_loss": True} if "input_ids" in batch else batch
+
+    args = TrainingArguments(
+        output_dir=str(tmp_path / "run"),
+        per_device_train_batch_size=4,
+        max_steps=2,
+        learning_rate=1e-2,
+        save_strategy="no",
+        report_to="none",
+        disable_tqdm=True,
+        use_cpu=True,
+        dataloader_pin_memory=False,
+        remove_unused_columns=False,
+    )
+    before = {name: value.detach().clone() for name, value in model.named_parameters() if value.requires_grad}
+    result = Trainer(model=model, args=args, train_dataset=dataset, data_collator=collate).train()
+    changed = [name for name, value in model.named_parameters() if name in before and not value.equal(before[name])]
+    return result, changed
+
+
+@pytest.mark.parametrize("name", ["deit", "dinov2", "dinov2-registers"])
+def test_stock_trainer_trains_the_classifiers_with_a_plan(tmp_path, stock, name):
+    stock_model, _ = stock(name)
+    model = ours(name, stock_model, token_reduction=REDUCING_PLANS["dynamicvit"]).train()
+    result, changed = _train_two_steps(tmp_path, model, TinyBatches())
+    assert result.global_step == 2 and torch.isfinite(torch.tensor(result.training_loss))
+    assert any("token_reduction" in n for n in changed) and any("classifier" in n for n in changed)
+
+
+def test_stock_trainer_trains_clip_with_the_contrastive_loss(tmp_path, clip_folder):
+    _, folder = clip_folder
+    model = TokenPruneCLIPModel.from_pretrained(folder, token_reduction=REDUCING_PLANS["tome"]).train()
+    result, changed = _train_two_steps(tmp_path, model, TinyBatches(captions=True))
+    assert result.global_step == 2 and torch.isfinite(torch.tensor(result.training_loss))
+    assert any(n.startswith("vision_model.encoder") for n in changed) and any(n.startswith("text_") for n in changed)
+
+
 CLEAN_PROCESS = textwrap.dedent(
     """
     import json, sys, torch
@@ -509,31 +600,44 @@ CLEAN_PROCESS = textwrap.dedent(
 
     results = {}
     for folder, auto in json.loads(sys.argv[1]).items():
-        pixels, expected = torch.load(folder + "/check.pt")
+        inputs, expected = torch.load(folder + "/check.pt")
         model = getattr(transformers, auto).from_pretrained(folder, trust_remote_code=True).eval()
         base = transformers.AutoModel.from_pretrained(folder, trust_remote_code=True)
         with torch.no_grad():
-            outputs = model(pixels)
+            outputs = model(**inputs)
         diff = (outputs[expected[0]] - expected[1]).abs().max().item()
         results[folder] = {"diff": diff, "module": type(model).__module__, "base": type(base).__name__}
+        if auto == "AutoModelForZeroShotImageClassification":
+            from PIL import Image
+
+            classify = transformers.pipeline("zero-shot-image-classification", model=folder, trust_remote_code=True)
+            image = Image.new("RGB", (40, 40), (120, 30, 200))
+            results[folder]["labels"] = sorted(p["label"] for p in classify(image, candidate_labels=["cat", "dog"]))
     print(json.dumps(results))
     """
 )
 
 
 @pytest.mark.slow
-def test_remote_code_loads_in_a_clean_offline_process(tmp_path, stock):
+def test_remote_code_loads_in_a_clean_offline_process(tmp_path, stock, clip_folder):
     folders, expected = {}, {}
+
+    def save(folder, model, auto, output, inputs):
+        model.save_pretrained(folder)
+        with torch.no_grad():
+            torch.save((inputs, (output, getattr(model(**inputs), output))), folder / "check.pt")
+        folders[str(folder)] = auto
+        expected[str(folder)] = type(AutoModel.from_pretrained(folder)).__name__  # what the package would give
+
     for name, family in FAMILIES.items():
         stock_model, _ = stock(name)
-        for method in ("tome", "evit"):
-            folder = tmp_path / f"{name}-{method}"
+        for method in (m for m in ("tome", "evit", "dynamicvit") if fits(name, REDUCING_PLANS[m])):
             model = ours(name, stock_model, token_reduction=REDUCING_PLANS[method])
-            model.save_pretrained(folder)
-            with torch.no_grad():
-                torch.save((PIXELS, (family.output, output_of(name, model(PIXELS)))), folder / "check.pt")
-            folders[str(folder)] = family.auto
-            expected[str(folder)] = family.base.__name__
+            save(tmp_path / f"{name}-{method}", model, family.auto, family.output, {"pixel_values": PIXELS})
+    clip = TokenPruneCLIPModel.from_pretrained(clip_folder[1], token_reduction=REDUCING_PLANS["tome"]).eval()
+    clip_inputs = {"pixel_values": PIXELS, "input_ids": TEXT}
+    save(tmp_path / "clip-full", clip, "AutoModelForZeroShotImageClassification", "logits_per_image", clip_inputs)
+    save_text_and_image_processors(tmp_path / "clip-full")
     env = dict(os.environ, HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "hf_home"), PYTHONPATH="")
     result = subprocess.run(
         [sys.executable, "-c", CLEAN_PROCESS, json.dumps(folders)],
@@ -549,6 +653,7 @@ def test_remote_code_loads_in_a_clean_offline_process(tmp_path, stock):
         assert report[folder]["diff"] == 0.0
         assert "transformers_modules" in report[folder]["module"]
         assert report[folder]["base"] == base
+    assert report[str(tmp_path / "clip-full")]["labels"] == ["cat", "dog"]
 
 
 COMPILED = [("deit", "evit"), ("deit", "tome"), ("dinov2-registers", "tome"), ("clip", "tome"), ("siglip", "tome")]
