@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 import pytest
 import torch
-from conftest import ALL_REDUCING, KEEP_ALL_PLANS, REDUCING_PLANS, TINY
+from conftest import ALL_REDUCING, KEEP_ALL_PLANS, REDUCING_PLANS, REUSE_PLANS, TINY
 from torch.utils.flop_counter import FlopCounterMode
 from transformers import (
     AutoConfig,
@@ -286,6 +286,29 @@ def test_count_flops_matches_the_counter(stock, name, method):
     report = count_flops(model.config)
     assert report.flops == pytest.approx(counted, rel=0.03 if method != "none" else 1e-6)
     assert report.token_counts == [tuple(c) for c in outputs.token_counts]
+
+
+@pytest.mark.parametrize(
+    ("name", "plan"),
+    [(f, n) for f in sorted(FAMILIES) for n in sorted(REUSE_PLANS) if fits(f, REUSE_PLANS[n].get("token_reduction"))],
+)
+def test_attention_reuse_runs_and_disables(tmp_path, stock, name, plan):
+    """SkipAt alone and with a later reduction: the reused layers' own attention stays loadable and frozen, the
+    full model comes back with disable_plans, and an inference checkpoint drops the replaced attention."""
+    stock_model, _ = stock(name)
+    model = ours(name, stock_model, **REUSE_PLANS[plan])
+    with torch.no_grad():
+        outputs = model(PIXELS)
+        full = output_of(name, model(PIXELS, disable_plans=True))
+    torch.testing.assert_close(full, output_of(name, stock_model(PIXELS)), atol=1e-5, rtol=0)
+    assert list(outputs.token_counts) == model.config.token_counts()
+    assert count_flops(model.config).ideal_speedup > 1.0
+    assert model.drop_training_modules()
+    model.save_pretrained(tmp_path)
+    loaded, info = FAMILIES[name].model.from_pretrained(tmp_path, output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"]
+    with torch.no_grad():
+        torch.testing.assert_close(output_of(name, loaded.eval()(PIXELS)), output_of(name, outputs), atol=0, rtol=0)
 
 
 def test_deit_refuses_a_second_cls_head():
