@@ -311,6 +311,24 @@ def test_attention_reuse_runs_and_disables(tmp_path, stock, name, plan):
         torch.testing.assert_close(output_of(name, loaded.eval()(PIXELS)), output_of(name, outputs), atol=0, rtol=0)
 
 
+@pytest.mark.parametrize("name", sorted(FAMILIES))
+def test_hidden_states_and_attentions_are_recorded_as_stock(stock, name):
+    stock_model, _ = stock(name)
+    model = ours(name, stock_model, token_reduction=KEEP_ALL_PLANS["tome"])
+    for each in (model, stock_model):
+        each.set_attn_implementation("eager")
+    try:
+        with torch.no_grad():
+            outputs = model(PIXELS, output_hidden_states=True, output_attentions=True)
+            expected = stock_model(PIXELS, output_hidden_states=True, output_attentions=True)
+    finally:
+        stock_model.set_attn_implementation("sdpa")
+    assert len(outputs.hidden_states) == len(expected.hidden_states) == TINY["num_hidden_layers"] + 1
+    assert len(outputs.attentions) == len(expected.attentions) == TINY["num_hidden_layers"]
+    for ours_state, stock_state in zip(outputs.hidden_states, expected.hidden_states):
+        torch.testing.assert_close(ours_state, stock_state, atol=1e-5, rtol=0)
+
+
 def test_deit_refuses_a_second_cls_head():
     with pytest.raises(ValueError, match="two_heads"):
         TokenPruneDeiTConfig(**TINY, token_reduction={"method": "evo_vit", "keep_rate": 0.5, "two_heads": True})
