@@ -59,6 +59,32 @@ AutoConfig.register(TokenPruneCLIPConfig.model_type, TokenPruneCLIPConfig, exist
 AutoModel.register(TokenPruneCLIPConfig, TokenPruneCLIPModel, exist_ok=True)
 AutoModelForZeroShotImageClassification.register(TokenPruneCLIPConfig, TokenPruneCLIPModel, exist_ok=True)
 
+# What the benchmark pairs per family: (stock config, stock model) names in transformers, and our model class.
+FAMILY_BENCHMARK_CLASSES = {
+    TokenPruneViTConfig.model_type: ("ViTConfig", "ViTForImageClassification", TokenPruneViTForImageClassification),
+    TokenPruneDeiTConfig.model_type: (
+        "DeiTConfig",
+        "DeiTForImageClassificationWithTeacher",
+        TokenPruneDeiTForImageClassificationWithTeacher,
+    ),
+    TokenPruneDinov2Config.model_type: (
+        "Dinov2Config",
+        "Dinov2ForImageClassification",
+        TokenPruneDinov2ForImageClassification,
+    ),
+    TokenPruneDinov2WithRegistersConfig.model_type: (
+        "Dinov2WithRegistersConfig",
+        "Dinov2WithRegistersForImageClassification",
+        TokenPruneDinov2WithRegistersForImageClassification,
+    ),
+    TokenPruneCLIPVisionConfig.model_type: (
+        "CLIPVisionConfig",
+        "CLIPVisionModelWithProjection",
+        TokenPruneCLIPVisionModelWithProjection,
+    ),
+    TokenPruneSiglipVisionConfig.model_type: ("SiglipVisionConfig", "SiglipVisionModel", TokenPruneSiglipVisionModel),
+}
+
 from . import hub as _hub  # noqa: E402
 
 # model.push_to_hub and Trainer.push_to_hub of TokenPruneViT models upload hf_tokenprune's model card.

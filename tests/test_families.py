@@ -329,6 +329,39 @@ def test_hidden_states_and_attentions_are_recorded_as_stock(stock, name):
         torch.testing.assert_close(ours_state, stock_state, atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize("name", ["deit", "dinov2-registers", "clip"])
+def test_benchmark_pairs_each_family_with_its_stock_class(name):
+    from hf_tokenprune import benchmark as bm
+
+    base = FAMILIES[name].config(**FAMILIES[name].settings())
+    modes = ("inference", "training") if name.startswith("dinov2") else ("inference",)
+    settings = bm.BenchmarkSettings(batch_size=2, rounds=1, warmup=0, progress=False, modes=modes)
+    plans = bm.parse_plans([None, REDUCING_PLANS["tome"]], base)
+    stock_model, models = bm.build_models(base, plans)
+    assert type(stock_model) is FAMILIES[name].stock_model or name == "clip"  # CLIP: the tower with projection
+    rows = bm.run_benchmark(base, plans, settings)
+    assert len(rows) == 2 * len(modes) and all(row["measured_speedup"] > 0 for row in rows)
+    tome = next(row for row in rows if row["plan"])
+    assert tome["ideal_speedup"] > 1.0 and tome["tokens_per_layer"] == [
+        list(c)
+        for c in base.__class__(**FAMILIES[name].settings(), token_reduction=REDUCING_PLANS["tome"]).token_counts()
+    ]
+
+
+def test_benchmark_refuses_training_without_labels_and_knows_the_new_architectures():
+    from hf_tokenprune import benchmark as bm
+    from hf_tokenprune.architectures import build_config
+
+    base = TokenPruneCLIPVisionConfig(**FAMILIES["clip"].settings())
+    with pytest.raises(ValueError, match="'training'.*no training loss.*--modes inference,latency"):
+        bm.run_benchmark(base, [None], bm.BenchmarkSettings(modes=("training",), progress=False))
+    dinov2 = build_config(None, "dinov2-base-patch14-518", token_reduction={"method": "tome", "r": 16})
+    assert type(dinov2) is TokenPruneDinov2Config and dinov2.num_patches == 1369
+    assert count_flops(dinov2).token_counts[0] == (1370, 1354)
+    clip = build_config(None, "clip-vit-base-patch16")
+    assert type(clip) is TokenPruneCLIPVisionConfig and count_flops(clip).layers[0].attention_tokens == 197
+
+
 def test_deit_refuses_a_second_cls_head():
     with pytest.raises(ValueError, match="two_heads"):
         TokenPruneDeiTConfig(**TINY, token_reduction={"method": "evo_vit", "keep_rate": 0.5, "two_heads": True})
