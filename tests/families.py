@@ -3,7 +3,6 @@ which plans a family runs."""
 
 from dataclasses import dataclass, field
 
-import pytest
 import torch
 from conftest import TINY
 from transformers import (
@@ -37,8 +36,6 @@ from hf_tokenprune import (
     TokenPruneSiglipVisionConfig,
     TokenPruneSiglipVisionModel,
 )
-
-pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @dataclass
