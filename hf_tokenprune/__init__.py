@@ -13,18 +13,63 @@ import sys
 
 __version__ = "0.1.0"
 
+_CONFIGS = "models.configuration_tokenprune_"
+_MODELS = "models.modeling_tokenprune_"
 _PUBLIC = {
-    "TokenPruneViTConfig": "models.configuration_tokenprune_vit",
-    "TokenPruneViTForImageClassification": "models.modeling_tokenprune_vit",
-    "TokenPruneViTImageClassifierOutput": "models.modeling_tokenprune_vit",
-    "TokenPruneViTModel": "models.modeling_tokenprune_vit",
-    "TokenPruneViTModelOutput": "models.modeling_tokenprune_vit",
-    "TokenPruneViTBackbone": "models.modeling_tokenprune_vit_dense",
-    "TokenPruneViTForSemanticSegmentation": "models.modeling_tokenprune_vit_dense",
-    "TokenPruneViTSemanticSegmenterOutput": "models.modeling_tokenprune_vit_dense",
+    "TokenPruneViTConfig": _CONFIGS + "vit",
+    "TokenPruneViTForImageClassification": _MODELS + "vit",
+    "TokenPruneViTImageClassifierOutput": _MODELS + "vit",
+    "TokenPruneViTModel": _MODELS + "vit",
+    "TokenPruneViTModelOutput": _MODELS + "vit",
+    "TokenPruneViTBackbone": _MODELS + "vit_dense",
+    "TokenPruneViTForSemanticSegmentation": _MODELS + "vit_dense",
+    "TokenPruneViTSemanticSegmenterOutput": _MODELS + "vit_dense",
+    "TokenPruneDeiTConfig": _CONFIGS + "deit",
+    "TokenPruneDeiTModel": _MODELS + "deit",
+    "TokenPruneDeiTForImageClassificationWithTeacher": _MODELS + "deit",
+    "TokenPruneDinov2Config": _CONFIGS + "dinov2",
+    "TokenPruneDinov2WithRegistersConfig": _CONFIGS + "dinov2",
+    "TokenPruneDinov2Model": _MODELS + "dinov2",
+    "TokenPruneDinov2ForImageClassification": _MODELS + "dinov2",
+    "TokenPruneDinov2WithRegistersModel": _MODELS + "dinov2",
+    "TokenPruneDinov2WithRegistersForImageClassification": _MODELS + "dinov2",
+    "TokenPruneCLIPConfig": _CONFIGS + "clip",
+    "TokenPruneCLIPVisionConfig": _CONFIGS + "clip",
+    "TokenPruneCLIPModel": _MODELS + "clip",
+    "TokenPruneCLIPVisionModel": _MODELS + "clip",
+    "TokenPruneCLIPVisionModelWithProjection": _MODELS + "clip",
+    "TokenPruneSiglipVisionConfig": _CONFIGS + "siglip",
+    "TokenPruneSiglipVisionModel": _MODELS + "siglip",
     "REDUCTION_METHODS": "models.token_reduction",
     "TokenReduction": "models.token_reduction",
     "register_reduction": "models.token_reduction",
+}
+# What each config class serves through transformers' Auto classes (an installed package needs no remote code).
+_AUTO_CLASSES = {
+    "TokenPruneViTConfig": {
+        "AutoModel": "TokenPruneViTModel",
+        "AutoModelForImageClassification": "TokenPruneViTForImageClassification",
+        "AutoModelForSemanticSegmentation": "TokenPruneViTForSemanticSegmentation",
+        "AutoBackbone": "TokenPruneViTBackbone",
+    },
+    "TokenPruneDeiTConfig": {
+        "AutoModel": "TokenPruneDeiTModel",
+        "AutoModelForImageClassification": "TokenPruneDeiTForImageClassificationWithTeacher",
+    },
+    "TokenPruneDinov2Config": {
+        "AutoModel": "TokenPruneDinov2Model",
+        "AutoModelForImageClassification": "TokenPruneDinov2ForImageClassification",
+    },
+    "TokenPruneDinov2WithRegistersConfig": {
+        "AutoModel": "TokenPruneDinov2WithRegistersModel",
+        "AutoModelForImageClassification": "TokenPruneDinov2WithRegistersForImageClassification",
+    },
+    "TokenPruneCLIPVisionConfig": {"AutoModel": "TokenPruneCLIPVisionModel"},
+    "TokenPruneSiglipVisionConfig": {"AutoModel": "TokenPruneSiglipVisionModel"},
+    "TokenPruneCLIPConfig": {
+        "AutoModel": "TokenPruneCLIPModel",
+        "AutoModelForZeroShotImageClassification": "TokenPruneCLIPModel",
+    },
 }
 # Once one of these has been imported, our classes are registered with the Auto classes (and push_to_hub routed
 # through our card), as soon as no module of torch, transformers or this package is half-way through its import.
@@ -35,41 +80,34 @@ _TRIGGERS = (
     "transformers.modeling_utils",
     "transformers.pipelines",
     "transformers.trainer",
-    f"{__name__}.models.configuration_tokenprune_vit",
-    f"{__name__}.models.modeling_tokenprune_vit",
+    *sorted({f"{__name__}.{module}" for module in _PUBLIC.values() if module != "models.token_reduction"}),
 )
 _registered = False
 
 
 def register() -> None:
-    """Registers TokenPruneViT with AutoConfig, AutoModel, AutoModelForImageClassification,
-    AutoModelForSemanticSegmentation and AutoBackbone, and installs the Hub hooks (`hf_tokenprune.hub.install`).
-    Idempotent; runs by itself when it is needed."""
+    """Registers every TokenPrune config with AutoConfig and its models with the Auto classes of `_AUTO_CLASSES`,
+    and installs the Hub hooks (`hf_tokenprune.hub.install`). Idempotent; runs by itself when it is needed."""
     global _registered
     if _registered:
         return
     _registered = True
     for finder in [f for f in sys.meta_path if isinstance(f, _RegisterOnImport)]:
         sys.meta_path.remove(finder)
-    from transformers import (
-        AutoBackbone,
-        AutoConfig,
-        AutoModel,
-        AutoModelForImageClassification,
-        AutoModelForSemanticSegmentation,
-    )
+    import transformers
 
     from . import hub
-    from .models.configuration_tokenprune_vit import TokenPruneViTConfig
-    from .models.modeling_tokenprune_vit import TokenPruneViTForImageClassification, TokenPruneViTModel
-    from .models.modeling_tokenprune_vit_dense import TokenPruneViTBackbone, TokenPruneViTForSemanticSegmentation
 
-    AutoConfig.register(TokenPruneViTConfig.model_type, TokenPruneViTConfig, exist_ok=True)
-    AutoModel.register(TokenPruneViTConfig, TokenPruneViTModel, exist_ok=True)
-    AutoModelForImageClassification.register(TokenPruneViTConfig, TokenPruneViTForImageClassification, exist_ok=True)
-    AutoModelForSemanticSegmentation.register(TokenPruneViTConfig, TokenPruneViTForSemanticSegmentation, exist_ok=True)
-    AutoBackbone.register(TokenPruneViTConfig, TokenPruneViTBackbone, exist_ok=True)
-    hub.install()  # model.push_to_hub and Trainer.push_to_hub of TokenPruneViT models upload our model card
+    for config_name, autos in _AUTO_CLASSES.items():
+        config = _load(config_name)
+        transformers.AutoConfig.register(config.model_type, config, exist_ok=True)
+        for auto, model_name in autos.items():
+            getattr(transformers, auto).register(config, _load(model_name), exist_ok=True)
+    hub.install()  # model.push_to_hub and Trainer.push_to_hub of TokenPrune models upload our model card
+
+
+def _load(name: str):
+    return getattr(importlib.import_module(f".{_PUBLIC[name]}", __name__), name)
 
 
 def _importing() -> bool:
@@ -118,7 +156,7 @@ def __getattr__(name: str):
     if name not in _PUBLIC:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     register()
-    return getattr(importlib.import_module(f".{_PUBLIC[name]}", __name__), name)
+    return _load(name)
 
 
 def __dir__() -> list[str]:

@@ -1,4 +1,5 @@
-"""Built-in ViT/DeiT architectures (configs only, no weights) and config loading for the tools."""
+"""Built-in architectures (configs only, no weights): ViT/DeiT sizes and a few other families, and config loading
+for the tools."""
 
 from typing import Any
 
@@ -19,11 +20,81 @@ ARCHITECTURES: dict[str, dict[str, Any]] = {
 }
 
 
-def build_config(model: str | None, arch: str, **plans: Any) -> TokenPruneViTConfig:
+# Other families (model_type of our config, shape). DINOv2-B/14 at 518 px is 37 x 37 = 1369 patches.
+FAMILY_ARCHITECTURES: dict[str, tuple[str, dict[str, Any]]] = {
+    "dinov2-base-patch14-518": (
+        "tokenprune_dinov2",
+        dict(
+            hidden_size=768, num_hidden_layers=12, num_attention_heads=12, mlp_ratio=4, image_size=518, patch_size=14
+        ),
+    ),
+    "clip-vit-base-patch16": (
+        "tokenprune_clip_vision_model",
+        dict(
+            hidden_size=768,
+            num_hidden_layers=12,
+            num_attention_heads=12,
+            intermediate_size=3072,
+            image_size=224,
+            patch_size=16,
+            projection_dim=512,
+        ),
+    ),
+}
+
+
+# What the tools pair per family: (stock config, stock model) in transformers, and our model (in hf_tokenprune).
+FAMILY_BENCHMARK_CLASSES = {
+    "tokenprune_vit": ("ViTConfig", "ViTForImageClassification", "TokenPruneViTForImageClassification"),
+    "tokenprune_deit": (
+        "DeiTConfig",
+        "DeiTForImageClassificationWithTeacher",
+        "TokenPruneDeiTForImageClassificationWithTeacher",
+    ),
+    "tokenprune_dinov2": ("Dinov2Config", "Dinov2ForImageClassification", "TokenPruneDinov2ForImageClassification"),
+    "tokenprune_dinov2_with_registers": (
+        "Dinov2WithRegistersConfig",
+        "Dinov2WithRegistersForImageClassification",
+        "TokenPruneDinov2WithRegistersForImageClassification",
+    ),
+    "tokenprune_clip_vision_model": (
+        "CLIPVisionConfig",
+        "CLIPVisionModelWithProjection",
+        "TokenPruneCLIPVisionModelWithProjection",
+    ),
+    "tokenprune_siglip_vision_model": ("SiglipVisionConfig", "SiglipVisionModel", "TokenPruneSiglipVisionModel"),
+}
+
+
+def family_classes(config: Any) -> tuple[type, type, type]:
+    """(stock config class, stock model class, our model class) that the tools pair for a config's family: the
+    classifier, or for CLIP's vision tower the model with projection (image embeddings)."""
+    import transformers
+
+    import hf_tokenprune
+
+    model_type = getattr(config, "model_type", "")
+    if model_type not in FAMILY_BENCHMARK_CLASSES:
+        raise ValueError(
+            f"{model_type!r} configs have no benchmark classes; known: {sorted(FAMILY_BENCHMARK_CLASSES)}."
+        )
+    stock_config, stock_model, ours = FAMILY_BENCHMARK_CLASSES[model_type]
+    return getattr(transformers, stock_config), getattr(transformers, stock_model), getattr(hf_tokenprune, ours)
+
+
+def build_config(model: str | None, arch: str, **plans: Any) -> Any:
     """The config of a checkpoint (folder or Hub id) or of a built-in architecture, with the given plans."""
     plans = {key: value for key, value in plans.items() if value is not None}
     if model is not None:
         return TokenPruneViTConfig.from_pretrained(model, **plans)
+    if arch in FAMILY_ARCHITECTURES:
+        from transformers import AutoConfig
+
+        import hf_tokenprune  # noqa: F401  (registers our config classes)
+
+        model_type, shape = FAMILY_ARCHITECTURES[arch]
+        return AutoConfig.for_model(model_type, **shape, num_labels=1000, **plans)
     if arch not in ARCHITECTURES:
-        raise ValueError(f"--arch {arch!r} is not built in; allowed: {sorted(ARCHITECTURES)}.")
+        allowed = sorted([*ARCHITECTURES, *FAMILY_ARCHITECTURES])
+        raise ValueError(f"--arch {arch!r} is not built in; allowed: {allowed}.")
     return TokenPruneViTConfig(**ARCHITECTURES[arch], image_size=224, patch_size=16, num_labels=1000, **plans)

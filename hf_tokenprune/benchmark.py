@@ -227,9 +227,14 @@ def machine_info(device: torch.device | None = None) -> dict[str, Any]:
 # ----------------------------------------------------------------------------------------------------------------
 
 
+# Families whose stock model has no training loss to pair with (image embeddings, pooled features, and DeiT with
+# teacher, which transformers ships for inference only): no training mode.
+NO_TRAINING_FAMILIES = ("tokenprune_deit", "tokenprune_clip_vision_model", "tokenprune_siglip_vision_model")
+
+
 def stock_config(config: Any) -> Any:
-    """The stock `ViTConfig` of a TokenPruneViT config: every ViT field, no plans."""
-    from transformers import ViTConfig
+    """The stock config of a TokenPrune config's family (`ViTConfig` for TokenPruneViT): every field, no plans."""
+    from .architectures import family_classes
 
     data = config.to_dict()
     for key in (
@@ -244,7 +249,7 @@ def stock_config(config: Any) -> Any:
     ):
         data.pop(key, None)
     data.pop("transformers_version", None)
-    return ViTConfig(**data)
+    return family_classes(config)[0](**data)
 
 
 def build_models(
@@ -267,23 +272,24 @@ def build_models(
         device: where the models live (the CPU if None).
         dtype: the models' floating-point type (float32 if None).
     """
-    from transformers import ViTForImageClassification
-
-    from .models.modeling_tokenprune_vit import TokenPruneViTForImageClassification
+    from .architectures import family_classes
 
     dtype = dtype or torch.float32
+    _, stock_class, plan_class = family_classes(base)
     torch.manual_seed(seed)
-    stock = ViTForImageClassification(stock_config(base)).eval()
+    stock = stock_class(stock_config(base)).eval()
     if state_dict is not None:
         missing, _ = stock.load_state_dict(state_dict, strict=False)
         if missing:
-            raise ValueError(f"the weights lack {len(missing)} stock ViT parameters, e.g. {missing[:3]}.")
+            raise ValueError(
+                f"the weights lack {len(missing)} stock {stock_class.__name__} parameters, e.g. {missing[:3]}."
+            )
     stock = stock.to(device=device or torch.device("cpu"), dtype=dtype)
     weights = stock.state_dict()
     models = {}
     for entry, config in plans:
         torch.manual_seed(seed)
-        model = TokenPruneViTForImageClassification(config).eval()
+        model = plan_class(config).eval()
         _, unexpected = model.load_state_dict(weights, strict=False, assign=True)
         if unexpected:
             raise ValueError(f"{entry.label}: stock weights {unexpected[:3]} have no place in the plan's model.")
@@ -305,9 +311,14 @@ def load_base(model: str | None, arch: str) -> tuple[Any, dict | None]:
     return loaded.config, loaded.state_dict()
 
 
+def _size_options(interpolate: bool) -> dict:
+    """``interpolate_pos_encoding`` only when needed: DINOv2 always interpolates and takes no such argument."""
+    return {"interpolate_pos_encoding": True} if interpolate else {}
+
+
 def inference_call(model: torch.nn.Module, interpolate: bool) -> Callable[[torch.Tensor], Any]:
     def forward(pixel_values: torch.Tensor) -> Any:
-        return model(pixel_values=pixel_values, interpolate_pos_encoding=interpolate)
+        return model(pixel_values=pixel_values, **_size_options(interpolate))
 
     return forward
 
@@ -320,7 +331,7 @@ def training_step(
     def step(pixel_values: torch.Tensor) -> Any:
         with torch.inference_mode(False):
             optimizer.zero_grad(set_to_none=True)
-            loss = model(pixel_values=pixel_values, labels=labels, interpolate_pos_encoding=interpolate).loss
+            loss = model(pixel_values=pixel_values, labels=labels, **_size_options(interpolate)).loss
             loss.backward()
             optimizer.step()
         return loss
@@ -476,9 +487,8 @@ def check_token_counts(models: dict[str, torch.nn.Module], plans, settings: Benc
     for entry, config in plans:
         pixels, _ = _input(settings, config, 1)
         with torch.inference_mode():
-            counts = models[entry.label](
-                pixel_values=pixels, interpolate_pos_encoding=settings.image_size is not None
-            ).token_counts
+            counts = models[entry.label](pixel_values=pixels, **_size_options(settings.image_size is not None))
+            counts = counts.token_counts
         expected = count_flops(config, image_size=settings.image_size).token_counts
         if [tuple(c) for c in counts] != [tuple(c) for c in expected]:
             raise RuntimeError(
@@ -489,7 +499,8 @@ def check_token_counts(models: dict[str, torch.nn.Module], plans, settings: Benc
 def run_benchmark(
     base: Any, plans: Any = None, settings: BenchmarkSettings | None = None, state_dict: dict | None = None
 ) -> list[dict[str, Any]]:
-    """Measures every plan against stock `ViTForImageClassification` with the same weights.
+    """Measures every plan against the stock class of its family (`ViTForImageClassification` for TokenPruneViT)
+    with the same weights.
 
     Args:
         base: the TokenPruneViT config without plans (e.g. from `load_base` or `architectures.build_config`).
@@ -503,6 +514,11 @@ def run_benchmark(
     settings = settings or BenchmarkSettings()
     settings.check()
     load_before = machine_load()  # before this process adds its own load
+    if "training" in settings.modes and base.model_type in NO_TRAINING_FAMILIES:
+        raise ValueError(
+            f"modes include 'training', and the stock model of {base.model_type!r} has no training loss to compare "
+            "with; use --modes inference,latency."
+        )
     parsed = plans if _is_parsed(plans) else parse_plans(plans, base)
     stock, models = build_models(base, parsed, state_dict, settings.seed, settings.device, settings.dtype)
     check_token_counts(models, parsed, settings)

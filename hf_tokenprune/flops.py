@@ -86,8 +86,21 @@ def attention_macs(config: Any, tokens: int) -> int:
     return 4 * tokens * width * width + 2 * tokens * tokens * width
 
 
+def num_prefix_tokens(config: Any) -> int:
+    """Leading tokens of the family (CLS; DeiT's distillation token; DINOv2's registers; none for SigLIP)."""
+    return getattr(config, "num_prefix_tokens", 1)
+
+
 def mlp_macs(config: Any, tokens: int) -> int:
-    return 2 * tokens * config.hidden_size * config.intermediate_size
+    """The MLP of one layer: two matrices, or three for DINOv2's SwiGLU (its hidden width as transformers sets it)."""
+    width = config.hidden_size
+    if hasattr(config, "mlp_ratio"):  # DINOv2
+        hidden = int(width * config.mlp_ratio)
+        if config.use_swiglu_ffn:
+            hidden = (int(hidden * 2 / 3) + 7) // 8 * 8
+            return 3 * tokens * width * hidden
+        return 2 * tokens * width * hidden
+    return 2 * tokens * width * config.intermediate_size
 
 
 def _embedding_macs(config: Any, num_patches: int) -> int:
@@ -95,14 +108,37 @@ def _embedding_macs(config: Any, num_patches: int) -> int:
     return num_patches * config.num_channels * patch[0] * patch[1] * config.hidden_size
 
 
+# Classifier inputs per family: DeiT's two heads (CLS, distillation token), DINOv2's CLS next to the patch mean;
+# CLIP's vision tower is counted without its projection (the stock CLIPVisionModel), SigLIP's without its pooling
+# head.
+HEAD_INPUTS = {
+    "tokenprune_deit": 2,
+    "tokenprune_dinov2": 2,
+    "tokenprune_dinov2_with_registers": 2,
+    "tokenprune_clip_vision_model": 0,
+    "tokenprune_siglip_vision_model": 0,
+}
+
+
 def _head_macs(config: Any) -> int:
-    return config.hidden_size * max(int(getattr(config, "num_labels", 0) or 0), 0)
+    labels = max(int(getattr(config, "num_labels", 0) or 0), 0)
+    return HEAD_INPUTS.get(getattr(config, "model_type", ""), 1) * config.hidden_size * labels
+
+
+def plan_token_counts(config: Any, plan: dict | None, num_patches: int, keep_rate: float | None) -> list:
+    """Per-layer (attention, MLP) token counts of a plan, prefix tokens included (methods count one prefix token;
+    prefix tokens are never removed, so another prefix count shifts every count)."""
+    shift = num_prefix_tokens(config) - 1
+    if plan is None:
+        return [(num_patches + 1 + shift, num_patches + 1 + shift)] * config.num_hidden_layers
+    counts = get_reduction_class(plan["method"]).token_counts(plan, config.num_hidden_layers, num_patches, keep_rate)
+    return [(a + shift, m + shift) for a, m in counts]
 
 
 def stock_macs(config: Any, image_size: Any = None) -> int:
     """MACs per image of the same model with no reduction and no reuse."""
     rows, columns = grid_of(image_size if image_size is not None else config.image_size, config.patch_size)
-    tokens = rows * columns + 1
+    tokens = rows * columns + num_prefix_tokens(config)
     per_layer = attention_macs(config, tokens) + mlp_macs(config, tokens)
     return _embedding_macs(config, rows * columns) + config.num_hidden_layers * per_layer + _head_macs(config)
 
@@ -116,7 +152,7 @@ def count_flops(
     """FLOPs of ``config``'s plan for one image.
 
     Args:
-        config: a `TokenPruneViTConfig` (or any ViT config; then the stock cost).
+        config: a TokenPrune config of any family (or any ViT config; then the stock cost).
         keep_rate: a runtime keep rate, as passed to the model's forward.
         image_size: an input size other than ``config.image_size`` (with ``interpolate_pos_encoding``).
         token_counts: per-layer (attention, MLP) token counts, e.g. ``outputs.token_counts``; computed from the
@@ -129,17 +165,14 @@ def count_flops(
     plan = getattr(config, "token_reduction", None)
     method = get_reduction_class(plan["method"]) if plan else None
     if token_counts is None:
-        if method is None:
-            token_counts = [(rows * columns + 1, rows * columns + 1)] * config.num_hidden_layers
-        else:
-            token_counts = method.token_counts(plan, config.num_hidden_layers, rows * columns, keep_rate)
+        token_counts = plan_token_counts(config, plan, rows * columns, keep_rate)
     extras = method.extra_macs(plan, config, token_counts) if method else [0] * len(token_counts)
     reuse = getattr(config, "attention_reuse", None)
     reused = set(reuse["layers"]) if reuse else set()
     layers = []
     for index, ((a, m), extra) in enumerate(zip(token_counts, extras)):
         if index in reused:  # the layer's attention is replaced by the reuse function on the patch tokens
-            attention = ATTENTION_REUSE_METHODS[reuse["method"]].macs(reuse, config, a - 1)
+            attention = ATTENTION_REUSE_METHODS[reuse["method"]].macs(reuse, config, a - num_prefix_tokens(config))
         else:
             attention = attention_macs(config, a)
         layers.append(LayerFlops(a, m, attention, mlp_macs(config, m), extra))

@@ -41,12 +41,12 @@ def grid_features(hidden: torch.Tensor, state, grid: tuple[int, int], norm: nn.M
     return patches.transpose(1, 2).reshape(patches.shape[0], -1, grid[0], grid[1])
 
 
-def _with_dense_auto_map(model, module: str) -> None:
-    model.config.auto_map = {
-        **(getattr(model.config, "auto_map", None) or {}),
-        "AutoBackbone": f"{module}.TokenPruneViTBackbone",
-        "AutoModelForSemanticSegmentation": f"{module}.TokenPruneViTForSemanticSegmentation",
-    }
+# Folders saved by a dense model serve every Auto class of the family: its own two and the ViT ones.
+DENSE_AUTO_CLASSES = {
+    **TokenPruneViTPreTrainedModel.auto_classes,
+    "AutoBackbone": "TokenPruneViTBackbone",
+    "AutoModelForSemanticSegmentation": "TokenPruneViTForSemanticSegmentation",
+}
 
 
 class TokenPruneViTBackbone(BackboneMixin, TokenPruneViTPreTrainedModel):
@@ -57,6 +57,8 @@ class TokenPruneViTBackbone(BackboneMixin, TokenPruneViTPreTrainedModel):
     the model's final LayerNorm. It plugs into `UperNetForSemanticSegmentation` through ``backbone_config``.
     ``hidden_states``, when asked for, are the layers' outputs as computed (the reduced sequences).
     """
+
+    auto_classes = DENSE_AUTO_CLASSES
 
     def __init__(self, config):
         super().__init__(config)
@@ -102,10 +104,6 @@ class TokenPruneViTBackbone(BackboneMixin, TokenPruneViTPreTrainedModel):
             attentions=outputs.attentions,
         )
 
-    def save_pretrained(self, save_directory, *args, **kwargs):
-        _with_dense_auto_map(self, type(self).__module__.split(".")[-1])
-        return super().save_pretrained(save_directory, *args, **kwargs)
-
 
 @dataclass
 class TokenPruneViTSemanticSegmenterOutput(SemanticSegmenterOutput):
@@ -150,6 +148,8 @@ class TokenPruneViTForSemanticSegmentation(TokenPruneViTPreTrainedModel):
     on the patch grid, DynamicViT's ratio loss) are added to ``loss``, so the stock `Trainer` trains them."""
 
     accepts_loss_kwargs = False  # a per-pixel mean loss
+
+    auto_classes = DENSE_AUTO_CLASSES
 
     def __init__(self, config):
         super().__init__(config)
@@ -228,10 +228,6 @@ class TokenPruneViTForSemanticSegmentation(TokenPruneViTPreTrainedModel):
         if outputs.aux_loss is not None:
             terms.append(outputs.aux_loss)
         return sum(terms[1:], terms[0]) if terms else None
-
-    def save_pretrained(self, save_directory, *args, **kwargs):
-        _with_dense_auto_map(self, type(self).__module__.split(".")[-1])
-        return super().save_pretrained(save_directory, *args, **kwargs)
 
 
 TokenPruneViTBackbone.register_for_auto_class("AutoBackbone")

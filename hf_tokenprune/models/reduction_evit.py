@@ -31,6 +31,7 @@ from .token_reduction import (
 
 @register_reduction("evit")
 class EViTReduction(TokenReduction):
+    ranks_by_cls_attention = True
     options = {"layers": None, "keep_rate": 0.7, "fuse": True}
     runtime_options = ("keep_rate",)
     uses_keep_rate = True

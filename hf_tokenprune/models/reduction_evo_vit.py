@@ -73,6 +73,7 @@ def _check_stages(plan: dict, num_layers: int) -> list[list[int]]:
 
 @register_reduction("evo_vit")
 class EvoViTReduction(TokenReduction):
+    ranks_by_cls_attention = True
     options = {
         "stages": None,
         "layers": None,

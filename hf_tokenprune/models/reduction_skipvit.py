@@ -31,6 +31,7 @@ from .token_reduction import (
 
 @register_reduction("skipvit")
 class SkipViTReduction(TokenReduction):
+    ranks_by_cls_attention = True
     # keep_rate 0.45: the paper's headline drops 55% of the tokens.
     options = {"drop_layer": None, "rejoin_layer": None, "keep_rate": 0.45}
     runtime_options = ("keep_rate",)

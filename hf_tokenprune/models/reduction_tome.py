@@ -179,4 +179,24 @@ def merge_tokens(x: torch.Tensor, state: TokenState, src, dst, unmerged) -> tupl
     destination = torch.stack([to_a[:, : to_b.shape[1]], to_b], dim=2).flatten(1)  # interleave A and B
     if to_a.shape[1] > to_b.shape[1]:
         destination = torch.cat([destination, to_a[:, -1:]], dim=1)
+    if state.num_prefix > 1:  # the prefix tokens in B move up to the front
+        order, new_index = prefix_first_order(state.num_prefix, num_unmerged, new_x.shape[1], x.device)
+        new_x, new_sizes, new_positions = (
+            gather_tokens(t, order.expand(batch, -1)) for t in (new_x, new_sizes, new_positions)
+        )
+        destination = new_index[destination]
     return new_x, state.replace(sizes=new_sizes, positions=new_positions, owner=destination.gather(1, owner))
+
+
+def prefix_first_order(num_prefix: int, num_unmerged: int, length: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """A merged sequence is (unmerged A tokens, B tokens); with more than one prefix token, those in B (odd
+    indices) would sit after the A tokens. Returns the order (1, N') that puts the prefix tokens first, in their
+    order, and for each old index its new one (N',). With one prefix token (CLS, in A) or none the order is the
+    identity."""
+    in_a, in_b = (num_prefix + 1) // 2, num_prefix // 2
+    prefix = [index // 2 if index % 2 == 0 else num_unmerged + index // 2 for index in range(num_prefix)]
+    order = [*prefix, *range(in_a, num_unmerged), *range(num_unmerged + in_b, length)]  # prefix in its own order
+    new_index = [0] * length
+    for new, old in enumerate(order):
+        new_index[old] = new
+    return torch.tensor([order], device=device), torch.tensor(new_index, device=device)

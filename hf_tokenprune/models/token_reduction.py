@@ -274,6 +274,8 @@ class TokenReduction(nn.Module):
     # changes to them (keep-rate schedules, runtime overrides). The others are fixed when the model is built.
     runtime_options: tuple = ()
     uses_keep_rate: bool = False
+    # Whether the method ranks tokens by the CLS token's attention row (a model without CLS cannot run it).
+    ranks_by_cls_attention: bool = False
     # Submodules (relative to the method's module) needed only to train; an inference checkpoint leaves them out.
     training_only_modules: tuple = ()
 

@@ -1,0 +1,135 @@
+"""What every TokenPrune config adds to its HF family config: the plan fields, their validation and token counts.
+
+A family config is ``class TokenPrune<Family>Config(TokenPruneConfigMixin, <Family>Config)`` that declares the three
+plan fields (HF configs are dataclasses: each class declares its own fields) and says how many prefix tokens its
+sequence starts with (CLS, distillation token, registers). Part of the remote-code island.
+"""
+
+import copy
+from typing import Any
+
+from .attention_reuse import ATTENTION_REUSE_METHODS, check_attention_reuse
+from .reduction_cropr import CroprReduction  # noqa: F401  (every built-in method is imported, so it registers)
+from .reduction_dynamicvit import DynamicViTReduction  # noqa: F401
+from .reduction_evit import EViTReduction  # noqa: F401
+from .reduction_evo_vit import EvoViTReduction  # noqa: F401
+from .reduction_skipvit import SkipViTReduction  # noqa: F401
+from .reduction_supervit import SuperViTReduction  # noqa: F401
+from .reduction_tome import ToMeReduction  # noqa: F401
+from .token_reduction import REDUCTION_METHODS, get_reduction_class, grid_of
+
+PLAN_FIELDS = ("token_reduction", "attention_reuse", "restore_tokens")
+
+
+class TokenPruneConfigMixin:
+    """The plan fields' validation, shared by every family config.
+
+    A family sets ``stock_model_type`` (the HF checkpoints whose config it reads as its own; a vision tower also
+    ``composite_model_types``, the full models it can be read from) and, when its sequence does not start with
+    exactly one CLS token, overrides ``num_prefix_tokens``.
+    """
+
+    stock_model_type = ""
+    composite_model_types: tuple = ()  # full checkpoints (e.g. "clip") whose ``base_config_key`` part is ours
+    # Bookkeeping outputs (Python ints and ragged tensors) that Trainer.evaluate must not gather as logits.
+    keys_to_ignore_at_inference = [
+        "token_counts",
+        "token_positions",
+        "token_owner",
+        "patch_grid",
+        "aux_logits",
+        "aux_loss",
+        "layer_states",
+    ]
+
+    def __setattr__(self, key: str, value: Any) -> None:
+        # Plans are checked whenever they are set: at construction and when transformers applies
+        # `from_pretrained` keywords after construction.
+        if key in PLAN_FIELDS:
+            value = self._checked_plan(key, value)
+        super().__setattr__(key, value)
+        if key in ("token_reduction", "attention_reuse") and "attention_reuse" in self.__dict__:
+            self._check_reuse_with_reduction()
+
+    @classmethod
+    def get_config_dict(cls, pretrained_model_name_or_path, **kwargs):
+        """Reads the stock family's config as ours; refuses another family's with one line."""
+        config_dict, kwargs = super().get_config_dict(pretrained_model_name_or_path, **kwargs)
+        model_type = config_dict.get("model_type", cls.model_type)
+        if model_type in cls.composite_model_types and isinstance(config_dict.get(cls.base_config_key), dict):
+            config_dict[cls.base_config_key]["model_type"] = cls.model_type  # transformers reads this part
+            return config_dict, kwargs
+        if model_type not in (cls.stock_model_type, cls.model_type):
+            hint = cls.other_family_hint(model_type)
+            raise ValueError(
+                f"{pretrained_model_name_or_path} is a {model_type!r} checkpoint; {cls.__name__} loads "
+                f"{cls.stock_model_type!r} checkpoints and its own ({cls.model_type!r}){hint}."
+            )
+        config_dict["model_type"] = cls.model_type
+        return config_dict, kwargs
+
+    @classmethod
+    def other_family_hint(cls, model_type: str) -> str:
+        """A few words that point to the right class for another family's checkpoint (empty by default)."""
+        return ""
+
+    @property
+    def num_prefix_tokens(self) -> int:
+        """Leading tokens that no method drops or merges (CLS and its kind)."""
+        return 1
+
+    @property
+    def patch_grid(self) -> tuple[int, int]:
+        return grid_of(self.image_size, self.patch_size)
+
+    @property
+    def num_patches(self) -> int:
+        rows, columns = self.patch_grid
+        return rows * columns
+
+    def _checked_plan(self, key: str, value: Any) -> Any:
+        if key == "restore_tokens":
+            if not isinstance(value, bool):
+                raise ValueError(f"restore_tokens = {value!r} must be true or false.")
+            return value
+        if key == "attention_reuse":
+            return check_attention_reuse(copy.deepcopy(value), self)
+        if value is None:
+            return None
+        if not isinstance(value, dict) or "method" not in value:
+            raise ValueError(
+                f"token_reduction = {value!r} must be None or a dict with a 'method' key; "
+                f"allowed methods: {sorted(REDUCTION_METHODS)}."
+            )
+        method = get_reduction_class(value["method"])
+        return self.check_plan_fits_family(method, method.check_plan(copy.deepcopy(value), self))
+
+    def check_plan_fits_family(self, method, plan: dict) -> dict:
+        """Refuses a plan this family cannot run (e.g. one that ranks by CLS attention on a model without CLS);
+        returns the plan. Every plan fits by default."""
+        return plan
+
+    def _check_reuse_with_reduction(self) -> None:
+        """Rejects plans that combine attention reuse and token reduction in a way the model cannot run."""
+        if self.token_reduction is None or self.attention_reuse is None:
+            return
+        reuse = ATTENTION_REUSE_METHODS[self.attention_reuse["method"]]
+        reduction = get_reduction_class(self.token_reduction["method"])
+        reuse.check_with_reduction(self.attention_reuse, self.token_reduction, reduction, self)
+
+    def token_counts(self, keep_rate: float | None = None, image_size: Any = None) -> list[tuple[int, int]]:
+        """(tokens entering the attention, tokens entering the MLP) of every layer for this plan, prefix included.
+
+        The methods count one prefix token (CLS); another prefix count shifts every count by the difference, since
+        prefix tokens are never dropped or merged."""
+        rows, columns = grid_of(image_size, self.patch_size) if image_size is not None else self.patch_grid
+        shift = self.num_prefix_tokens - 1
+        if self.token_reduction is None:
+            counts = [(rows * columns + 1, rows * columns + 1)] * self.num_hidden_layers
+        else:
+            method = get_reduction_class(self.token_reduction["method"])
+            counts = method.token_counts(self.token_reduction, self.num_hidden_layers, rows * columns, keep_rate)
+        return [(a + shift, m + shift) for a, m in counts]
+
+
+__all__ = ["PLAN_FIELDS", "TokenPruneConfigMixin"]
