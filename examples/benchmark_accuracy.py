@@ -61,7 +61,7 @@ class Recipe:
     intermediate_size: int = 192
     copies: int = 6  # each training digit rendered this many times, at different places: more data, less overfitting
     epochs: int = 8
-    learning_rate: float = 1e-3
+    learning_rate: float = 1e-3  # 2e-3 stalls this ViT near 0.77 accuracy; 1e-3 reaches 0.92 in 8 epochs
     finetune_epochs: int = 2
     finetune_learning_rate: float = 5e-4
     batch_size: int = 32
