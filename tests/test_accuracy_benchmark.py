@@ -85,6 +85,7 @@ def test_benchmarks_md_is_well_formed(script, tiny_run):
         share = re.fullmatch(r"(\d\.\d\d) \((\d\.\d\d)\)", row[9])  # digit patches kept (random)
         assert share or (row[9] == "–" and row[0] in ("tome", "skipat")), row
     assert "![accuracy against measured speed-up](accuracy_vs_speedup.png)" in text
+    assert "## Targets" in text and "- Load: 1-minute load average" in text  # the targets; how busy
 
 
 def test_json_and_png(tiny_run):
@@ -117,6 +118,39 @@ def test_the_base_model_is_cached_across_runs(script, tmp_path, monkeypatch):
     monkeypatch.setattr(script, "train_base", no_training)
     again, stock_again = script.cached_base(recipe, data, 0, path, progress=False)
     assert stock_again == stock and all(torch.equal(again[k], weights[k]) for k in weights)
+    recipe.operating_points, recipe.bench_rounds = 1, 3  # neither changes the base nor the stock fine-tune
+    assert script.cached_base(recipe, data, 0, path, progress=False)[1] == stock
     recipe.epochs = 2  # another recipe: trained anew
     with pytest.raises(AssertionError, match="must not be trained again"):
         script.cached_base(recipe, data, 0, path, progress=False)
+
+
+def _row(method, point, entry, accuracy, delta, gflops, share=None):
+    return {"method": method, "operating_point": point, "setting": "fine-tuned", "accuracy": accuracy,
+            "accuracy_delta": delta, "gflops": gflops, "entry": {"token_reduction": entry},
+            "digit_share": share}  # fmt: skip
+
+
+def test_targets_are_checked_on_the_numbers(script):
+    rows = [
+        _row("evit", "keep_rate=0.7", {"method": "evit", "keep_rate": 0.7}, 0.905, -0.005, 0.050),
+        _row("evit", "keep_rate=0.5", {"method": "evit", "keep_rate": 0.5}, 0.890, -0.020, 0.040),
+        _row("dynamicvit", "keep_rate=0.7", {"method": "dynamicvit", "keep_rate": 0.7}, 0.880, -0.030, 0.049,
+             (0.40, 0.20)),
+        _row("tome", "r=3", {"method": "tome", "r": 3}, 0.910, 0.0, 0.060),
+        _row("tome", "r=5", {"method": "tome", "r": 5}, 0.908, -0.002, 0.051),
+        _row("cropr", "tokens_per_layer=8", {"method": "cropr", "tokens_per_layer": 8}, 0.90, -0.01, 0.052,
+             (0.10, 0.20)),
+    ]  # fmt: skip
+    text = "\n".join(script.target_lines({"rows": rows, "stock_accuracy": {"fine-tuned": 0.91}}))
+    assert "- evit keep_rate=0.7: 0.905 (-0.005): within 1 point met." in text
+    assert "- dynamicvit keep_rate=0.7: 0.880 (-0.030): within 1 point **not met**." in text
+    assert "- tome r=5:" in text and "tome r=3" not in text  # ToMe at the FLOPs nearest the keep-0.7 points
+    assert "- cropr tokens_per_layer=8: 0.900 (-0.010): within 1 point met." in text  # exactly one point
+    assert "DynamicViT 0.880 against EViT 0.905 at the same keep rate: no worse **not met**." in text
+    assert "dynamicvit keep_rate=0.7 keeps 0.40 digit patches against 0.20 for random selection: larger met." in text
+    assert (
+        "cropr tokens_per_layer=8 keeps 0.10 digit patches against 0.20 for random selection: larger **not met**"
+        in text
+    )
+    assert script.target_lines({"rows": rows[3:5], "stock_accuracy": {"fine-tuned": 0.91}}) == []  # no keep rate 0.7
