@@ -54,6 +54,21 @@ def default_scale(canvas_size: int) -> tuple[int, int]:
     return max(1, canvas_size // 16), max(1, canvas_size * 5 // 64)
 
 
+def _digit_splits(seed: int, validation_fraction: float) -> tuple[np.ndarray, np.ndarray, Any, dict]:
+    """scikit-learn's digits (images (N, 8, 8), labels), a generator seeded with ``seed``, and the train/validation
+    split of their indices, made before any rendering so that no digit appears in both splits."""
+    from sklearn.datasets import load_digits
+
+    if not 0.0 < validation_fraction < 1.0:
+        raise ValueError(f"validation_fraction = {validation_fraction} must be in (0, 1).")
+    digits = load_digits()
+    images, labels = digits.images.astype(np.float32), digits.target.astype(np.int64)
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(labels))
+    cut = int(round(len(order) * (1.0 - validation_fraction)))
+    return images, labels, rng, {"train": order[:cut], "validation": order[cut:]}
+
+
 def cluttered_digits_arrays(
     seed: int = 0,
     canvas_size: int = 64,
@@ -66,8 +81,6 @@ def cluttered_digits_arrays(
     The digits are split before rendering, so no digit appears in both splits; each training digit is rendered
     ``copies`` times at different places.
     """
-    from sklearn.datasets import load_digits
-
     render.setdefault("scale", default_scale(canvas_size))
     low, high = render["scale"]
     if not 1 <= low <= high or canvas_size < 8 * high:
@@ -75,14 +88,7 @@ def cluttered_digits_arrays(
             f"scale = {render['scale']} must be (smallest, largest) integer factors with 1 <= smallest <= largest "
             f"and 8 * largest <= canvas_size = {canvas_size}."
         )
-    if not 0.0 < validation_fraction < 1.0:
-        raise ValueError(f"validation_fraction = {validation_fraction} must be in (0, 1).")
-    digits = load_digits()
-    images, labels = digits.images.astype(np.float32), digits.target.astype(np.int64)
-    rng = np.random.default_rng(seed)
-    order = rng.permutation(len(labels))
-    cut = int(round(len(order) * (1.0 - validation_fraction)))
-    splits = {"train": order[:cut], "validation": order[cut:]}
+    images, labels, rng, splits = _digit_splits(seed, validation_fraction)
     out = {}
     for name, indices in splits.items():
         repeats = copies if name == "train" else 1
@@ -178,8 +184,6 @@ def digit_segmentation_arrays(
     Each image holds ``digits_per_image`` digits of its split (split before rendering, so no digit appears in both);
     every digit of a split leads one image (``copies`` times for training). Deterministic given the arguments.
     """
-    from sklearn.datasets import load_digits
-
     render.setdefault("scale", (max(1, canvas_size // 21), max(1, canvas_size // 16)))
     low, high = render["scale"]
     if not 1 <= low <= high or canvas_size < 8 * high * digits_per_image**0.5:
@@ -187,15 +191,9 @@ def digit_segmentation_arrays(
             f"scale = {render['scale']} must be (smallest, largest) integer factors with 1 <= smallest <= largest, "
             f"and {digits_per_image} digits of 8 * largest pixels must fit on the {canvas_size}-pixel canvas."
         )
-    if not 0.0 < validation_fraction < 1.0:
-        raise ValueError(f"validation_fraction = {validation_fraction} must be in (0, 1).")
-    digits = load_digits()
-    images, labels = digits.images.astype(np.float32), digits.target.astype(np.int64)
-    rng = np.random.default_rng(seed)
-    order = rng.permutation(len(labels))
-    cut = int(round(len(order) * (1.0 - validation_fraction)))
+    images, labels, rng, splits = _digit_splits(seed, validation_fraction)
     out = {}
-    for name, indices in (("train", order[:cut]), ("validation", order[cut:])):
+    for name, indices in splits.items():
         rendered, masks = [], []
         for _ in range(copies if name == "train" else 1):
             for index in indices:
