@@ -37,6 +37,7 @@ from .modeling_tokenprune_common import (
     TokenPruneModelMixin,
     TokenPruneModelOutput,
     TokenPrunePreTrainedMixin,
+    passed_through,
 )
 
 # Stock CLIP vision checkpoints nest the tower under ``vision_model``; transformers renames them for its classes.
@@ -194,12 +195,7 @@ class TokenPruneCLIPVisionModelWithProjection(TokenPruneCLIPPreTrainedModel, CLI
         return TokenPruneCLIPVisionModelOutput(
             image_embeds=self.visual_projection(outputs.pooler_output),  # (B, projection_dim)
             last_hidden_state=outputs.last_hidden_state,
-            hidden_states=outputs.hidden_states,
-            attentions=outputs.attentions,
-            token_counts=outputs.token_counts,
-            token_positions=outputs.token_positions,
-            token_owner=outputs.token_owner,
-            patch_grid=outputs.patch_grid,
+            **passed_through(outputs, TokenPruneCLIPVisionModelOutput),
         )
 
 

@@ -8,7 +8,7 @@ names of its stock classes. Part of the remote-code island: only torch, transfor
 """
 
 import copy
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import torch
 from transformers.conversion_mapping import get_checkpoint_conversion_mapping
@@ -76,6 +76,25 @@ class TokenPruneImageClassifierOutput(ImageClassifierOutput):
     token_owner: tuple | None = None
     patch_grid: tuple | None = None
     token_policy: torch.Tensor | None = None
+
+
+# What a head's output passes on from its base model's output (each where the head's output class has the field).
+PASSED_THROUGH = (
+    "hidden_states",
+    "attentions",
+    "token_counts",
+    "token_positions",
+    "token_owner",
+    "patch_grid",
+    "token_policy",
+)
+
+
+def passed_through(outputs, output_class) -> dict:
+    """The hidden states, attentions and token bookkeeping of a base model's ``outputs`` that ``output_class``
+    carries, as keyword arguments for it."""
+    names = {field.name for field in fields(output_class)}
+    return {name: getattr(outputs, name) for name in PASSED_THROUGH if name in names}
 
 
 def cls_attention_row(query, key, attention_mask, scaling):

@@ -25,7 +25,12 @@ from transformers.models.deit.modeling_deit import (
 from transformers.utils.generic import can_return_tuple
 
 from .configuration_tokenprune_deit import TokenPruneDeiTConfig
-from .modeling_tokenprune_common import TokenPruneClassifierMixin, TokenPruneModelMixin, TokenPrunePreTrainedMixin
+from .modeling_tokenprune_common import (
+    TokenPruneClassifierMixin,
+    TokenPruneModelMixin,
+    TokenPrunePreTrainedMixin,
+    passed_through,
+)
 from .modeling_tokenprune_vit import TokenPruneViTAttention, TokenPruneViTLayer, TokenPruneViTModel
 
 # Stock DeiT checkpoints are stored in the 4.x ViT layout; transformers renames them only for its own classes.
@@ -141,13 +146,7 @@ class TokenPruneDeiTForImageClassificationWithTeacher(
             logits=(cls_logits + distillation_logits) / 2,
             cls_logits=cls_logits,
             distillation_logits=distillation_logits,
-            hidden_states=outputs.hidden_states,
-            attentions=outputs.attentions,
-            token_counts=outputs.token_counts,
-            token_positions=outputs.token_positions,
-            token_owner=outputs.token_owner,
-            patch_grid=outputs.patch_grid,
-            token_policy=outputs.token_policy,
+            **passed_through(outputs, TokenPruneDeiTWithTeacherOutput),
         )
 
 

@@ -43,6 +43,7 @@ from .modeling_tokenprune_common import (
     TokenPruneModelMixin,
     TokenPruneModelOutput,
     TokenPrunePreTrainedMixin,
+    passed_through,
 )
 
 # transformers renames stock DINOv2 weights (4.x names, SwiGLU's fused input) only for its own classes.
@@ -184,13 +185,7 @@ class TokenPruneDinov2ClassifierMixin(TokenPruneClassifierMixin):
             loss=loss,
             aux_loss=aux_loss,
             logits=logits,
-            hidden_states=outputs.hidden_states,
-            attentions=outputs.attentions,
-            token_counts=outputs.token_counts,
-            token_positions=outputs.token_positions,
-            token_owner=outputs.token_owner,
-            patch_grid=outputs.patch_grid,
-            token_policy=outputs.token_policy,
+            **passed_through(outputs, TokenPruneImageClassifierOutput),
         )
 
 

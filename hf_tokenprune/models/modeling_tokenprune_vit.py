@@ -38,6 +38,7 @@ from .modeling_tokenprune_common import (
     TokenPrunePreTrainedMixin,
     check_pixel_values,  # noqa: F401  (re-exported: the tools import these from here)
     cls_attention_row,  # noqa: F401
+    passed_through,
     plan_in_force,  # noqa: F401
     policy_attention,  # noqa: F401
 )
@@ -214,13 +215,7 @@ class TokenPruneViTForImageClassification(
             loss=loss,
             aux_loss=aux_loss,
             logits=logits,
-            hidden_states=outputs.hidden_states,
-            attentions=outputs.attentions,
-            token_counts=outputs.token_counts,
-            token_positions=outputs.token_positions,
-            token_owner=outputs.token_owner,
-            patch_grid=outputs.patch_grid,
-            token_policy=outputs.token_policy,
+            **passed_through(outputs, TokenPruneViTImageClassifierOutput),
         )
 
     def _two_heads(self, hidden_states, labels, **kwargs):

@@ -14,6 +14,7 @@ from transformers.backbone_utils import BackboneMixin
 from transformers.modeling_outputs import BackboneOutput, SemanticSegmenterOutput
 from transformers.utils.generic import can_return_tuple
 
+from .modeling_tokenprune_common import passed_through
 from .modeling_tokenprune_vit import (  # noqa: F401  (the image-classification class: for the auto_map)
     TokenPruneViTForImageClassification,
     TokenPruneViTModel,
@@ -203,12 +204,7 @@ class TokenPruneViTForSemanticSegmentation(TokenPruneViTPreTrainedModel):
             loss=loss,
             logits=logits,
             aux_loss=aux_loss,
-            hidden_states=outputs.hidden_states,
-            attentions=outputs.attentions,
-            token_counts=outputs.token_counts,
-            token_positions=outputs.token_positions,
-            token_owner=outputs.token_owner,
-            patch_grid=grid,
+            **passed_through(outputs, TokenPruneViTSemanticSegmenterOutput),
         )
 
     def auxiliary_loss(self, outputs, labels: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor | None:
