@@ -8,7 +8,7 @@ names of its stock classes. Part of the remote-code island: only torch, transfor
 """
 
 import copy
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 import torch
 from transformers.conversion_mapping import get_checkpoint_conversion_mapping
@@ -93,7 +93,7 @@ PASSED_THROUGH = (
 def passed_through(outputs, output_class) -> dict:
     """The hidden states, attentions and token bookkeeping of a base model's ``outputs`` that ``output_class``
     carries, as keyword arguments for it."""
-    names = {field.name for field in fields(output_class)}
+    names = output_class.__dataclass_fields__  # (not dataclasses.fields: torch.compile cannot trace it)
     return {name: getattr(outputs, name) for name in PASSED_THROUGH if name in names}
 
 
