@@ -1,4 +1,5 @@
-"""Export a TokenPruneViT classifier for deployment: ONNX (onnxruntime, TensorRT) or a ``torch.export`` program.
+"""Export a classifier (ViT, DeiT with teacher, DINOv2 with or without registers) for deployment: ONNX
+(onnxruntime, TensorRT) or a ``torch.export`` program.
 
 Every plan keeps a number of tokens per layer that depends only on the plan and the image size, so a model exports
 as one static graph per resolution, with a dynamic batch dimension. The exported function is
@@ -13,6 +14,7 @@ and a TopK whose k is computed at run time (what a sort becomes; TensorRT refuse
 from __future__ import annotations
 
 import functools
+import inspect
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,6 +31,16 @@ FORMATS = ("onnx", "torch-export")
 SUFFIXES = {"onnx": ".onnx", "torch-export": ".pt2"}
 # Ops whose meaning is "combine into the destination"; ONNX must keep a reduction for each of them.
 REDUCING_SCATTERS = ("scatter_add", "scatter_reduce", "index_add", "index_reduce")
+# model_type -> the classifier class that exports (pixel_values -> logits), as (module, class) in hf_tokenprune.models
+CLASSIFIERS = {
+    "tokenprune_vit": ("modeling_tokenprune_vit", "TokenPruneViTForImageClassification"),
+    "tokenprune_deit": ("modeling_tokenprune_deit", "TokenPruneDeiTForImageClassificationWithTeacher"),
+    "tokenprune_dinov2": ("modeling_tokenprune_dinov2", "TokenPruneDinov2ForImageClassification"),
+    "tokenprune_dinov2_with_registers": (
+        "modeling_tokenprune_dinov2",
+        "TokenPruneDinov2WithRegistersForImageClassification",
+    ),
+}
 
 
 @dataclass
@@ -57,11 +69,12 @@ def _logits_only_class() -> type:
 
         def __init__(self, model: nn.Module, keep_rate: float | None = None, interpolate: bool = False):
             super().__init__()
-            self.model, self.keep_rate, self.interpolate = model, keep_rate, interpolate
+            self.model, self.kwargs = model, {} if keep_rate is None else {"keep_rate": keep_rate}
+            if interpolate and "interpolate_pos_encoding" in inspect.signature(model.forward).parameters:
+                self.kwargs["interpolate_pos_encoding"] = True  # DINOv2 always interpolates: it has no such flag
 
         def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-            kwargs = {"keep_rate": self.keep_rate} if self.keep_rate is not None else {}
-            return self.model(pixel_values, interpolate_pos_encoding=self.interpolate, **kwargs).logits
+            return self.model(pixel_values, **self.kwargs).logits
 
     return LogitsOnly
 
@@ -85,11 +98,7 @@ def check_export_request(
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"--batch-size {batch_size!r} must be a positive integer.")
     config = model.config
-    if getattr(config, "model_type", None) != "tokenprune_vit" or not hasattr(model, "vit"):
-        raise ValueError(
-            f"export needs a TokenPruneViT classifier (pixel_values -> logits); got {type(model).__name__} "
-            f"({getattr(config, 'model_type', None)!r})."
-        )
+    check_exportable(getattr(config, "model_type", None), type(model).__name__)
     height, width = _pair(config.image_size if image_size is None else image_size)
     patch = _pair(config.patch_size)
     if height % patch[0] or width % patch[1] or height < patch[0] or width < patch[1]:
@@ -97,12 +106,23 @@ def check_export_request(
             f"--image-size {height}x{width} cannot export: it must be a positive multiple of the patch size "
             f"{patch[0]}x{patch[1]} (the token counts of every layer are fixed by the resolution)."
         )
-    from .models.modeling_tokenprune_vit import plan_in_force
+    from .models.modeling_tokenprune_common import plan_in_force
 
-    plan_in_force(config, model.vit.built_plans, keep_rate)  # a keep rate the plan has no use for, or out of range
+    plan_in_force(config, model.base_model.built_plans, keep_rate)  # a keep rate the plan has no use for, or bad
     if fmt == "onnx":
         _require("onnx", "onnxscript")
     return height, width
+
+
+def check_exportable(model_type: str | None, class_name: str) -> None:
+    """Refuses, in one line, a model that is not one of the classifiers that export (`CLASSIFIERS`)."""
+    allowed = CLASSIFIERS.get(model_type, (None, None))[1]
+    if class_name != allowed:
+        names = ", ".join(name for _, name in CLASSIFIERS.values())
+        raise ValueError(
+            f"export needs a classifier (pixel_values -> logits); {class_name} ({model_type!r}) cannot export: "
+            f"the classes that do are {names} (CLIP and SigLIP towers and base models have no logits)."
+        )
 
 
 def _require(*modules: str) -> None:
@@ -156,7 +176,7 @@ def _is_reducing_scatter(node: Any) -> bool:
 
 def _example(model: nn.Module, batch: int, size: tuple[int, int], seed: int = 0) -> torch.Tensor:
     generator = torch.Generator().manual_seed(seed)
-    dtype = model.vit.embeddings.patch_embeddings.projection.weight.dtype
+    dtype = model.dtype
     return torch.randn(batch, model.config.num_channels, *size, generator=generator).to(dtype)
 
 
@@ -203,7 +223,8 @@ def export_model(
     dynamic_batch: bool = True,
     atol: float | None = 1e-4,
 ) -> ExportReport:
-    """Exports ``model`` (a TokenPruneViTForImageClassification) and checks it against PyTorch.
+    """Exports ``model`` (a classifier of `CLASSIFIERS`: ViT, DeiT with teacher, DINOv2) and checks it against
+    PyTorch.
 
     Args:
         output: the file to write (``.onnx`` or ``.pt2``).
@@ -249,12 +270,10 @@ def _export_and_check(model, output, fmt, batch_size, size, keep_rate, dynamic_b
 
 
 def _export_command(args: Any) -> int:
-    from .models.modeling_tokenprune_vit import TokenPruneViTForImageClassification
-
     if not Path(args.folder).is_dir():
         raise ValueError(f"FOLDER {args.folder!r} is not a checkpoint folder.")
     output = args.output or str(Path(args.folder) / f"model{SUFFIXES.get(args.format, '')}")
-    model = TokenPruneViTForImageClassification.from_pretrained(args.folder, attn_implementation="sdpa")
+    model = _classifier_class(Path(args.folder)).from_pretrained(args.folder, attn_implementation="sdpa")
     report = export_model(
         model,
         output,
@@ -269,6 +288,33 @@ def _export_command(args: Any) -> int:
     return 0
 
 
+def _classifier_class(folder: Path) -> type:
+    """The class that exports the checkpoint in ``folder``: the family's classifier, TokenPruneViT for a stock ViT
+    (refused in one line for a family or class that cannot export)."""
+    import json
+
+    try:
+        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        raise ValueError(
+            f"FOLDER '{folder}' has no readable config.json; give a folder written by save_pretrained."
+        ) from None
+    model_type = config.get("model_type")
+    if model_type in (None, "vit", "tokenprune_vit"):  # any ViT checkpoint loads into the TokenPruneViT classifier
+        return _import_class(*CLASSIFIERS["tokenprune_vit"])
+    stock = model_type in {m.removeprefix("tokenprune_") for m in CLASSIFIERS}  # a stock checkpoint loads into ours
+    model_type = f"tokenprune_{model_type}" if stock else model_type
+    name = (config.get("architectures") or ["no architecture"])[0]
+    check_exportable(model_type, f"TokenPrune{name}" if stock else name)
+    return _import_class(*CLASSIFIERS[model_type])
+
+
+def _import_class(module: str, name: str) -> type:
+    import importlib
+
+    return getattr(importlib.import_module(f"hf_tokenprune.models.{module}"), name)
+
+
 def add_cli(commands: Any) -> None:
     """Adds ``hf-tokenprune export`` to the CLI's subcommands."""
     parser = commands.add_parser(
@@ -277,7 +323,9 @@ def add_cli(commands: Any) -> None:
         description="Exports pixel_values -> logits at a fixed resolution with a dynamic batch dimension, then runs "
         "the exported model (onnxruntime for ONNX) at batch 1 and --batch-size and compares it with PyTorch.",
     )
-    parser.add_argument("folder", help="a checkpoint folder (save_pretrained) of a TokenPruneViT classifier")
+    parser.add_argument(
+        "folder", help="a checkpoint folder (save_pretrained) of a ViT, DeiT (with teacher) or DINOv2 classifier"
+    )
     parser.add_argument("--format", default="onnx", choices=FORMATS, help="onnx (default) or torch-export (.pt2)")
     parser.add_argument("--batch-size", type=int, default=1, help="batch checked (and fixed with --static-batch)")
     parser.add_argument("--output", default=None, help="file to write (default: FOLDER/model.onnx or model.pt2)")

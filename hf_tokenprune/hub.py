@@ -1,10 +1,10 @@
-"""Share a TokenPruneViT on the Hugging Face Hub: pushes that upload everything a ``trust_remote_code=True`` user
-needs, with the generated model card (`hf_tokenprune.model_card`).
+"""Share an hf_tokenprune model (ViT or another family) on the Hugging Face Hub: pushes that upload everything a
+``trust_remote_code=True`` user needs, with the generated model card (`hf_tokenprune.model_card`).
 
 - `push_to_hub` saves the model (safetensors, config with ``auto_map``, the remote-code files), the image processor
   and the card, and uploads them in two commits: the model first, then the card, which pins the model commit.
 - `check_shareable` refuses a model whose plan names a method the checkpoint's code would not contain.
-- `install` makes ``model.push_to_hub`` of TokenPruneViT models and ``Trainer.push_to_hub`` /
+- `install` makes ``model.push_to_hub`` of hf_tokenprune models (every family) and ``Trainer.push_to_hub`` /
   ``Trainer.create_model_card`` of trainers holding one use the above; every other model keeps the stock behaviour.
 - ``hf-tokenprune card FOLDER`` (re)writes the card of a saved folder.
 
@@ -28,12 +28,13 @@ from huggingface_hub.utils import filter_repo_objects
 
 from .model_card import (
     CARD_NAME,
+    FAMILIES,
     IMAGES_DIR,
-    MODEL_TYPE,
     PICKLE_PATTERNS,
     TRAINER_IGNORE_PATTERNS,
     _config_of,
     _revision,
+    describe,
     markdown_text,
     write_model_card,
 )
@@ -58,9 +59,13 @@ def island_files(model_or_config: Any) -> set[Path]:
     from .models.modeling_tokenprune_vit import TokenPruneViTForImageClassification
 
     config = _config_of(model_or_config)
-    model_class = type(model_or_config) if hasattr(model_or_config, "config") else TokenPruneViTForImageClassification
+    classes = [type(config)]
+    if hasattr(model_or_config, "config"):
+        classes.append(type(model_or_config))
+    elif config.model_type == "tokenprune_vit":
+        classes.append(TokenPruneViTForImageClassification)
     files = set()
-    for cls in (model_class, type(config)):
+    for cls in classes:
         source = _source_file(cls)
         if source is not None:
             files |= {source, *(Path(f).resolve() for f in get_relative_import_files(source))}
@@ -253,7 +258,7 @@ def push_to_hub(
             lambda commit: write(revision=commit),
             token=token,
             revision=revision,
-            commit_message=commit_message or "Upload TokenPruneViT (weights, config, remote code)",
+            commit_message=commit_message or f"Upload {_class_name(model)} (weights, config, remote code)",
             commit_description=commit_description,
         )
 
@@ -265,8 +270,12 @@ def push_to_hub(
 _ORIGINALS: dict[str, Any] = {}
 
 
+def _class_name(model: Any) -> str:
+    return f"TokenPrune{describe(model)['stock_class']}"
+
+
 def _is_tokenprune(model: Any) -> bool:
-    return getattr(getattr(model, "config", None), "model_type", None) == MODEL_TYPE
+    return getattr(getattr(model, "config", None), "model_type", None) in FAMILIES
 
 
 def _model_push_to_hub(self, repo_id: str, *, create_pr: bool = False, tags: Sequence[str] | None = None, **kwargs):
@@ -411,11 +420,11 @@ def install() -> None:
     """Routes ``push_to_hub`` of TokenPruneViT models, and ``Trainer.push_to_hub`` / ``Trainer.create_model_card``
     of trainers whose model is one, through this module; other models keep transformers' behaviour. Idempotent.
     The Trainer is patched now if ``transformers.trainer`` is imported already, else when it gets imported."""
-    from .models.modeling_tokenprune_vit import TokenPruneViTPreTrainedModel
+    from .models.modeling_tokenprune_common import TokenPrunePreTrainedMixin
 
-    if "model_push_to_hub" not in _ORIGINALS:
-        _ORIGINALS["model_push_to_hub"] = TokenPruneViTPreTrainedModel.__dict__.get("push_to_hub")
-        TokenPruneViTPreTrainedModel.push_to_hub = _model_push_to_hub
+    if "model_push_to_hub" not in _ORIGINALS:  # the mixin comes first in every family's MRO
+        _ORIGINALS["model_push_to_hub"] = TokenPrunePreTrainedMixin.__dict__.get("push_to_hub")
+        TokenPrunePreTrainedMixin.push_to_hub = _model_push_to_hub
     trainer_module = sys.modules.get("transformers.trainer")
     if trainer_module is not None:
         _patch_trainer(trainer_module.Trainer)
@@ -425,7 +434,7 @@ def install() -> None:
 
 def uninstall() -> None:
     """Undoes `install`."""
-    from .models.modeling_tokenprune_vit import TokenPruneViTPreTrainedModel
+    from .models.modeling_tokenprune_common import TokenPrunePreTrainedMixin
 
     if _TRAINER_HOOK in sys.meta_path:
         sys.meta_path.remove(_TRAINER_HOOK)
@@ -436,9 +445,9 @@ def uninstall() -> None:
     if "model_push_to_hub" in _ORIGINALS:
         original = _ORIGINALS.pop("model_push_to_hub")
         if original is None:
-            del TokenPruneViTPreTrainedModel.push_to_hub
+            del TokenPrunePreTrainedMixin.push_to_hub
         else:
-            TokenPruneViTPreTrainedModel.push_to_hub = original
+            TokenPrunePreTrainedMixin.push_to_hub = original
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -552,12 +561,18 @@ def results_from_folder(folder: str | Path, config: Any) -> dict[str, Any]:
 
 
 def _card_command(args: argparse.Namespace) -> int:
-    from .models.configuration_tokenprune_vit import TokenPruneViTConfig
+    from transformers import AutoConfig
+
+    from . import register
 
     folder = Path(args.folder)
     if not (folder / "config.json").is_file():
         raise ValueError(f"FOLDER = '{folder}' has no config.json; give a folder written by save_pretrained.")
-    config = TokenPruneViTConfig.from_pretrained(folder)
+    model_type = _read_json(folder / "config.json").get("model_type")
+    if model_type not in FAMILIES:
+        raise ValueError(f"FOLDER = '{folder}' holds a {model_type!r} model; cards are for {', '.join(FAMILIES)}.")
+    register()
+    config = AutoConfig.from_pretrained(folder)
     found = results_from_folder(folder, config)  # what the folder holds; the flags below win
     accuracy = found.get("accuracy")
     if args.accuracy is not None:

@@ -24,10 +24,26 @@ CARD_NAME = "README.md"
 IMAGES_DIR = "card_images"
 TEMPLATE_NAME = "tokenprune_vit.md"
 MODEL_TYPE = "tokenprune_vit"
+# model_type -> (family named in the card, its Hub tag); the stock class and task come from the model's class.
+FAMILIES = {
+    MODEL_TYPE: ("ViT", "vit"),
+    "tokenprune_deit": ("DeiT", "deit"),
+    "tokenprune_dinov2": ("DINOv2", "dinov2"),
+    "tokenprune_dinov2_with_registers": ("DINOv2 with registers", "dinov2"),
+    "tokenprune_clip": ("CLIP", "clip"),
+    "tokenprune_clip_vision_model": ("CLIP vision tower", "clip"),
+    "tokenprune_siglip_vision_model": ("SigLIP vision tower", "siglip"),
+}
+# what the stock class does -> (task, pipeline tag, Auto class of the usage snippet)
+TASKS = {
+    "classification": ("image classification", "image-classification", "AutoModelForImageClassification"),
+    "zero-shot": ("zero-shot image classification", "zero-shot-image-classification", "AutoModel"),
+    "features": ("image features", "image-feature-extraction", "AutoModel"),
+}
 # Never uploaded: pickles (Trainer's training_args.bin, optimizer states); weights travel as safetensors only.
 PICKLE_PATTERNS = ["*.bin", "*.pt", "*.pth", "*.pkl", "*.pickle", "*.ckpt"]
 TRAINER_IGNORE_PATTERNS = ["_*", "checkpoint-*", *PICKLE_PATTERNS]
-BASE_TAGS = ("vision", "image-classification", "vit", "token-pruning", "token-reduction")
+BASE_TAGS = ("vision", "token-pruning", "token-reduction")
 
 # method | paper title | authors, venue | arXiv id | official GitHub repository ("-": none known)
 _PAPERS = """
@@ -246,12 +262,33 @@ def _training_rows(training: Mapping | None) -> list[tuple[str, str]]:
 
 def _config_of(model_or_config: Any) -> Any:
     config = getattr(model_or_config, "config", model_or_config)
-    if getattr(config, "model_type", None) != MODEL_TYPE:
+    if getattr(config, "model_type", None) not in FAMILIES:
         raise ValueError(
             f"model_or_config is a {getattr(config, 'model_type', type(config).__name__)!r} model or config; cards "
-            f"and pushes here are for TokenPruneViT ({MODEL_TYPE!r}) models."
+            f"and pushes here are for hf_tokenprune models ({', '.join(FAMILIES)})."
         )
     return config
+
+
+def _vision(config: Any) -> Any:
+    """The config of the vision tower (a CLIP model's ``vision_config``; the config itself elsewhere)."""
+    return getattr(config, "vision_config", None) or config
+
+
+def describe(model_or_config: Any) -> dict[str, str]:
+    """Family, stock class, task, pipeline tag and Auto class of a model (its class) or a config (its
+    ``architectures``): ``TokenPruneDinov2ForImageClassification`` extends ``Dinov2ForImageClassification``."""
+    config = _config_of(model_or_config)
+    family, family_tag = FAMILIES[config.model_type]
+    if hasattr(model_or_config, "config"):
+        name = type(model_or_config).__name__
+    else:
+        name = (getattr(config, "architectures", None) or ["TokenPruneViTForImageClassification"])[0]
+    stock = name.removeprefix("TokenPrune")
+    kind = "classification" if "ForImageClassification" in stock else "zero-shot" if stock == "CLIPModel" else None
+    task, pipeline_tag, auto_class = TASKS[kind or "features"]
+    return {"family": family, "family_tag": family_tag, "stock_class": stock, "task": task,
+            "pipeline_tag": pipeline_tag, "auto_class": auto_class}  # fmt: skip
 
 
 def _plans(config: Any) -> list[tuple[str, dict]]:
@@ -300,17 +337,19 @@ def _layer_rows(config: Any, report: Any) -> list[dict]:
     ]
 
 
-def _summary(config: Any, report: Any) -> str:
+def _summary(config: Any, report: Any, info: dict) -> str:
     methods = " and ".join(f"**`{plan['method']}`** ({role.lower()})" for role, plan in _plans(config)) or "no plan"
+    vision = _vision(config)
+    classes = f", {config.num_labels} classes" if info["pipeline_tag"] == "image-classification" else ""
     return (
-        f"A Vision Transformer for image classification ({config.num_hidden_layers} layers, width "
-        f"{config.hidden_size}, {config.num_labels} classes) that runs {methods} with the `hf-tokenprune` "
-        f"package: {report.gflops:.4g} GFLOPs per image "
+        f"A {info['family']} model for {info['task']} (a `{info['stock_class']}` with {vision.num_hidden_layers} "
+        f"layers, width {vision.hidden_size}{classes}) that runs {methods} with the `hf-tokenprune` "
+        f"package: {report.gflops:.4g} GFLOPs per image of the vision tower "
         f"instead of {report.stock_gflops:.4g}, an ideal speed-up of {report.ideal_speedup:.2f}x."
     )
 
 
-def _runtime_snippet(config: Any) -> str:
+def _runtime_snippet(config: Any, info: dict) -> str:
     plan = config.token_reduction
     if not plan:
         return ""
@@ -325,13 +364,13 @@ def _runtime_snippet(config: Any) -> str:
         lines.append(
             f"model.config.token_reduction = {{**model.config.token_reduction, {name!r}: ...}}  # a new amount"
         )
-    lines.append("outputs = model(**inputs, disable_plans=True)  # the same weights as a plain ViT")
+    lines.append(f"outputs = model(**inputs, disable_plans=True)  # the same weights as a stock {info['family']}")
     runtime = ", ".join(f"`{name}`" for name in method.runtime_options) or "none"
     return f"Amounts that may change on the loaded model ({runtime}):\n\n```python\n" + "\n".join(lines) + "\n```"
 
 
 def _image_size(config: Any) -> str:
-    size = config.image_size
+    size = _vision(config).image_size
     return f"{size[0]}x{size[1]}" if isinstance(size, (list, tuple)) else f"{size}x{size}"
 
 
@@ -349,16 +388,17 @@ def template_path() -> Path:
     raise FileNotFoundError(f"card template {TEMPLATE_NAME} not found next to {here}")
 
 
-def _card_data(config, *, model_name, base_model, datasets, accuracy, license, tags) -> ModelCardData:
+def _card_data(config, info, *, model_name, base_model, datasets, accuracy, license, tags) -> ModelCardData:
     method_tags = [plan["method"].replace("_", "-") for _, plan in _plans(config)]
     family = ["attention-reuse"] if getattr(config, "attention_reuse", None) else []
     user_tags = [one_line(tag, "tags", 120) for tag in tags or []]
-    all_tags = [*BASE_TAGS, *family, *method_tags, "custom_code", "hf-tokenprune", *user_tags]
+    task_tags = ["vision", info["pipeline_tag"], info["family_tag"], *BASE_TAGS[1:]]
+    all_tags = [*task_tags, *family, *method_tags, "custom_code", "hf-tokenprune", *user_tags]
     eval_results = None
     if accuracy is not None:
         dataset_type = accuracy["dataset_id"] or (datasets[0] if datasets else accuracy["dataset"])
         common = dict(
-            task_type="image-classification",
+            task_type=info["pipeline_tag"],
             dataset_type=dataset_type,
             dataset_name=accuracy["dataset"],
             dataset_split=accuracy["split"],
@@ -371,7 +411,7 @@ def _card_data(config, *, model_name, base_model, datasets, accuracy, license, t
         eval_results = [EvalResult(**common, metric_value=v, metric_name=n) for n, v in named if v is not None]
     return ModelCardData(
         library_name="transformers",
-        pipeline_tag="image-classification",
+        pipeline_tag=info["pipeline_tag"],
         base_model=base_model,
         datasets=list(datasets) or None,
         license=license,
@@ -427,6 +467,7 @@ def write_model_card(
         ValueError: for a value that is out of range or malformed; the message names the field.
     """
     config = _config_of(model_or_config)
+    info = describe(model_or_config)
     folder = None if folder is None else Path(folder)
     repo_id = None if repo_id is None else _hub_id(repo_id, "repo_id")
     revision = None if revision is None else _revision(revision)
@@ -434,10 +475,12 @@ def write_model_card(
     datasets = [_hub_id(name, "datasets") for name in datasets]
     base_model = base_model if base_model is not None else _default_base_model(config)
     base_model = None if base_model is None else _hub_id(base_model, "base_model")
-    model_name = one_line(model_name if model_name is not None else _default_name(config, repo_id), "model_name")
+    model_name = model_name if model_name is not None else _default_name(config, repo_id, info)
+    model_name = one_line(model_name, "model_name")
     checked_accuracy = _check_accuracy(accuracy)
     card_data = _card_data(
         config,
+        info,
         model_name=model_name,
         base_model=base_model,
         datasets=datasets,
@@ -445,7 +488,9 @@ def write_model_card(
         license=None if license is None else one_line(license, "license"),
         tags=tags,
     )
-    context = _body_context(config, checked_accuracy, revision, repo_id)
+    context = _body_context(config, info, checked_accuracy, revision, repo_id)
+    if base_model is not None:
+        context["summary"] += f" Made from [{markdown_text(base_model)}](https://huggingface.co/{base_model})."
     context.update(
         title=markdown_text(model_name),
         speed=_speed_rows(speed, config),
@@ -461,10 +506,10 @@ def write_model_card(
     return card
 
 
-def _default_name(config: Any, repo_id: str | None) -> str:
+def _default_name(config: Any, repo_id: str | None, info: dict) -> str:
     if repo_id:
         return repo_id.split("/")[-1]
-    return " ".join(["TokenPruneViT", *(plan["method"] for _, plan in _plans(config))])
+    return " ".join([f"TokenPrune{info['stock_class']}", *(plan["method"] for _, plan in _plans(config))])
 
 
 def _default_base_model(config: Any) -> str | None:
@@ -478,10 +523,10 @@ def _default_base_model(config: Any) -> str | None:
     return name if "/" in name else None
 
 
-def _body_context(config: Any, accuracy: dict | None, revision: str | None, repo_id: str | None) -> dict:
+def _body_context(config: Any, info: dict, accuracy: dict | None, revision: str | None, repo_id: str | None) -> dict:
     from .flops import count_flops
 
-    report = count_flops(config)
+    report = count_flops(_vision(config))
     shown_accuracy = None
     if accuracy is not None:
         without = accuracy["without_reduction"]
@@ -492,12 +537,13 @@ def _body_context(config: Any, accuracy: dict | None, revision: str | None, repo
             "without_reduction": "not measured" if without is None else f"{without:.2%}",
         }
     return {
-        "summary": _summary(config, report),
+        **info,
+        "summary": _summary(config, report, info),
         "papers": _paper_rows(config),
         "plan_intro": "The plan as stored in `config.json` (with its defaults filled in):",
         "plan_options": _plan_options(config),
         "image_size": _image_size(config),
-        "num_patches": config.num_patches if hasattr(config, "num_patches") else report.layers[0].attention_tokens - 1,
+        "num_patches": report.layers[0].attention_tokens - _num_prefix(config),
         "layers": _layer_rows(config, report),
         "flops": {
             "gflops": f"{report.gflops:.4g}",
@@ -509,8 +555,14 @@ def _body_context(config: Any, accuracy: dict | None, revision: str | None, repo
         "revision": revision or "main",
         "repo_literal": json.dumps(repo_id or "your-name/your-model"),
         "revision_literal": json.dumps(revision or "main"),
-        "runtime_snippet": _runtime_snippet(config),
+        "runtime_snippet": _runtime_snippet(config, info),
     }
+
+
+def _num_prefix(config: Any) -> int:
+    from .flops import num_prefix_tokens
+
+    return num_prefix_tokens(_vision(config))
 
 
 def _check_metadata_round_trip(card: ModelCard, card_data: ModelCardData) -> None:

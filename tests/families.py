@@ -220,3 +220,17 @@ def save_text_and_image_processors(folder) -> None:
     special = dict(bos_token="<s>", eos_token="</s>", pad_token="</s>", unk_token="<unk>")
     PreTrainedTokenizerFast(tokenizer_object=tokenizer, **special).save_pretrained(folder)
     CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(folder)
+
+
+PIPELINE_CLASSIFIERS = ("deit", "dinov2", "dinov2-registers")  # families whose classifier runs the pipeline
+
+
+def save_classifier(folder, model) -> None:
+    """Saves a classifier with named labels and a 32 px image processor, so `pipeline("image-classification")`
+    loads the folder offline."""
+    from transformers import ViTImageProcessor
+
+    model.config.id2label = {i: f"class-{i}" for i in range(model.config.num_labels)}
+    model.config.label2id = {label: i for i, label in model.config.id2label.items()}
+    model.save_pretrained(folder)
+    ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(folder)

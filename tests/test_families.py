@@ -12,6 +12,7 @@ import torch
 from conftest import ALL_REDUCING, KEEP_ALL_PLANS, REDUCING_PLANS, REUSE_PLANS, TINY
 from families import (
     FAMILIES,
+    PIPELINE_CLASSIFIERS,
     PIXELS,
     SHARED_ISLAND,
     TEXT,
@@ -20,6 +21,7 @@ from families import (
     fits,
     ours,
     output_of,
+    save_classifier,
     save_text_and_image_processors,
     stock_models,
 )
@@ -168,7 +170,7 @@ def test_hidden_states_and_attentions_are_recorded_as_stock(stock, name):
 
 CLEAN_PROCESS = textwrap.dedent(
     """
-    import json, sys, torch
+    import json, os, sys, torch
     sys.modules["hf_tokenprune"] = None  # the package must not be importable
     import transformers
 
@@ -187,6 +189,12 @@ CLEAN_PROCESS = textwrap.dedent(
             classify = transformers.pipeline("zero-shot-image-classification", model=folder, trust_remote_code=True)
             image = Image.new("RGB", (40, 40), (120, 30, 200))
             results[folder]["labels"] = sorted(p["label"] for p in classify(image, candidate_labels=["cat", "dog"]))
+        if auto == "AutoModelForImageClassification" and os.path.exists(folder + "/preprocessor_config.json"):
+            from PIL import Image
+
+            classify = transformers.pipeline("image-classification", model=folder, trust_remote_code=True)
+            scores = classify(Image.new("RGB", (40, 48), (120, 30, 200)), top_k=None)
+            results[folder]["scores"] = {p["label"]: p["score"] for p in scores}
     print(json.dumps(results))
     """
 )
@@ -194,7 +202,10 @@ CLEAN_PROCESS = textwrap.dedent(
 
 @pytest.mark.slow
 def test_remote_code_loads_in_a_clean_offline_process(tmp_path, stock, clip_folder):
-    folders, expected = {}, {}
+    from PIL import Image
+    from transformers import pipeline
+
+    folders, expected, pipeline_scores = {}, {}, {}
 
     def save(folder, model, auto, output, inputs):
         model.save_pretrained(folder)
@@ -208,6 +219,11 @@ def test_remote_code_loads_in_a_clean_offline_process(tmp_path, stock, clip_fold
         for method in (m for m in ("tome", "evit", "dynamicvit") if fits(name, REDUCING_PLANS[m])):
             model = ours(name, stock_model, token_reduction=REDUCING_PLANS[method])
             save(tmp_path / f"{name}-{method}", model, family.auto, family.output, {"pixel_values": PIXELS})
+            if name in PIPELINE_CLASSIFIERS and method == "tome":  # with labels and a processor: the pipeline runs
+                save_classifier(tmp_path / f"{name}-{method}", model)
+                classify = pipeline("image-classification", model=str(tmp_path / f"{name}-{method}"))
+                scores = classify(Image.new("RGB", (40, 48), (120, 30, 200)), top_k=None)
+                pipeline_scores[str(tmp_path / f"{name}-{method}")] = {p["label"]: p["score"] for p in scores}
     clip = TokenPruneCLIPModel.from_pretrained(clip_folder[1], token_reduction=REDUCING_PLANS["tome"]).eval()
     clip_inputs = {"pixel_values": PIXELS, "input_ids": TEXT}
     save(tmp_path / "clip-full", clip, "AutoModelForZeroShotImageClassification", "logits_per_image", clip_inputs)
@@ -228,6 +244,9 @@ def test_remote_code_loads_in_a_clean_offline_process(tmp_path, stock, clip_fold
         assert "transformers_modules" in report[folder]["module"]
         assert report[folder]["base"] == base
     assert report[str(tmp_path / "clip-full")]["labels"] == ["cat", "dog"]
+    assert len(pipeline_scores) == len(PIPELINE_CLASSIFIERS)
+    for folder, scores in pipeline_scores.items():  # the remote code's pipeline gives the package's scores
+        assert report[folder]["scores"] == pytest.approx(scores, abs=1e-6)
 
 
 COMPILED = [("deit", "evit"), ("deit", "tome"), ("dinov2-registers", "tome"), ("clip", "tome"), ("siglip", "tome")]

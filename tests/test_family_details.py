@@ -10,11 +10,13 @@ from conftest import KEEP_ALL_PLANS, REDUCING_PLANS, TINY
 from families import (
     CLIP_ISLAND,
     FAMILIES,
+    PIPELINE_CLASSIFIERS,
     PIXELS,
     SHARED_ISLAND,
     TEXT,
     clip_checkpoint,
     ours,
+    save_classifier,
     save_text_and_image_processors,
     stock_models,
 )
@@ -299,6 +301,24 @@ def test_zero_shot_pipeline_on_a_saved_folder(tmp_path, clip_folder):
     scores = classify(Image.new("RGB", (40, 40), (120, 30, 200)), candidate_labels=["cat", "dog", "car"])
     assert sorted(s["label"] for s in scores) == ["car", "cat", "dog"]
     assert sum(s["score"] for s in scores) == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("name", PIPELINE_CLASSIFIERS)
+def test_image_classification_pipeline_on_a_saved_folder(tmp_path, stock, name):
+    import numpy as np
+    from PIL import Image
+    from transformers import AutoImageProcessor, pipeline
+
+    model = ours(name, stock(name)[0], token_reduction=REDUCING_PLANS["tome"])
+    save_classifier(tmp_path, model)
+    classify = pipeline("image-classification", model=str(tmp_path), trust_remote_code=True)
+    assert type(classify.model) is FAMILIES[name].model and classify.model.config.token_reduction["method"] == "tome"
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 48, 3), dtype=np.uint8))
+    scores = {s["label"]: s["score"] for s in classify(image, top_k=TINY["num_labels"])}
+    inputs = AutoImageProcessor.from_pretrained(tmp_path)(image, return_tensors="pt")
+    with torch.no_grad():
+        expected = model(**inputs).logits.softmax(-1)[0]
+    assert scores == pytest.approx({f"class-{i}": p for i, p in enumerate(expected.tolist())}, abs=1e-6)
 
 
 class TinyBatches(torch.utils.data.Dataset):

@@ -10,6 +10,7 @@ import textwrap
 import pytest
 import torch
 from conftest import REDUCING_PLANS, REUSE_PLANS, TINY, tiny_config
+from families import FAMILIES
 from hub_server import LoopbackHub, use_loopback_hub
 from huggingface_hub import ModelCard
 from PIL import Image
@@ -443,6 +444,67 @@ def test_push_to_a_branch_leaves_main_alone(loopback_hub):
     model_commit = repo.commits[repo.commits[info.oid].parent]
     assert model_commit.message == "first release" and "model.safetensors" in model_commit.files
     assert f'revision = "{model_commit.oid}"' in loopback_hub.files("someone/branchy", "release")["README.md"].decode()
+
+
+# family -> (name in the card, stock class, pipeline tag, a base checkpoint of that family)
+FAMILY_CARDS = {
+    "deit": ("DeiT", "DeiTForImageClassificationWithTeacher", "image-classification",
+             "facebook/deit-tiny-distilled-patch16-224"),
+    "dinov2": ("DINOv2", "Dinov2ForImageClassification", "image-classification", "facebook/dinov2-small"),
+    "dinov2-registers": ("DINOv2 with registers", "Dinov2WithRegistersForImageClassification", "image-classification",
+                         "facebook/dinov2-with-registers-small"),
+    "clip": ("CLIP vision tower", "CLIPVisionModel", "image-feature-extraction", "openai/clip-vit-base-patch16"),
+    "siglip": ("SigLIP vision tower", "SiglipVisionModel", "image-feature-extraction",
+               "google/siglip-base-patch16-224"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("name", sorted(FAMILY_CARDS))
+def test_push_of_every_family_uploads_its_card(loopback_hub, name):
+    family, stock_class, pipeline_tag, base = FAMILY_CARDS[name]
+    torch.manual_seed(0)
+    spec = FAMILIES[name]
+    model = spec.model(spec.config(**spec.settings(), token_reduction={"method": "tome", "r": 3})).eval()
+    repo_id = f"someone/{name}-tome"
+    model.push_to_hub(repo_id, base_model=base)
+    files = loopback_hub.files(repo_id)
+    assert {"model.safetensors", "config.json", "README.md"} | spec.island <= set(files)
+    card = ModelCard.load(repo_id)
+    assert card.data.base_model == base and card.data.pipeline_tag == pipeline_tag
+    assert {spec.model.config_class.model_type.split("_")[1], "tome", "custom_code"} <= set(card.data.tags)
+    summary = next(line for line in card.text.split("\n") if line.startswith("A "))
+    assert summary.startswith(f"A {family} model for ") and f"`{stock_class}`" in summary
+    assert f"https://huggingface.co/{base})" in summary and "**`tome`** (token reduction)" in summary
+    assert ("`method`", "tome") in [tuple(row) for row in table_rows(card.text, "| Option |")]
+    assert len(table_rows(card.text, "| Layer |")) == TINY["num_hidden_layers"]
+    assert card.data.tags.count("vit") == 0 and "ViT" not in summary
+
+
+def test_trainer_push_of_a_family_model_uploads_its_card(loopback_hub, tmp_path):
+    spec = FAMILIES["dinov2"]
+    torch.manual_seed(0)
+    model = spec.model(spec.config(**spec.settings(), token_reduction=REDUCING_PLANS["evit"]))
+    trainer = tiny_trainer(model, tmp_path / "run", "dinov2-evit")
+    trainer.train()
+    trainer.evaluate(ignore_keys=OUTPUT_BOOKKEEPING)
+    trainer.push_to_hub(finetuned_from="facebook/dinov2-small")
+    card = ModelCard.load("loopback-user/dinov2-evit")
+    assert card.data.base_model == "facebook/dinov2-small" and card.data.eval_results[0].metric_type == "accuracy"
+    assert "A DINOv2 model for image classification" in card.text and "evit" in card.data.tags
+    assert not [path for path in loopback_hub.files("loopback-user/dinov2-evit") if path.endswith(".bin")]
+
+
+def test_card_command_reads_a_family_folder(tmp_path, capsys):
+    spec = FAMILIES["dinov2-registers"]
+    model = spec.model(spec.config(**spec.settings(), token_reduction=REDUCING_PLANS["evit"]))
+    model.save_pretrained(tmp_path)
+    assert cli.main(["card", str(tmp_path), "--base-model", "facebook/dinov2-with-registers-small"]) == 0
+    card = ModelCard.load(tmp_path / "README.md")
+    assert "A DINOv2 with registers model for image classification" in card.text
+    assert "`Dinov2WithRegistersForImageClassification`" in card.text and "evit" in card.data.tags
+    ViTForImageClassification(ViTConfig(**TINY)).save_pretrained(tmp_path / "stock")
+    assert cli.main(["card", str(tmp_path / "stock")]) == 2
+    assert "holds a 'vit' model; cards are for tokenprune_vit" in capsys.readouterr().err
 
 
 def test_other_models_keep_the_stock_push_and_card(loopback_hub, tmp_path):
