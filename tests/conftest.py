@@ -116,3 +116,12 @@ def one_thread():
 
 def registered_methods() -> set[str]:
     return set(hf_tokenprune.REDUCTION_METHODS)
+
+
+@pytest.fixture(autouse=True)
+def keep_torch_threads():
+    """The CLI's --threads sets torch's thread count for the whole process: restore it after each test, so that
+    later tests (and the subprocesses they compare with, which start with the default) compute with the same count."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)

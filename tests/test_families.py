@@ -240,7 +240,7 @@ def test_remote_code_loads_in_a_clean_offline_process(tmp_path, stock, clip_fold
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(result.stdout.strip().splitlines()[-1])
     for folder, base in expected.items():
-        assert report[folder]["diff"] == 0.0
+        assert report[folder]["diff"] <= 1e-5, folder  # two processes may order a threaded sum differently
         assert "transformers_modules" in report[folder]["module"]
         assert report[folder]["base"] == base
     assert report[str(tmp_path / "clip-full")]["labels"] == ["cat", "dog"]
