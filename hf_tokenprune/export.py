@@ -1,9 +1,10 @@
-"""Export a classifier (ViT, DeiT with teacher, DINOv2 with or without registers) for deployment: ONNX
-(onnxruntime, TensorRT) or a ``torch.export`` program.
+"""Export a model for deployment: ONNX (onnxruntime, TensorRT) or a ``torch.export`` program.
 
 Every plan keeps a number of tokens per layer that depends only on the plan and the image size, so a model exports
-as one static graph per resolution, with a dynamic batch dimension. The exported function is
-``pixel_values (B, C, H, W) -> logits (B, labels)`` and is checked against the PyTorch model after export.
+as one static graph per resolution, with a dynamic batch dimension. The exported function is ``pixel_values
+(B, C, H, W) -> one output`` and is checked against the PyTorch model after export; `EXPORTED` says, per family,
+which class exports and which output: the logits of the classifiers (ViT, DeiT with teacher, DINOv2 with or without
+registers), the image embeddings of CLIP's vision tower with projection, the pooled output of SigLIP's.
 
 ONNX graphs are also audited for two silent traps: a reducing scatter (``scatter_add``, ``scatter_reduce``) that
 the exporter turned into a plain overwrite (``scatter_reduce(reduce="mean")`` is emitted with ``reduction='none'``),
@@ -25,20 +26,48 @@ from ._lazy import LazyModule
 torch = LazyModule("torch")
 nn = LazyModule("torch.nn")
 
-__all__ = ["FORMATS", "ExportReport", "LogitsOnly", "add_cli", "audit_onnx_graph", "export_model", "run_exported"]  # noqa: F822 (LogitsOnly: module __getattr__)
+__all__ = [  # noqa: F822 (OutputOnly, LogitsOnly: module __getattr__)
+    "EXPORTED",
+    "FORMATS",
+    "ExportReport",
+    "LogitsOnly",
+    "OutputOnly",
+    "add_cli",
+    "audit_onnx_graph",
+    "export_model",
+    "run_exported",
+]
 
 FORMATS = ("onnx", "torch-export")
 SUFFIXES = {"onnx": ".onnx", "torch-export": ".pt2"}
 # Ops whose meaning is "combine into the destination"; ONNX must keep a reduction for each of them.
 REDUCING_SCATTERS = ("scatter_add", "scatter_reduce", "index_add", "index_reduce")
-# model_type -> the classifier class that exports (pixel_values -> logits), as (module, class) in hf_tokenprune.models
-CLASSIFIERS = {
-    "tokenprune_vit": ("modeling_tokenprune_vit", "TokenPruneViTForImageClassification"),
-    "tokenprune_deit": ("modeling_tokenprune_deit", "TokenPruneDeiTForImageClassificationWithTeacher"),
-    "tokenprune_dinov2": ("modeling_tokenprune_dinov2", "TokenPruneDinov2ForImageClassification"),
-    "tokenprune_dinov2_with_registers": (
-        "modeling_tokenprune_dinov2",
-        "TokenPruneDinov2WithRegistersForImageClassification",
+
+
+@dataclass(frozen=True)
+class Exported:
+    """The class of a family that exports (in ``hf_tokenprune.models.<module>``) and the output it exports."""
+
+    module: str
+    name: str
+    output: str
+
+
+# model_type -> what exports: pixel_values -> that class's output.
+EXPORTED = {
+    "tokenprune_vit": Exported("modeling_tokenprune_vit", "TokenPruneViTForImageClassification", "logits"),
+    "tokenprune_deit": Exported(
+        "modeling_tokenprune_deit", "TokenPruneDeiTForImageClassificationWithTeacher", "logits"
+    ),
+    "tokenprune_dinov2": Exported("modeling_tokenprune_dinov2", "TokenPruneDinov2ForImageClassification", "logits"),
+    "tokenprune_dinov2_with_registers": Exported(
+        "modeling_tokenprune_dinov2", "TokenPruneDinov2WithRegistersForImageClassification", "logits"
+    ),
+    "tokenprune_clip_vision_model": Exported(
+        "modeling_tokenprune_clip", "TokenPruneCLIPVisionModelWithProjection", "image_embeds"
+    ),
+    "tokenprune_siglip_vision_model": Exported(
+        "modeling_tokenprune_siglip", "TokenPruneSiglipVisionModel", "pooler_output"
     ),
 }
 
@@ -51,37 +80,43 @@ class ExportReport:
     format: str
     image_size: tuple[int, int]
     dynamic_batch: bool
-    max_abs_diff: dict[int, float] = field(default_factory=dict)  # batch -> max |exported - PyTorch| of the logits
+    max_abs_diff: dict[int, float] = field(default_factory=dict)  # batch -> max |exported - PyTorch| of the output
+    output: str = "logits"  # the model output that was exported
 
     def summary(self) -> str:
         batch = "dynamic batch" if self.dynamic_batch else "fixed batch"
         checks = ", ".join(f"batch {b}: {d:.1e}" for b, d in sorted(self.max_abs_diff.items()))
         size = f"{self.image_size[0]}x{self.image_size[1]}"
-        return f"wrote {self.path} ({self.format}, {size}, {batch}); max |logits - PyTorch| {checks or 'not checked'}"
+        difference = f"max |{self.output} - PyTorch| {checks or 'not checked'}"
+        return f"wrote {self.path} ({self.format}, {size}, {batch}, {self.output}); {difference}"
 
 
 @functools.cache
-def _logits_only_class() -> type:
-    """`LogitsOnly`, defined on first use (it subclasses ``torch.nn.Module``)."""
+def _output_only_class() -> type:
+    """`OutputOnly`, defined on first use (it subclasses ``torch.nn.Module``)."""
 
-    class LogitsOnly(nn.Module):
-        """The classifier as a deployable function: pixel values (B, C, H, W) -> logits (B, labels)."""
+    class OutputOnly(nn.Module):
+        """A model as a deployable function: pixel values (B, C, H, W) -> one of its outputs (by default the
+        logits; ``LogitsOnly`` is the same class)."""
 
-        def __init__(self, model: nn.Module, keep_rate: float | None = None, interpolate: bool = False):
+        def __init__(
+            self, model: nn.Module, keep_rate: float | None = None, interpolate: bool = False, output: str = "logits"
+        ):
             super().__init__()
-            self.model, self.kwargs = model, {} if keep_rate is None else {"keep_rate": keep_rate}
+            self.model, self.output = model, output
+            self.kwargs = {} if keep_rate is None else {"keep_rate": keep_rate}
             if interpolate and "interpolate_pos_encoding" in inspect.signature(model.forward).parameters:
                 self.kwargs["interpolate_pos_encoding"] = True  # DINOv2 always interpolates: it has no such flag
 
         def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-            return self.model(pixel_values, **self.kwargs).logits
+            return getattr(self.model(pixel_values, **self.kwargs), self.output)
 
-    return LogitsOnly
+    return OutputOnly
 
 
 def __getattr__(name: str) -> Any:
-    if name == "LogitsOnly":
-        return _logits_only_class()
+    if name in ("OutputOnly", "LogitsOnly"):
+        return _output_only_class()
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
@@ -98,7 +133,11 @@ def check_export_request(
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"--batch-size {batch_size!r} must be a positive integer.")
     config = model.config
-    check_exportable(getattr(config, "model_type", None), type(model).__name__)
+    exported = check_exportable(getattr(config, "model_type", None), type(model).__name__)
+    if exported.output == "pooler_output" and getattr(config, "vision_use_head", True) is False:
+        raise ValueError(
+            f"{type(model).__name__} has no pooling head (vision_use_head=False), so no pooler_output to export."
+        )
     height, width = _pair(config.image_size if image_size is None else image_size)
     patch = _pair(config.patch_size)
     if height % patch[0] or width % patch[1] or height < patch[0] or width < patch[1]:
@@ -114,15 +153,16 @@ def check_export_request(
     return height, width
 
 
-def check_exportable(model_type: str | None, class_name: str) -> None:
-    """Refuses, in one line, a model that is not one of the classifiers that export (`CLASSIFIERS`)."""
-    allowed = CLASSIFIERS.get(model_type, (None, None))[1]
-    if class_name != allowed:
-        names = ", ".join(name for _, name in CLASSIFIERS.values())
+def check_exportable(model_type: str | None, class_name: str) -> Exported:
+    """What exports for a model of this class (`EXPORTED`); refuses any other class in one line."""
+    exported = EXPORTED.get(model_type)
+    if exported is None or class_name != exported.name:
+        names = ", ".join(f"{e.name} ({e.output})" for e in EXPORTED.values())
         raise ValueError(
-            f"export needs a classifier (pixel_values -> logits); {class_name} ({model_type!r}) cannot export: "
-            f"the classes that do are {names} (CLIP and SigLIP towers and base models have no logits)."
+            f"{class_name} ({model_type!r}) cannot export: the classes that do are {names}; base models without a "
+            "head, CLIPVisionModel without its projection and the full CLIPModel do not."
         )
+    return exported
 
 
 def _require(*modules: str) -> None:
@@ -181,6 +221,7 @@ def _example(model: nn.Module, batch: int, size: tuple[int, int], seed: int = 0)
 
 
 def _export(wrapper: nn.Module, example: torch.Tensor, fmt: str, output: Path, dynamic: bool) -> None:
+    """Writes ``output``; the ONNX graph's input is ``pixel_values`` and its output the wrapper's output name."""
     dynamic_shapes = ({0: torch.export.Dim("batch", min=1, max=65536)},) if dynamic else None
     if fmt == "torch-export":
         program = torch.export.export(wrapper, (example,), dynamic_shapes=dynamic_shapes)
@@ -192,7 +233,7 @@ def _export(wrapper: nn.Module, example: torch.Tensor, fmt: str, output: Path, d
         dynamo=True,
         dynamic_shapes=dynamic_shapes,
         input_names=["pixel_values"],
-        output_names=["logits"],
+        output_names=[wrapper.output],
         verbose=False,
     )
     problems = audit_onnx_graph(onnx_program.model_proto, getattr(onnx_program, "exported_program", None))
@@ -202,15 +243,15 @@ def _export(wrapper: nn.Module, example: torch.Tensor, fmt: str, output: Path, d
 
 
 def run_exported(path: str | Path, fmt: str, pixel_values: torch.Tensor) -> torch.Tensor:
-    """Logits of an exported model: onnxruntime for ONNX, the loaded program for torch.export."""
+    """The output of an exported model: onnxruntime for ONNX, the loaded program for torch.export."""
     if fmt == "torch-export":
         return torch.export.load(str(path)).module()(pixel_values)
     _require("onnxruntime")
     import onnxruntime
 
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    (logits,) = session.run(["logits"], {"pixel_values": pixel_values.cpu().numpy()})
-    return torch.from_numpy(logits)
+    (output,) = session.run(None, {"pixel_values": pixel_values.cpu().numpy()})
+    return torch.from_numpy(output)
 
 
 def export_model(
@@ -223,8 +264,8 @@ def export_model(
     dynamic_batch: bool = True,
     atol: float | None = 1e-4,
 ) -> ExportReport:
-    """Exports ``model`` (a classifier of `CLASSIFIERS`: ViT, DeiT with teacher, DINOv2) and checks it against
-    PyTorch.
+    """Exports ``model`` (a class of `EXPORTED`: the classifiers, CLIP's vision tower with projection, SigLIP's
+    vision tower) and checks its output (logits, image embeddings or pooled output) against PyTorch.
 
     Args:
         output: the file to write (``.onnx`` or ``.pt2``).
@@ -234,11 +275,11 @@ def export_model(
         image_size: the fixed input resolution (default: the config's); another multiple of the patch size
             interpolates the position embeddings.
         keep_rate: a runtime keep rate baked into the graph (methods with a keep rate).
-        atol: the largest allowed difference of the logits from PyTorch; ``None`` skips the check.
+        atol: the largest allowed difference of the output from PyTorch; ``None`` skips the check.
     """
     size = check_export_request(model, fmt, batch_size, image_size, keep_rate)
     implementation = model.config._attn_implementation
-    if implementation not in ("sdpa", "eager"):  # flex and the flash kernels do not export; the logits are the same
+    if implementation not in ("sdpa", "eager"):  # flex and the flash kernels do not export; the output is the same
         model.set_attn_implementation("sdpa")
     try:
         return _export_and_check(model.eval(), output, fmt, batch_size, size, keep_rate, dynamic_batch, atol)
@@ -248,13 +289,15 @@ def export_model(
 
 
 def _export_and_check(model, output, fmt, batch_size, size, keep_rate, dynamic_batch, atol) -> ExportReport:
-    wrapper = _logits_only_class()(model, keep_rate, interpolate=size != _pair(model.config.image_size)).eval()
+    output_name = EXPORTED[model.config.model_type].output
+    interpolate = size != _pair(model.config.image_size)
+    wrapper = _output_only_class()(model, keep_rate, interpolate, output_name).eval()
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
     trace_batch = max(batch_size, 2) if dynamic_batch else batch_size  # export specialises a batch of 1
     with torch.no_grad():
         _export(wrapper, _example(model, trace_batch, size), fmt, output, dynamic_batch)
-    report = ExportReport(str(output), fmt, size, dynamic_batch)
+    report = ExportReport(str(output), fmt, size, dynamic_batch, output=output_name)
     if atol is not None:
         for batch in sorted({1, batch_size}) if dynamic_batch else [batch_size]:
             pixels = _example(model, batch, size, seed=batch)
@@ -273,7 +316,7 @@ def _export_command(args: Any) -> int:
     if not Path(args.folder).is_dir():
         raise ValueError(f"FOLDER {args.folder!r} is not a checkpoint folder.")
     output = args.output or str(Path(args.folder) / f"model{SUFFIXES.get(args.format, '')}")
-    model = _classifier_class(Path(args.folder)).from_pretrained(args.folder, attn_implementation="sdpa")
+    model = _exported_class(Path(args.folder)).from_pretrained(args.folder, attn_implementation="sdpa")
     report = export_model(
         model,
         output,
@@ -288,9 +331,9 @@ def _export_command(args: Any) -> int:
     return 0
 
 
-def _classifier_class(folder: Path) -> type:
-    """The class that exports the checkpoint in ``folder``: the family's classifier, TokenPruneViT for a stock ViT
-    (refused in one line for a family or class that cannot export)."""
+def _exported_class(folder: Path) -> type:
+    """The class that exports the checkpoint in ``folder`` (`EXPORTED`), ours for a stock checkpoint of a family
+    (TokenPruneViT for a stock ViT); refused in one line for a family or class that cannot export."""
     import json
 
     try:
@@ -301,18 +344,17 @@ def _classifier_class(folder: Path) -> type:
         ) from None
     model_type = config.get("model_type")
     if model_type in (None, "vit", "tokenprune_vit"):  # any ViT checkpoint loads into the TokenPruneViT classifier
-        return _import_class(*CLASSIFIERS["tokenprune_vit"])
-    stock = model_type in {m.removeprefix("tokenprune_") for m in CLASSIFIERS}  # a stock checkpoint loads into ours
+        return _import_class(EXPORTED["tokenprune_vit"])
+    stock = model_type in {m.removeprefix("tokenprune_") for m in EXPORTED}  # a stock checkpoint loads into ours
     model_type = f"tokenprune_{model_type}" if stock else model_type
     name = (config.get("architectures") or ["no architecture"])[0]
-    check_exportable(model_type, f"TokenPrune{name}" if stock else name)
-    return _import_class(*CLASSIFIERS[model_type])
+    return _import_class(check_exportable(model_type, f"TokenPrune{name}" if stock else name))
 
 
-def _import_class(module: str, name: str) -> type:
+def _import_class(exported: Exported) -> type:
     import importlib
 
-    return getattr(importlib.import_module(f"hf_tokenprune.models.{module}"), name)
+    return getattr(importlib.import_module(f"hf_tokenprune.models.{exported.module}"), exported.name)
 
 
 def add_cli(commands: Any) -> None:
@@ -320,11 +362,15 @@ def add_cli(commands: Any) -> None:
     parser = commands.add_parser(
         "export",
         help="export a checkpoint to ONNX or torch.export (fixed resolution, dynamic batch), checked against PyTorch",
-        description="Exports pixel_values -> logits at a fixed resolution with a dynamic batch dimension, then runs "
-        "the exported model (onnxruntime for ONNX) at batch 1 and --batch-size and compares it with PyTorch.",
+        description="Exports pixel_values -> logits (classifiers), image_embeds (CLIP's vision tower with "
+        "projection) or pooler_output (SigLIP's vision tower) at a fixed resolution with a dynamic batch "
+        "dimension, then runs the exported model (onnxruntime for ONNX) at batch 1 and --batch-size and compares it "
+        "with PyTorch.",
     )
     parser.add_argument(
-        "folder", help="a checkpoint folder (save_pretrained) of a ViT, DeiT (with teacher) or DINOv2 classifier"
+        "folder",
+        help="a checkpoint folder (save_pretrained) of a ViT, DeiT (with teacher) or DINOv2 classifier, a CLIP "
+        "vision tower with projection or a SigLIP vision tower",
     )
     parser.add_argument("--format", default="onnx", choices=FORMATS, help="onnx (default) or torch-export (.pt2)")
     parser.add_argument("--batch-size", type=int, default=1, help="batch checked (and fixed with --static-batch)")
@@ -332,6 +378,6 @@ def add_cli(commands: Any) -> None:
     parser.add_argument("--image-size", type=int, default=None, help="input resolution (default: the model's)")
     parser.add_argument("--keep-rate", type=float, default=None, help="runtime keep rate baked into the graph")
     parser.add_argument("--static-batch", action="store_true", help="fix the batch to --batch-size")
-    parser.add_argument("--atol", type=float, default=1e-4, help="largest allowed |logits - PyTorch| (fp32)")
+    parser.add_argument("--atol", type=float, default=1e-4, help="largest allowed |output - PyTorch| (fp32)")
     parser.add_argument("--no-check", action="store_true", help="skip the comparison with PyTorch")
     parser.set_defaults(func=_export_command)

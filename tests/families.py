@@ -138,14 +138,14 @@ SHARED_ISLAND = {
 PIXELS = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
 
 
-def stock_models(tmp_path_factory):
+def stock_models(tmp_path_factory, families=FAMILIES):
     """A function: family name -> (stock model, folder it is saved in), each built once (a test module's
-    ``stock`` fixture)."""
+    ``stock`` fixture); ``families`` may replace `FAMILIES`."""
     cache = {}
 
     def get(name):
         if name not in cache:
-            family = FAMILIES[name]
+            family = families[name]
             torch.manual_seed(0)
             model = family.stock_model(family.stock_config(**family.settings())).eval()
             folder = tmp_path_factory.mktemp(f"stock-{name}")
@@ -156,9 +156,9 @@ def stock_models(tmp_path_factory):
     return get
 
 
-def ours(name, stock_model, **config):
+def ours(name, stock_model, families=FAMILIES, **config):
     """Our model of a family with the stock model's weights (new parameters seeded, so two calls agree)."""
-    family = FAMILIES[name]
+    family = families[name]
     torch.manual_seed(0)
     model = family.model(family.config(**family.settings(), **config)).eval()
     missing, unexpected = model.load_state_dict(stock_model.state_dict(), strict=False)

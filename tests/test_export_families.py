@@ -1,23 +1,52 @@
-"""Export of the other families' classifiers (DeiT with teacher, DINOv2 with and without registers): the exported
-model gives the PyTorch logits at batch 1 and 2 (fp32, atol 1e-4); the families without logits get a one-line error.
+"""Export of the other families: the classifiers (DeiT with teacher, DINOv2 with and without registers) give the
+PyTorch logits, CLIP's vision tower with projection its image embeddings and SigLIP's vision tower its pooled output,
+at batch 1 and 2 (fp32, atol 1e-4); the classes without such an output get a one-line error.
 
-Exports are slow (five to ten seconds each here): one method and one format per family, marked slow; the refusals
-run by default.
+Exports are slow (five to twenty seconds each here): the classifiers run one method and one format each, the two
+towers every method that runs on them (ToMe in both formats, the others in one, alternating), all marked slow; the
+refusals run by default.
 """
+
+from dataclasses import replace
 
 import pytest
 import torch
 from conftest import REDUCING_PLANS
-from families import FAMILIES, PIXELS, ours, stock_models
+from families import FAMILIES, PIXELS, fits, ours, stock_models
+from transformers import CLIPModel, CLIPVisionModelWithProjection
 
+from hf_tokenprune import TokenPruneCLIPModel, TokenPruneCLIPVisionModelWithProjection
 from hf_tokenprune.cli import main
-from hf_tokenprune.export import export_model, run_exported
+from hf_tokenprune.export import EXPORTED, export_model, run_exported
 
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-EXPORTED = [("deit", "evit", "onnx"), ("dinov2", "tome", "torch-export"), ("dinov2-registers", "tome", "onnx")]
+CLASSIFIER_CASES = [("deit", "evit", "onnx"), ("dinov2", "tome", "torch-export"), ("dinov2-registers", "tome", "onnx")]
+# The towers as they export: CLIP's with its projection (image embeddings), SigLIP's with its pooling head.
+TOWERS = {
+    "clip": replace(
+        FAMILIES["clip"],
+        stock_model=CLIPVisionModelWithProjection,
+        model=TokenPruneCLIPVisionModelWithProjection,
+        output="image_embeds",
+    ),
+    "siglip": replace(
+        FAMILIES["siglip"], overrides={**FAMILIES["siglip"].overrides, "vision_use_head": True}, output="pooler_output"
+    ),
+}
+
+
+def _tower_cases() -> list:
+    """(family, method, format): every method the tower runs, ToMe in both formats, the others alternating."""
+    cases = []
+    for name in TOWERS:
+        methods = [m for m in sorted(REDUCING_PLANS) if fits(name, REDUCING_PLANS[m])]
+        for i, method in enumerate(methods):
+            formats = ("onnx", "torch-export") if method == "tome" else (("onnx", "torch-export")[i % 2],)
+            cases += [(name, method, fmt) for fmt in formats]
+    return cases
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +55,7 @@ def stock(tmp_path_factory):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("name", "method", "fmt"), EXPORTED)
+@pytest.mark.parametrize(("name", "method", "fmt"), CLASSIFIER_CASES)
 def test_exported_family_classifier_gives_the_pytorch_logits_at_batch_1_and_2(stock, tmp_path, name, method, fmt):
     model = ours(name, stock(name)[0], token_reduction=REDUCING_PLANS[method])
     report = export_model(model, tmp_path / f"model.{'onnx' if fmt == 'onnx' else 'pt2'}", fmt=fmt, batch_size=2)
@@ -49,17 +78,69 @@ def test_cli_exports_a_stock_dinov2_folder_as_ours(stock, tmp_path, capsys):
     torch.testing.assert_close(run_exported(output, "torch-export", PIXELS), expected, atol=1e-4, rtol=0)
 
 
+@pytest.fixture(scope="module")
+def towers(tmp_path_factory):
+    return stock_models(tmp_path_factory, TOWERS)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("name", "method", "fmt"), _tower_cases())
+def test_exported_tower_gives_the_pytorch_embeddings_at_batch_1_and_2(towers, tmp_path, name, method, fmt):
+    output = TOWERS[name].output
+    model = ours(name, towers(name)[0], TOWERS, token_reduction=REDUCING_PLANS[method])
+    report = export_model(model, tmp_path / f"model.{'onnx' if fmt == 'onnx' else 'pt2'}", fmt=fmt, batch_size=2)
+    assert report.output == output and sorted(report.max_abs_diff) == [1, 2]
+    assert f"max |{output} - PyTorch| batch 1:" in report.summary()
+    for batch in (PIXELS[:1], PIXELS):
+        with torch.no_grad():
+            outputs = model(batch)
+        full = model(batch, disable_plans=True).token_counts
+        assert sum(mlp for _, mlp in outputs.token_counts) < sum(mlp for _, mlp in full)  # the plan reduces
+        torch.testing.assert_close(run_exported(report.path, fmt, batch), getattr(outputs, output), atol=1e-4, rtol=0)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(TOWERS))
+def test_cli_exports_a_stock_tower_folder_as_ours(towers, tmp_path, capsys, name):
+    stock_model, folder = towers(name)  # a stock CLIPVisionModelWithProjection / SiglipVisionModel checkpoint
+    output = tmp_path / f"{name}.pt2"
+    assert main(["export", str(folder), "--format", "torch-export", "--batch-size", "2", "--output", str(output)]) == 0
+    assert f"wrote {output} (torch-export, 32x32, dynamic batch, {TOWERS[name].output})" in capsys.readouterr().out
+    with torch.no_grad():
+        expected = getattr(stock_model(PIXELS), TOWERS[name].output)
+    torch.testing.assert_close(run_exported(output, "torch-export", PIXELS), expected, atol=1e-4, rtol=0)
+
+
+def test_every_exported_class_is_public_and_of_its_model_type():
+    import hf_tokenprune
+
+    for model_type, exported in EXPORTED.items():
+        assert getattr(hf_tokenprune, exported.name).config_class.model_type == model_type
+
+
 @pytest.mark.parametrize("name", ["clip", "siglip"])
-def test_families_without_logits_are_refused_in_one_line(stock, tmp_path, capsys, name):
-    model = ours(name, stock(name)[0], token_reduction=REDUCING_PLANS["tome"])
-    with pytest.raises(ValueError, match=f"{type(model).__name__} .* cannot export: the classes that do are") as error:
+def test_towers_without_their_output_head_are_refused_in_one_line(stock, tmp_path, capsys, name):
+    model = ours(name, stock(name)[0], token_reduction=REDUCING_PLANS["tome"])  # no projection / no pooling head
+    reason = "cannot export: the classes that do are" if name == "clip" else "no pooling head"
+    with pytest.raises(ValueError, match=reason) as error:
         export_model(model, tmp_path / "model.onnx")
-    assert "\n" not in str(error.value)
+    assert type(model).__name__ in str(error.value) and "\n" not in str(error.value)
     model.save_pretrained(tmp_path / name)
     assert main(["export", str(tmp_path / name)]) == 2
     last = capsys.readouterr().err.strip().splitlines()[-1]  # before it: save_pretrained's progress bar
-    assert last.startswith("error: export needs a classifier") and "TokenPruneDinov2ForImageClassification" in last
+    assert last.startswith("error: ") and reason in last
     assert not (tmp_path / name / "model.onnx").exists()
+
+
+def test_the_full_clip_model_is_refused(tmp_path, capsys):
+    from families import tiny_clip
+
+    CLIPModel(tiny_clip()).save_pretrained(tmp_path)
+    model = TokenPruneCLIPModel.from_pretrained(tmp_path, token_reduction=REDUCING_PLANS["tome"])
+    with pytest.raises(ValueError, match=r"TokenPruneCLIPModel \('tokenprune_clip'\) cannot export"):
+        export_model(model, tmp_path / "model.onnx")
+    assert main(["export", str(tmp_path), "--format", "torch-export"]) == 2
+    assert "CLIPModel ('clip') cannot export" in capsys.readouterr().err
 
 
 def test_a_base_model_without_a_classifier_is_refused(tmp_path, capsys):
