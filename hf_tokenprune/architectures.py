@@ -82,11 +82,31 @@ def family_classes(config: Any) -> tuple[type, type, type]:
     return getattr(transformers, stock_config), getattr(transformers, stock_model), getattr(hf_tokenprune, ours)
 
 
+def family_config_class(model_type: str | None) -> type:
+    """Our config class for a checkpoint's ``model_type``: our own type, the stock family's (``dinov2`` ->
+    `TokenPruneDinov2Config`) or a full model whose vision tower we run (``clip`` -> `TokenPruneCLIPVisionConfig`);
+    a config without a model type is read as ViT."""
+    import hf_tokenprune
+
+    if model_type is None:
+        return TokenPruneViTConfig
+    for *_, ours in FAMILY_BENCHMARK_CLASSES.values():
+        config_class = getattr(hf_tokenprune, ours).config_class
+        if model_type in (config_class.model_type, config_class.stock_model_type, *config_class.composite_model_types):
+            return config_class
+    known = sorted({m.removeprefix("tokenprune_") for m in FAMILY_BENCHMARK_CLASSES} | {"clip", "siglip"})
+    raise ValueError(f"--model holds a {model_type!r} checkpoint; the families the tools run are {known}.")
+
+
 def build_config(model: str | None, arch: str, **plans: Any) -> Any:
-    """The config of a checkpoint (folder or Hub id) or of a built-in architecture, with the given plans."""
+    """The config of a checkpoint (folder or Hub id; any family of `FAMILY_BENCHMARK_CLASSES`, stock or ours) or of
+    a built-in architecture, with the given plans."""
     plans = {key: value for key, value in plans.items() if value is not None}
     if model is not None:
-        return TokenPruneViTConfig.from_pretrained(model, **plans)
+        from transformers import PretrainedConfig
+
+        model_type = PretrainedConfig.get_config_dict(model)[0].get("model_type")
+        return family_config_class(model_type).from_pretrained(model, **plans)
     if arch in FAMILY_ARCHITECTURES:
         from transformers import AutoConfig
 

@@ -1,4 +1,5 @@
-"""Throughput and latency of token-reduction plans, measured against stock `ViTForImageClassification`.
+"""Throughput and latency of token-reduction plans, measured against the stock HF class of the model's family
+(`ViTForImageClassification` for ViT; `architectures.FAMILY_BENCHMARK_CLASSES` for the others).
 
 Every candidate runs in the same process, on the same batch, with the same weights, interleaved round by round
 (the order rotates each round so that drift such as thermal throttling or a neighbour's load hits all of them
@@ -298,16 +299,18 @@ def build_models(
 
 
 def load_base(model: str | None, arch: str) -> tuple[Any, dict | None]:
-    """The plan-free TokenPruneViT config and weights of a checkpoint, or a built-in architecture's config and None.
+    """The plan-free config and weights of a checkpoint of any family (loaded into the model class the benchmark
+    pairs with the family's stock class, `family_classes`), or a built-in architecture's config and None.
 
     A checkpoint's own plans are dropped: the benchmark applies its list of plans to the same weights.
     """
-    from .architectures import build_config
-    from .models.modeling_tokenprune_vit import TokenPruneViTForImageClassification
+    from .architectures import build_config, family_classes
 
+    base = build_config(model, arch)
     if model is None:
-        return build_config(None, arch), None
-    loaded = TokenPruneViTForImageClassification.from_pretrained(model, token_reduction=None, attention_reuse=None)
+        return base, None
+    model_class = family_classes(base)[2]
+    loaded = model_class.from_pretrained(model, token_reduction=None, attention_reuse=None)
     return loaded.config, loaded.state_dict()
 
 
@@ -457,6 +460,7 @@ def _row(entry: PlanEntry, config: Any, mode: str, ratios: list[float], settings
     measured = statistics.median(ratios)
     return {
         "label": entry.label,
+        "stock_class": info.get("stock_class"),
         "plan": config.token_reduction,
         "attention_reuse": config.attention_reuse,
         "mode": mode,
@@ -524,7 +528,7 @@ def run_benchmark(
     check_token_counts(models, parsed, settings)
     if settings.compile:
         allow_recompiles(len(models) + 1)
-    info = {**machine_info(settings.device), "load_before": load_before}
+    info = {**machine_info(settings.device), "load_before": load_before, "stock_class": type(stock).__name__}
     ratios: dict[str, dict[str, list[float]]] = {}
     if "inference" in settings.modes:
         ratios["inference"] = measure_forward(
@@ -578,8 +582,15 @@ def _plans_from_args(args: Any) -> list | None:
     return plans
 
 
-def settings_from_args(args: Any) -> BenchmarkSettings:
-    modes = tuple(mode.strip() for mode in args.modes.split(",") if mode.strip())
+def default_modes(model_type: str) -> str:
+    """Every mode, less training for a family whose stock model has no training loss (`NO_TRAINING_FAMILIES`)."""
+    return ",".join(mode for mode in MODES if mode != "training" or model_type not in NO_TRAINING_FAMILIES)
+
+
+def settings_from_args(args: Any, model_type: str = "tokenprune_vit") -> BenchmarkSettings:
+    """The settings of the command line; without ``--modes``, the family's `default_modes`."""
+    given = args.modes if args.modes is not None else default_modes(model_type)
+    modes = tuple(mode.strip() for mode in given.split(",") if mode.strip())
     settings = BenchmarkSettings(
         device=parse_device(args.device),
         dtype=parse_dtype(args.dtype),
@@ -601,12 +612,13 @@ def _benchmark_command(args: Any) -> int:
     from .paths import check_model_source
 
     check_model_source(args.model)
-    settings = settings_from_args(args)
+    settings_from_args(args)  # bad settings are refused before any loading
     if args.threads is not None:
         if args.threads < 1:
             raise ValueError(f"--threads {args.threads} must be at least 1.")
         torch.set_num_threads(args.threads)
     base, state_dict = load_base(args.model, args.arch)
+    settings = settings_from_args(args, base.model_type)
     plans = parse_plans(_plans_from_args(args), base, keep_rate=args.keep_rate)  # every error before timing
     print(f"benchmarking {len(plans)} plans on {device_name(settings.device)} ({args.model or args.arch})")
     rows = run_benchmark(base, plans, settings, state_dict)
@@ -625,10 +637,12 @@ def add_cli(commands: Any) -> None:
 
     parser = commands.add_parser(
         "benchmark",
-        help="throughput, batch-1 latency and training speed of plans against stock ViT (same weights)",
-        description="Measures plans against stock ViTForImageClassification with the same weights, paired and "
-        "interleaved in one process, and compares with the ideal (FLOPs) speed-up. Default: ViT-B/16 with random "
-        "weights and one plan per registered method plus no reduction.",
+        help="throughput, batch-1 latency and training speed of plans against the stock model (same weights)",
+        description="Measures plans against the stock HF class of the model's family (ViTForImageClassification, "
+        "DeiTForImageClassificationWithTeacher, Dinov2(WithRegisters)ForImageClassification, "
+        "CLIPVisionModelWithProjection, SiglipVisionModel) with the same weights, paired and interleaved in one "
+        "process, and compares with the ideal (FLOPs) speed-up. Default: ViT-B/16 with random weights and one plan "
+        "per registered method plus no reduction.",
     )
     add_model_arguments(parser)
     parser.add_argument(
@@ -644,7 +658,12 @@ def add_cli(commands: Any) -> None:
     parser.add_argument("--rounds", type=int, default=5, help="measured rounds (each model runs once per round)")
     parser.add_argument("--latency-rounds", type=int, default=None, help="rounds at batch 1 (default 3 x rounds)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed calls per model first")
-    parser.add_argument("--modes", default=",".join(MODES), help=f"comma-separated subset of {','.join(MODES)}")
+    parser.add_argument(
+        "--modes",
+        default=None,
+        help=f"comma-separated subset of {','.join(MODES)} (default: all; no training for DeiT, CLIP and SigLIP, "
+        "whose stock classes have no training loss)",
+    )
     parser.add_argument("--compile", action="store_true", help="torch.compile every model")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")
     parser.add_argument("--seed", type=int, default=0)

@@ -89,8 +89,9 @@ def describe_setup(rows: list[dict[str, Any]]) -> str:
     row = rows[0]
     batch = next((r["batch_size"] for r in rows if r["mode"] != "latency"), row["batch_size"])
     rounds = ", ".join(f"{mode} {count}" for mode, count in {r["mode"]: r["rounds"] for r in rows}.items())
+    against = f"against stock {row['stock_class']}; " if row.get("stock_class") else ""  # older rows lack it
     return (
-        f"device: {row['device']}; dtype {row['dtype']}; batch {batch}; rounds: {rounds}; "
+        f"{against}device: {row['device']}; dtype {row['dtype']}; batch {batch}; rounds: {rounds}; "
         f"image {row['image_size'][0]}; compile {row['compile']}; stock GFLOPs {row['stock_gflops']:.4g}; "
         "speed-ups are medians of paired rounds (stock time / plan time, same process, interleaved); "
         "(of ideal) = measured / ideal"

@@ -27,8 +27,9 @@ class PlanEntry:
     attention_reuse: dict | None = None
 
 
-def default_plans() -> list[dict | None]:
-    """No reduction, every registered token-reduction method, and every registered attention-reuse method."""
+def default_plans(base: Any = None) -> list[dict | None]:
+    """No reduction, every registered token-reduction method, and every registered attention-reuse method; with a
+    ``base`` config, only those its family runs (SigLIP refuses the methods that rank by CLS attention)."""
     from .models.attention_reuse import ATTENTION_REUSE_METHODS
     from .models.token_reduction import REDUCTION_METHODS
 
@@ -37,7 +38,15 @@ def default_plans() -> list[dict | None]:
     plans += [
         {"token_reduction": None, "attention_reuse": {"method": name}} for name in sorted(ATTENTION_REUSE_METHODS)
     ]
-    return plans
+    return plans if base is None else [plan for plan in plans if _runs_on(base, plan)]
+
+
+def _runs_on(base: Any, plan: dict | None) -> bool:
+    try:
+        plan_config(base, parse_plan_entry(plan))
+    except ValueError:  # the defaults are valid plans: only the family refuses one
+        return False
+    return True
 
 
 def _short(value: Any) -> str:
@@ -105,13 +114,13 @@ def parse_plans(plans: Any, base: Any, keep_rate: float | None = None) -> list[t
     """Turns a list of plan entries into (entry, validated config) pairs; every error comes before any timing.
 
     Args:
-        plans: a list of entries (see `parse_plan_entry`), or None for `default_plans`.
+        plans: a list of entries (see `parse_plan_entry`), or None for `default_plans` of ``base``'s family.
         base: the TokenPruneViTConfig of the model without plans.
         keep_rate: if given, replaces the keep rate of every plan whose method has one.
     """
     from .models.token_reduction import get_reduction_class
 
-    plans = default_plans() if plans is None else plans
+    plans = default_plans(base) if plans is None else plans
     if not isinstance(plans, list) or not plans:
         raise ValueError(f"plans = {plans!r} must be a non-empty JSON list of plans.")
     parsed = []
