@@ -1,4 +1,5 @@
-"""The model card of a TokenPruneViT: ``model_cards/tokenprune_vit.md`` rendered through `huggingface_hub.ModelCard`.
+"""The model card of a TokenPrune model of any family: ``model_cards/tokenprune.md`` rendered through
+`huggingface_hub.ModelCard`.
 
 Metadata (library, pipeline, base model, tags, datasets, a ``model-index`` with the accuracy) and a body with the
 method and its paper, the plan per layer, FLOPs, measured speed, accuracy, pictures and usage with a pinned revision.
@@ -22,7 +23,8 @@ from huggingface_hub.utils import validate_repo_id
 
 CARD_NAME = "README.md"
 IMAGES_DIR = "card_images"
-TEMPLATE_NAME = "tokenprune_vit.md"
+TEMPLATE_NAME = "tokenprune.md"  # one template for every family
+LEGACY_TEMPLATE_NAMES = ("tokenprune_vit.md",)  # its name before the other families (an older install's data files)
 MODEL_TYPE = "tokenprune_vit"
 # model_type -> (family named in the card, its Hub tag); the stock class and task come from the model's class.
 FAMILIES = {
@@ -379,13 +381,16 @@ def _image_size(config: Any) -> str:
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def template_path() -> Path:
-    """The card template: ``hf_tokenprune/model_cards/`` in an installed wheel, ``model_cards/`` in a checkout."""
+def template_path(folders: Sequence[Path] | None = None) -> Path:
+    """The card template, found in ``folders`` (default: ``hf_tokenprune/model_cards/`` in an installed wheel,
+    ``model_cards/`` in a checkout), under its older name ``tokenprune_vit.md`` when only that one is there."""
     here = Path(__file__).resolve().parent
-    for candidate in (here / "model_cards" / TEMPLATE_NAME, here.parent / "model_cards" / TEMPLATE_NAME):
-        if candidate.is_file():
-            return candidate
-    raise FileNotFoundError(f"card template {TEMPLATE_NAME} not found next to {here}")
+    folders = [here / "model_cards", here.parent / "model_cards"] if folders is None else folders
+    for name in (TEMPLATE_NAME, *LEGACY_TEMPLATE_NAMES):
+        for folder in folders:
+            if (Path(folder) / name).is_file():
+                return Path(folder) / name
+    raise FileNotFoundError(f"card template {TEMPLATE_NAME} not found in {', '.join(map(str, folders))}")
 
 
 def _card_data(config, info, *, model_name, base_model, datasets, accuracy, license, tags) -> ModelCardData:
