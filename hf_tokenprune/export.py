@@ -51,6 +51,7 @@ class Exported:
     module: str
     name: str
     output: str
+    needs: str | None = None  # a config flag without which the class has no such output
 
 
 # model_type -> what exports: pixel_values -> that class's output.
@@ -67,7 +68,7 @@ EXPORTED = {
         "modeling_tokenprune_clip", "TokenPruneCLIPVisionModelWithProjection", "image_embeds"
     ),
     "tokenprune_siglip_vision_model": Exported(
-        "modeling_tokenprune_siglip", "TokenPruneSiglipVisionModel", "pooler_output"
+        "modeling_tokenprune_siglip", "TokenPruneSiglipVisionModel", "pooler_output", needs="vision_use_head"
     ),
 }
 
@@ -88,7 +89,7 @@ class ExportReport:
         checks = ", ".join(f"batch {b}: {d:.1e}" for b, d in sorted(self.max_abs_diff.items()))
         size = f"{self.image_size[0]}x{self.image_size[1]}"
         difference = f"max |{self.output} - PyTorch| {checks or 'not checked'}"
-        return f"wrote {self.path} ({self.format}, {size}, {batch}, {self.output}); {difference}"
+        return f"wrote {self.path} ({self.format}, {size}, {batch}); {difference}"
 
 
 @functools.cache
@@ -134,9 +135,9 @@ def check_export_request(
         raise ValueError(f"--batch-size {batch_size!r} must be a positive integer.")
     config = model.config
     exported = check_exportable(getattr(config, "model_type", None), type(model).__name__)
-    if exported.output == "pooler_output" and getattr(config, "vision_use_head", True) is False:
+    if exported.needs is not None and not getattr(config, exported.needs):
         raise ValueError(
-            f"{type(model).__name__} has no pooling head (vision_use_head=False), so no pooler_output to export."
+            f"{type(model).__name__} has no {exported.output} to export: its config sets {exported.needs}=False."
         )
     height, width = _pair(config.image_size if image_size is None else image_size)
     patch = _pair(config.patch_size)
