@@ -11,6 +11,7 @@ example's former from-scratch run). A digit patch is one with at least one strok
 import numpy as np
 import pytest
 import torch
+from test_selection_learns import train
 
 from hf_tokenprune import TokenPruneViTConfig, TokenPruneViTForSemanticSegmentation
 from hf_tokenprune.data import digit_segmentation_arrays
@@ -33,20 +34,8 @@ def digits():
     return out
 
 
-def train(model, data, epochs, parameters):
-    optimizer = torch.optim.AdamW(parameters, lr=2e-3, weight_decay=0.05)
-    pixels, labels, _ = data
-    generator = torch.Generator().manual_seed(0)
-    model.train()
-    for _ in range(epochs):
-        order = torch.randperm(len(labels), generator=generator)
-        for start in range(0, len(labels), 32):
-            batch = order[start : start + 32]
-            loss = model(pixel_values=pixels[batch], labels=labels[batch]).loss
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-    return model.eval()
+def segmentation_loss(model, pixels, labels):
+    return model(pixel_values=pixels, labels=labels).loss  # the main loss plus the per-query auxiliary losses
 
 
 @pytest.mark.slow
@@ -54,12 +43,14 @@ def test_cropr_segmentation_scorer_keeps_digit_patches(digits, one_thread):
     torch.manual_seed(0)
     base = TokenPruneViTForSemanticSegmentation(TokenPruneViTConfig(**MODEL))
     init_sincos_position_embeddings(base)
-    train(base, digits["train"], 1, base.parameters())
+    train(base, digits["train"], 1, base.parameters(), segmentation_loss, 2e-3)
     torch.manual_seed(0)
     model = TokenPruneViTForSemanticSegmentation(TokenPruneViTConfig(**MODEL, token_reduction=PLAN))
     model.load_state_dict(base.state_dict(), strict=False)
     scorer = [p for name, p in model.named_parameters() if ".scorer." in name]
-    train(model, digits["train"], 2, scorer)  # the auxiliary loss (detached features) is what trains the scorer
+    train(
+        model, digits["train"], 2, scorer, segmentation_loss, 2e-3
+    )  # the auxiliary loss (detached features) is what trains the scorer
     pixels, _, stroke = digits["validation"]
     with torch.no_grad():
         outputs = model(pixel_values=pixels)
