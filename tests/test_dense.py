@@ -273,9 +273,10 @@ def test_segmentation_example_trains_compares_and_writes_a_loadable_folder(tmp_p
     results = example.main(
         ["--token-reduction", json.dumps({"method": "tome", "r": 4}), "--output_dir", str(tmp_path),
          "--max_train_samples", "16", "--max_eval_samples", "16", "--num_train_epochs", "1",
-         "--benchmark_rounds", "1", "--disable_tqdm", "true", "--digits_copies", "1"]
+         "--benchmark_rounds", "1", "--disable_tqdm", "true", "--digits_copies", "1", "--pretrain_epochs", "1"]
     )  # fmt: skip
-    assert results["plan"]["r"] == [4] * 6
+    assert (tmp_path / "backbone" / "config.json").exists()  # the digit-classification backbone it started from
+    assert results["plan"]["r"] == [4] * 4
     names = [row["model"] for row in results["rows"]]
     assert names == ["TokenPruneViT, plan", "same weights, plan off", "stock HF ViT"]
     assert all(0.0 <= row["mean_iou"] <= 1.0 and row["speedup"] > 0 for row in results["rows"])

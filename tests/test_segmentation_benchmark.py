@@ -23,3 +23,26 @@ def test_tiny_segmentation_benchmark_writes_a_well_formed_file(tmp_path, one_thr
         assert row["speedup"] > 0 and row["ideal_speedup"] >= 0.99
     table = (tmp_path / "SEGMENTATION.md").read_text().splitlines()
     assert len([line for line in table if line.startswith("| ")]) == 1 + len(expected)
+
+
+def test_speed_row_measures_every_plan_against_stock(tmp_path, one_thread, monkeypatch):
+    import benchmark_segmentation as benchmark
+
+    tiny = dict(image_size=64, patch_size=8, hidden_size=32, num_hidden_layers=12, num_attention_heads=2,
+                intermediate_size=37, num_labels=5)  # fmt: skip
+    points = {"cropr": [{"tokens_per_layer": 2, "aux_head": "per_query"}], "tome": [{"r": 2}], "skipat": [{}]}
+    monkeypatch.setattr(benchmark, "VIT_B_512", tiny)
+    monkeypatch.setattr(benchmark, "SPEED_POINTS", points)
+    args = benchmark.parse_args(["--speed-only", "--rounds", "2", "--output-dir", str(tmp_path)])
+    results = benchmark.run_speed(args)
+    written = json.loads((tmp_path / "segmentation_speed_vit_b.json").read_text())
+    assert [row["label"] for row in written["rows"]] == [
+        "no reduction", "cropr tokens_per_layer=2", "tome r=2", "skipat (its defaults)"
+    ]  # fmt: skip
+    assert written["rows"] == results["rows"] and written["batch_size"] == 1
+    for row in written["rows"]:
+        assert row["measured_speedup"] > 0 and len(row["round_speedups"]) == 2
+        assert row["ideal_speedup"] == pytest.approx(row["stock_gflops"] / row["gflops"])
+    assert written["rows"][1]["ideal_speedup"] > 1.0  # the pruning plan costs fewer FLOPs than stock
+    table = (tmp_path / "SEGMENTATION_SPEED.md").read_text().splitlines()
+    assert len([line for line in table if line.startswith("| ")]) == 1 + len(written["rows"])
