@@ -70,7 +70,7 @@ def test_onnx_graph_has_constant_topk_and_keeps_every_reduction(exports, name):
         reductions = [
             attribute.s
             for node in graph.graph.node
-            if node.op_type == "ScatterElements"
+            if node.op_type in ("ScatterElements", "ScatterND")
             for attribute in node.attribute
             if attribute.name == "reduction"
         ]

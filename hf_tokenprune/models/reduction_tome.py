@@ -20,6 +20,7 @@ from .token_reduction import (
     AttentionProbe,
     TokenReduction,
     TokenState,
+    add_rows,
     check_bool,
     check_options,
     gather_tokens,
@@ -159,26 +160,24 @@ def merge_tokens(x: torch.Tensor, state: TokenState, src, dst, unmerged) -> tupl
     sizes = state.sizes if state.sizes is not None else x.new_ones(batch, length, 1)
     owner = state.owner if state.owner is not None else torch.arange(length, device=x.device).expand(batch, -1)
 
-    def split_merge(values):  # sums A's merged tokens into their B targets; (B, N_a - r + N_b, ...)
-        values_a, values_b = values[:, ::2], values[:, 1::2]
-        index = dst.reshape(*dst.shape, *([1] * (values.dim() - 2))).expand(-1, -1, *values.shape[2:])
-        merged_b = values_b.scatter_add(1, index, gather_tokens(values_a, src))
-        return torch.cat([gather_tokens(values_a, unmerged), merged_b], dim=1)
-
-    new_sizes = split_merge(sizes)  # (B, N', 1)
-    new_x = split_merge(x * sizes) / new_sizes  # size-weighted average
-    positions = state.positions
-    new_positions = torch.cat([positions[:, ::2].gather(1, unmerged), positions[:, 1::2]], dim=1)
-
-    # Where each old token went: unmerged A tokens to their rank, merged A tokens to their B target, B after A.
+    # A tokens sit at even sequence indices, B tokens at odd ones. The merged sequence is the unmerged A tokens,
+    # then every B token; each merged A token is added into its B target, at ``num_unmerged + dst``.
     num_unmerged = unmerged.shape[1]
-    arange = torch.arange(num_unmerged, device=x.device).expand(batch, -1)
-    to_a = torch.zeros_like(positions[:, ::2])
-    to_a = to_a.scatter(1, unmerged, arange).scatter(1, src, dst + num_unmerged)
-    to_b = (torch.arange(positions[:, 1::2].shape[1], device=x.device) + num_unmerged).expand(batch, -1)
-    destination = torch.stack([to_a[:, : to_b.shape[1]], to_b], dim=2).flatten(1)  # interleave A and B
-    if to_a.shape[1] > to_b.shape[1]:
-        destination = torch.cat([destination, to_a[:, -1:]], dim=1)
+    odd = (torch.arange(length // 2, device=x.device) * 2 + 1).expand(batch, -1)  # (B, N_b)
+    kept = torch.cat([unmerged * 2, odd], dim=1)  # (B, N')
+    targets, sources = dst + num_unmerged, src * 2
+
+    def merge(values):  # (B, N', ...) kept tokens, each merged A token summed into its target
+        return add_rows(gather_tokens(values, kept), targets, gather_tokens(values, sources))
+
+    new_sizes = merge(sizes)  # (B, N', 1)
+    new_x = merge(x * sizes) / new_sizes  # size-weighted average
+    positions = state.positions
+    new_positions = positions.gather(1, kept)
+
+    # Where each old token went: kept tokens to their new index, merged A tokens to their B target.
+    ranks = torch.arange(kept.shape[1], device=x.device).expand(batch, -1)
+    destination = torch.zeros_like(positions).scatter(1, kept, ranks).scatter(1, sources, targets)  # (B, N)
     if state.num_prefix > 1:  # the prefix tokens in B move up to the front
         order, new_index = prefix_first_order(state.num_prefix, num_unmerged, new_x.shape[1], x.device)
         new_x, new_sizes, new_positions = (

@@ -186,10 +186,35 @@ class AttentionProbe:
 # ----------------------------------------------------------------------------------------------------------------
 
 
+def flat_rows(index: torch.Tensor, length: int) -> torch.Tensor:
+    """A (B, K) index into sequences of ``length`` tokens as a (B * K,) index into the batch's rows laid end to end."""
+    offsets = torch.arange(index.shape[0], device=index.device).unsqueeze(1) * length  # (B, 1)
+    return (index + offsets).reshape(-1)
+
+
 def gather_tokens(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-    """``x[b, index[b, j]]`` for a (B, N, ...) tensor and a (B, K) index."""
-    index = index.reshape(*index.shape, *([1] * (x.dim() - 2))).expand(-1, -1, *x.shape[2:])
-    return x.gather(1, index)
+    """``x[b, index[b, j]]`` for a (B, N, ...) tensor and a (B, K) index.
+
+    Whole rows are copied (``index_select`` on the flattened batch), one index per token: several times faster
+    than ``gather`` with an index expanded over the channels, which reads one index per element.
+    """
+    batch, length, *rest = x.shape
+    rows = x.reshape(batch * length, *rest).index_select(0, flat_rows(index, length))
+    return rows.reshape(*index.shape, *rest)
+
+
+def add_rows(x: torch.Tensor, index: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    """``x`` with ``values[b, j]`` added to token ``index[b, j]`` (repeated indices add up): (B, N, ...)."""
+    batch, length, *rest = x.shape
+    flat_values = values.reshape(-1, *rest)
+    return x.reshape(batch * length, *rest).index_add(0, flat_rows(index, length), flat_values).reshape(x.shape)
+
+
+def put_rows(x: torch.Tensor, index: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    """``x`` with token ``index[b, j]`` replaced by ``values[b, j]`` (a repeated index keeps one of its values)."""
+    batch, length, *rest = x.shape
+    flat_values = values.reshape(-1, *rest)
+    return x.reshape(batch * length, *rest).index_copy(0, flat_rows(index, length), flat_values).reshape(x.shape)
 
 
 def rank_patches(scores: torch.Tensor, num_keep: int, num_prefix: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -227,8 +252,7 @@ def scatter_to_embedding_order(x: torch.Tensor, state: TokenState) -> torch.Tens
     total = state.num_embedding_tokens
     out = x.new_zeros(batch, total + 1, channels)  # one extra trash slot for made-up tokens
     for values, positions in ((x, state.positions), *state.parked):
-        slot = torch.where(positions < 0, total, positions)
-        out = out.scatter(1, slot.unsqueeze(-1).expand(-1, -1, channels), values)
+        out = put_rows(out, torch.where(positions < 0, total, positions), values)
     return out[:, :total]
 
 
