@@ -293,9 +293,11 @@ def cached_base(recipe: Recipe, data, seed: int, path: str | None, progress: boo
 
 
 def evaluate_point(
-    recipe: Recipe, method: str, point: str, entry: dict, weights: dict, data, seed: int, stock, progress: bool = True
-):
-    """Zero-shot and fine-tuned rows of one operating point, and its fine-tuned model.
+    recipe: Recipe, method: str, point: str, entry: dict, weights: dict, data, seed: int, stock, progress: bool = True,
+    scratch: bool = False,
+):  # fmt: skip
+    """Zero-shot and fine-tuned rows of one operating point (with ``scratch``, also trained from scratch), and its
+    fine-tuned model.
 
     A zero-shot row whose selector (DynamicViT's predictor, Cropr's scorer) is freshly initialised is marked
     ``untrained``: it ranks tokens arbitrarily, so it says nothing about the method.
@@ -309,7 +311,7 @@ def evaluate_point(
     finetune(model, recipe, data, seed, f"fine-tune {method} {point}", progress, teacher=teacher)
     accuracy["fine-tuned"] = evaluate(model, data["validation"])
     share["fine-tuned"] = digit_share(model, data["validation"])
-    if entry.get("attention_reuse"):  # SkipAt's own protocol: trained from scratch like the base, against the base
+    if scratch:  # SkipAt's own protocol: trained from scratch like the base, against the base
         scratch = train_from_scratch(recipe, entry, data, seed, f"train {method} {point} from scratch", progress)
         accuracy[SCRATCH], share[SCRATCH] = evaluate(scratch, data["validation"]), None
     reference = {**stock, SCRATCH: stock["zero-shot"]}  # the stock model trained from scratch is the base
@@ -382,8 +384,11 @@ def run(recipe: Recipe, seed: int = 0, device: str = "cpu", progress: bool = Tru
     weights, stock = cached_base(recipe, data, seed, base_cache, progress)
     points = operating_points(recipe)
     rows, pictures = [], {}
+    reuse = [point for method, point, entry in points if entry.get("attention_reuse")]
     for method, point, entry in points:
-        point_rows, model = evaluate_point(recipe, method, point, entry, weights, data, seed, stock, progress)
+        scratch = bool(reuse) and point == reuse[-1]  # SkipAt's default (half the depth) also from scratch
+        args = (recipe, method, point, entry, weights, data, seed, stock, progress, scratch)
+        point_rows, model = evaluate_point(*args)
         rows += point_rows
         if picture_dir is not None and entry.get("token_reduction"):  # the strongest point (the last) wins
             pictures[method] = kept_tokens_picture(model, data, picture_dir, method, point)
@@ -496,9 +501,9 @@ def markdown(results: dict, command: str, picture: str) -> str:
         "backbone at 0.01 of the predictors' rate; SkipAt's Φ starts as the identity). Δ accuracy is against the "
         "stock model in the same setting.",
         f"- SkipAt: reused layers in proportion to the depth, as the paper places them on 12 layers (blocks 3-5: a "
-        f"quarter; 3-8: half, its default); {SCRATCH}: its paper's protocol, the whole model with Φ (freshly "
-        "initialised, as the official code) trained from scratch exactly as the base model, Δ against the base "
-        f"(stock {SCRATCH}: {stock['zero-shot']:.3f}).",
+        f"quarter; 3-8: half, its default); {SCRATCH} (the default point): its paper's protocol, the whole model "
+        "with Φ (freshly initialised, as the official code) trained from scratch exactly as the base model, Δ "
+        f"against the base (stock {SCRATCH}: {stock['zero-shot']:.3f}).",
         "- Digit patches kept: the share of digit patches (a pixel brighter than any clutter) among the patch tokens "
         "the most reduced layer keeps, and in brackets the share among all patches, which random selection keeps on "
         "average; – for merging and attention reuse.",
