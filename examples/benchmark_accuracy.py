@@ -501,7 +501,9 @@ def markdown(results: dict, command: str, picture: str) -> str:
         "backbone at 0.01 of the predictors' rate; SkipAt's Φ starts as the identity). Δ accuracy is against the "
         "stock model in the same setting.",
         f"- SkipAt: reused layers in proportion to the depth, as the paper places them on 12 layers (blocks 3-5: a "
-        f"quarter; 3-8: half, its default); {SCRATCH} (the default point): its paper's protocol, the whole model "
+        "quarter; 3-8: half, its default), since the share of layers without attention is what costs accuracy "
+        "(rounding the 12-layer indices would reuse 3 of 4 layers, the last included, which the paper never "
+        f"does); {SCRATCH} (the default point): its paper's protocol, the whole model "
         "with Φ (freshly initialised, as the official code) trained from scratch exactly as the base model, Δ "
         f"against the base (stock {SCRATCH}: {stock['zero-shot']:.3f}).",
         "- Digit patches kept: the share of digit patches (a pixel brighter than any clutter) among the patch tokens "
