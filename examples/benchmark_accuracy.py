@@ -5,16 +5,18 @@ One command:
     python examples/benchmark_accuracy.py                 # the full benchmark: docs/BENCHMARKS.md and PNGs
     python examples/benchmark_accuracy.py --tiny --output-dir /tmp/acc    # a small version for CI (under a minute)
 
-The full run took 40 minutes with ``--threads 1`` on a shared 2-core CPU (9 minutes to train the base ViT to 0.92,
-which ``--base-cache FILE`` keeps for reruns, then two fine-tuning epochs for each of 23 operating points); measure
-speed on an otherwise idle machine.
+The full run took 38 minutes with ``--threads 1`` on a shared 2-core CPU once the base ViT was trained (9-14 minutes
+to 0.92, which ``--base-cache FILE`` keeps for reruns): two fine-tuning epochs for each of 23 operating points,
+SkipAt's default point also trained from scratch, and two more seeds of the stock model, DynamicViT and EViT at keep
+0.7; measure speed on an otherwise idle machine.
 
 It trains a small ViT from scratch on the cluttered digits (`hf_tokenprune.data`), then, for every registered
 method at two or three operating points (and SkipAt attention reuse, when registered), measures
 
 - the validation accuracy with the trained weights as they are (zero-shot) and after a short fine-tune with the
   plan in place (cross-entropy plus whatever auxiliary loss the method adds to ``loss``; DynamicViT with its
-  official recipe, see `finetune`); zero-shot rows of freshly initialised selectors are marked untrained;
+  official recipe, see `finetune`); zero-shot rows of freshly initialised selectors are marked untrained; SkipAt's
+  default point also trained from scratch as the base, its paper's protocol (`train_from_scratch`);
 - the FLOPs and ideal speed-up (`hf_tokenprune.flops`);
 - the measured inference speed-up against stock `ViTForImageClassification` with the same weights, paired and
   interleaved in one process (`hf_tokenprune.benchmark`).
