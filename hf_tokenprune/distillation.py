@@ -202,7 +202,9 @@ class DynamicViTTrainer(DistillationTrainer):
     - the teacher is a frozen snapshot of the model when the trainer is built (the pretrained model, no pruning);
     - the method's modules train at ``args.learning_rate``, the backbone at ``backbone_lr_scale`` (0.01) times it,
       and not at all during the first ``freeze_fraction`` (5/30) of the steps; CLS token and position embeddings
-      stay frozen.
+      stay frozen;
+    - the learning-rate schedule is ``args``'s: the official run warms up over the same 5 of 30 epochs and then
+      follows a cosine, i.e. ``TrainingArguments(lr_scheduler_type="cosine", warmup_steps=5 / 30)``.
 
     Any other `DistillationTrainer` argument may override these defaults.
     """

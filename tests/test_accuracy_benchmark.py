@@ -71,6 +71,7 @@ def test_benchmarks_md_is_well_formed(script, tiny_run):
     assert header[0] == "method" and set(separator[0]) == {"-"}
     points = script.operating_points(script.Recipe(**script.TINY))
     expected = {(method, name, setting) for method, name, _ in points for setting in script.SETTINGS}
+    expected.add(("skipat", "layers=[1, 2]", script.SCRATCH))  # SkipAt's default point: its paper's protocol too
     untrained = " (untrained selector)"
     assert len(rows) == len(expected) and {(r[0], r[1], r[2].removesuffix(untrained)) for r in rows} == expected
     marked = {(r[0], r[2]) for r in rows if r[2].endswith(untrained)}  # new selectors rank arbitrarily zero-shot
@@ -98,6 +99,40 @@ def test_json_and_png(tiny_run):
     for method in REDUCTION_METHODS:  # what each method keeps, on a digit
         picture = tiny_run / f"kept_tokens_{method}.png"
         assert picture.read_bytes()[:8] == PNG_MAGIC and f"]({picture.name})" in text
+
+
+def test_skipat_is_trained_from_scratch_and_dynamicvit_evit_over_seeds(tiny_run):
+    results = json.loads((tiny_run / "accuracy_benchmark.json").read_text())
+    stock, rows = results["stock_accuracy"], results["rows"]
+    scratch = [row for row in rows if row["setting"] == "from scratch"]
+    assert [row["operating_point"] for row in scratch] == ["layers=[1, 2]"]  # the default, half of the 4 layers
+    assert all(row["method"] == "skipat" and row["digit_share"] is None for row in scratch)
+    assert all(row["accuracy_delta"] == pytest.approx(row["accuracy"] - stock["zero-shot"]) for row in scratch)
+    seeds = results["seed_accuracy"]  # --tiny: 2 seeds of stock, DynamicViT and EViT at keep 0.7
+    assert set(seeds) == {"stock", "dynamicvit keep_rate=0.7", "evit keep_rate=0.7"}
+    assert all(len(accuracies) == 2 for accuracies in seeds.values()) and seeds["stock"][0] == stock["fine-tuned"]
+    tuned = {f"{r['method']} {r['operating_point']}": r["accuracy"] for r in rows if r["setting"] == "fine-tuned"}
+    assert all(seeds[label][0] == tuned[label] for label in seeds if label != "stock")
+    assert "at the same keep rate, mean of 2 seeds (per seed: dynamicvit " in (tiny_run / "BENCHMARKS.md").read_text()
+
+
+def test_skipat_spans_scale_the_papers_fraction_of_the_depth(script):
+    assert script.skipat_spans(12, [0.25, 0.5]) == [[3, 4, 5], [3, 4, 5, 6, 7, 8]]  # the paper's blocks
+    assert script.skipat_spans(4, [0.25, 0.5]) == [[1], [1, 2]]
+    assert script.skipat_spans(6, [0.25, 0.5]) == [[2, 3], [2, 3, 4]]
+    assert script.skipat_spans(2, [0.25, 0.5]) == [[1]]  # never layer 0: Phi needs an attention output to reuse
+
+
+def test_dynamicvit_warms_up_while_its_backbone_is_frozen(script, monkeypatch):
+    calls = []
+    monkeypatch.setattr(script, "train", lambda *args, **kwargs: calls.append(args))
+    recipe = script.Recipe(**script.TINY)
+    teacher = script.plan_model(recipe, {}, {}, 0)
+    for entry in ({"token_reduction": {"method": "dynamicvit", "keep_rate": 0.7}}, {}):
+        script.finetune(script.plan_model(recipe, entry, {}, 0), recipe, {"train": None}, 0, "", False, teacher)
+    dynamicvit, stock = calls
+    assert dynamicvit[-2:] == (5 / 30, 5 / 30)  # official: 5 of 30 epochs of warm-up and frozen backbone
+    assert len(stock) == 8  # every other plan: the default schedule (10% warm-up), all parameters
 
 
 def test_bad_option_is_refused(script):
@@ -154,3 +189,22 @@ def test_targets_are_checked_on_the_numbers(script):
         in text
     )
     assert script.target_lines({"rows": rows[3:5], "stock_accuracy": {"fine-tuned": 0.91}}) == []  # no keep rate 0.7
+
+
+def test_skipat_target_uses_its_from_scratch_row_and_the_comparison_seed_means(script):
+    rows = [
+        _row("evit", "keep_rate=0.7", {"method": "evit", "keep_rate": 0.7}, 0.925, 0.009, 0.050),
+        _row("dynamicvit", "keep_rate=0.7", {"method": "dynamicvit", "keep_rate": 0.7}, 0.919, 0.003, 0.049),
+        _row("skipat", "layers=[1, 2]", None, 0.844, -0.072, 0.048),
+        {**_row("skipat", "layers=[1, 2]", None, 0.912, -0.006, 0.048), "setting": "from scratch"},
+    ]  # fmt: skip
+    seeds = {"stock": [0.916, 0.919, 0.922], "dynamicvit keep_rate=0.7": [0.919, 0.925, 0.922],
+             "evit keep_rate=0.7": [0.925, 0.914, 0.922]}  # fmt: skip
+    results = {"rows": rows, "stock_accuracy": {"fine-tuned": 0.916, "zero-shot": 0.918}, "seed_accuracy": seeds}
+    text = "\n".join(script.target_lines(results))
+    assert "- skipat layers=[1, 2] (from scratch): 0.912 (-0.006): within 1 point met." in text
+    assert "against the base model, trained the same way (0.918)" in text
+    assert (
+        "- DynamicViT 0.922 against EViT 0.920 at the same keep rate, mean of 3 seeds (per seed: dynamicvit 0.919, "
+        "0.925, 0.922; evit 0.925, 0.914, 0.922; stock 0.916, 0.919, 0.922): no worse met." in text
+    )  # the first seeds alone (0.919 against 0.925) would not be
