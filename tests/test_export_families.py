@@ -3,8 +3,7 @@ PyTorch logits, CLIP's vision tower with projection its image embeddings and Sig
 at batch 1 and 2 (fp32, atol 1e-4); the classes without such an output get a one-line error.
 
 Exports are slow (five to twenty seconds each here): the classifiers run one method and one format each, the two
-towers every method that runs on them (ToMe in both formats, the others in one, alternating), all marked slow; the
-refusals run by default.
+towers ToMe in both formats and one pruning method (`TOWER_CASES`), all marked slow; the refusals run by default.
 """
 
 from dataclasses import replace
@@ -38,15 +37,13 @@ TOWERS = {
 }
 
 
-def _tower_cases() -> list:
-    """(family, method, format): every method the tower runs, ToMe in both formats, the others alternating."""
-    cases = []
-    for name in TOWERS:
-        methods = [m for m in sorted(REDUCING_PLANS) if fits(name, REDUCING_PLANS[m])]
-        for i, method in enumerate(methods):
-            formats = ("onnx", "torch-export") if method == "tome" else (("onnx", "torch-export")[i % 2],)
-            cases += [(name, method, fmt) for fmt in formats]
-    return cases
+# (family, method, format): ToMe in both formats (merging and its attention bias), and one pruning method each: EViT
+# on CLIP (it ranks by the CLS attention row), Cropr on SigLIP (no CLS token). Every method's export is checked on
+# ViT (test_export.py); here what is the tower's own: its output and its prefix tokens.
+TOWER_CASES = [
+    ("clip", "tome", "onnx"), ("clip", "tome", "torch-export"), ("clip", "evit", "onnx"),
+    ("siglip", "tome", "onnx"), ("siglip", "tome", "torch-export"), ("siglip", "cropr", "onnx"),
+]  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -84,7 +81,7 @@ def towers(tmp_path_factory):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("name", "method", "fmt"), _tower_cases())
+@pytest.mark.parametrize(("name", "method", "fmt"), TOWER_CASES)
 def test_exported_tower_gives_the_pytorch_embeddings_at_batch_1_and_2(towers, tmp_path, name, method, fmt):
     output = TOWERS[name].output
     model = ours(name, towers(name)[0], TOWERS, token_reduction=REDUCING_PLANS[method])
@@ -110,6 +107,10 @@ def test_cli_exports_a_stock_tower_folder_as_ours(towers, tmp_path, capsys, name
     with torch.no_grad():
         expected = getattr(stock_model(PIXELS), TOWERS[name].output)
     torch.testing.assert_close(run_exported(output, "torch-export", PIXELS), expected, atol=1e-4, rtol=0)
+
+
+def test_the_tower_cases_are_methods_their_tower_runs():
+    assert all(fits(name, REDUCING_PLANS[method]) for name, method, _ in TOWER_CASES)
 
 
 def test_every_exported_class_is_public_and_of_its_model_type():
