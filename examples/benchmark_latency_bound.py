@@ -158,7 +158,7 @@ def main(argv=None) -> list[dict]:
     info = machine_info()
     setup = (
         f"{'tiny ViT' if args.tiny else 'ViT-B/16'}, {config.image_size} px, batch {args.batch_size}, fp32, "
-        f"{args.rounds} paired rounds; {info.get('device', 'cpu')}; bound = stock ViT's layers at the plan's token "
+        f"{args.rounds} paired rounds; {info['cpu']} ({info['cores']} cores); bound = stock ViT's layers at the plan's token "
         "counts; speed-ups are medians of per-round ratios against stock ViTForImageClassification."
     )
     with open(os.path.join(args.output_dir, "latency_bound.json"), "w") as handle:
