@@ -141,10 +141,9 @@ def bipartite_matching(keys: torch.Tensor, r: int, num_prefix: int):
     metric = keys / keys.norm(dim=-1, keepdim=True)
     a, b = metric[:, ::2], metric[:, 1::2]  # (B, N_a, d), (B, N_b, d)
     scores = a @ b.transpose(1, 2)  # (B, N_a, N_b) cosine similarity
-    # Prefix tokens are never merged: as a source (A, even indices) or as a target (B, odd indices).
-    protected_a = torch.arange(a.shape[1], device=keys.device) * 2 < num_prefix
-    protected_b = torch.arange(b.shape[1], device=keys.device) * 2 + 1 < num_prefix
-    scores = scores.masked_fill(protected_a[None, :, None] | protected_b[None, None, :], -torch.inf)
+    # Prefix tokens are never merged: the first (P + 1) // 2 of A as sources, the first P // 2 of B as targets.
+    scores[:, : (num_prefix + 1) // 2] = -torch.inf  # (scores is a fresh product: writing into it is safe)
+    scores[:, :, : num_prefix // 2] = -torch.inf
     best, best_b = scores.max(dim=-1)  # (B, N_a) each A token's best B match
     # Sorts as topk with a constant k (it exports as a TopK with a constant K); float32 holds the indices exactly.
     order = best.topk(best.shape[-1], dim=-1).indices  # most similar pairs first
@@ -167,11 +166,12 @@ def merge_tokens(x: torch.Tensor, state: TokenState, src, dst, unmerged) -> tupl
     kept = torch.cat([unmerged * 2, odd], dim=1)  # (B, N')
     targets, sources = dst + num_unmerged, src * 2
 
-    def merge(values):  # (B, N', ...) kept tokens, each merged A token summed into its target
-        return add_rows(gather_tokens(values, kept), targets, gather_tokens(values, sources))
-
-    new_sizes = merge(sizes)  # (B, N', 1)
-    new_x = merge(x * sizes) / new_sizes  # size-weighted average
+    # Size-weighted sums and the sizes travel together: one gather of the kept tokens, one gather of the sources
+    # and one row sum into the targets for both.
+    values = torch.cat([x if state.sizes is None else x * sizes, sizes], dim=-1)  # (B, N, C + 1)
+    merged = add_rows(gather_tokens(values, kept), targets, gather_tokens(values, sources))  # (B, N', C + 1)
+    new_sizes = merged[..., -1:]  # (B, N', 1)
+    new_x = merged[..., :-1] / new_sizes  # size-weighted average
     positions = state.positions
     new_positions = positions.gather(1, kept)
 
