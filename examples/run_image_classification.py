@@ -144,6 +144,10 @@ MAIN_JOB_TRAINING_DEFAULTS = {
 }
 
 
+# DynamicViT's official schedule warms up while its backbone is frozen: 5 of 30 epochs (`BackboneFreeze`).
+DYNAMICVIT_WARMUP = 5 / 30
+
+
 def parse_json(text: str | None, name: str) -> Any:
     if text is None or text.strip() in ("", "null", "none", "None"):
         return None
@@ -526,7 +530,11 @@ def parse_args(argv: list[str] | None):
     defaults = [
         item for key, value in MAIN_JOB_TRAINING_DEFAULTS.items() if key not in given for item in (f"--{key}", value)
     ]
-    return parser.parse_args_into_dataclasses(args=defaults + argv)
+    parsed = parser.parse_args_into_dataclasses(args=defaults + argv)
+    plan = parse_json(parsed[0].token_reduction, "token_reduction")
+    if isinstance(plan, dict) and plan.get("method") == "dynamicvit" and "warmup_steps" not in given:
+        parsed[-1].warmup_steps = DYNAMICVIT_WARMUP  # the official run warms up over its 5 frozen epochs of 30
+    return parsed
 
 
 def check_paths(model_args: ModelArguments, data_args: DataArguments, recipe: RecipeArguments) -> None:

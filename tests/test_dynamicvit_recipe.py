@@ -106,7 +106,7 @@ def test_gather_training_was_removed():
         tiny_config(token_reduction={**PLAN, "train_mode": "gather"})
 
 
-def test_the_example_trains_a_dynamicvit_plan_with_the_official_recipe(tmp_path):
+def _example():
     import importlib.util
     from pathlib import Path
 
@@ -114,6 +114,19 @@ def test_the_example_trains_a_dynamicvit_plan_with_the_official_recipe(tmp_path)
     spec = importlib.util.spec_from_file_location("run_image_classification", path)
     example = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(example)
+    return example
+
+
+def test_the_examples_dynamicvit_run_warms_up_over_the_official_frozen_share():
+    example = _example()
+    plan = ["--token_reduction", '{"method": "dynamicvit"}']
+    assert example.parse_args(plan)[-1].warmup_steps == pytest.approx(5 / 30)
+    assert example.parse_args([*plan, "--warmup-steps", "0.2"])[-1].warmup_steps == 0.2  # given: kept
+    assert example.parse_args([])[-1].warmup_steps == float(example.MAIN_JOB_TRAINING_DEFAULTS["warmup_steps"])
+
+
+def test_the_example_trains_a_dynamicvit_plan_with_the_official_recipe(tmp_path):
+    example = _example()
     data = {"train": TinyImages(4), "validation": TinyImages(4)}
     trainer = example.build_trainer(
         model_with_plan(), training_args(tmp_path), data, None, example.RecipeArguments(), interpolate=False
