@@ -30,6 +30,7 @@ from transformers import ViTConfig, ViTForImageClassification
 from hf_tokenprune import TokenPruneViTConfig, TokenPruneViTForImageClassification
 from hf_tokenprune.benchmark import machine_info, measure_paired
 from hf_tokenprune.flops import count_flops
+from hf_tokenprune.plans import plan_label
 
 # The plans of issue 13's latency target.
 DEFAULT_PLANS = [
@@ -61,11 +62,6 @@ def token_count_bound(stock: ViTForImageClassification, counts: list[tuple[int, 
     return forward
 
 
-def label_of(plan: dict) -> str:
-    options = " ".join(f"{key}={value}" for key, value in plan.items() if key != "method")
-    return f"{plan['method']} {options}".strip()
-
-
 def build(config: ViTConfig, plans: list[dict]) -> tuple[ViTForImageClassification, dict[str, Any]]:
     """Stock ViT with random weights, and per plan (label): our model with the same weights, its token counts and
     its FLOPs ideal."""
@@ -76,7 +72,7 @@ def build(config: ViTConfig, plans: list[dict]) -> tuple[ViTForImageClassificati
         model = TokenPruneViTForImageClassification(TokenPruneViTConfig(**config.to_dict(), token_reduction=plan))
         model.load_state_dict(stock.state_dict())
         report = count_flops(model.config)
-        built[label_of(plan)] = dict(model=model.eval(), counts=report.token_counts, ideal=report.ideal_speedup)
+        built[plan_label(plan)] = dict(model=model.eval(), counts=report.token_counts, ideal=report.ideal_speedup)
     return stock, built
 
 
@@ -158,8 +154,8 @@ def main(argv=None) -> list[dict]:
     info = machine_info()
     setup = (
         f"{'tiny ViT' if args.tiny else 'ViT-B/16'}, {config.image_size} px, batch {args.batch_size}, fp32, "
-        f"{args.rounds} paired rounds; {info['cpu']} ({info['cores']} cores); bound = stock ViT's layers at the plan's token "
-        "counts; speed-ups are medians of per-round ratios against stock ViTForImageClassification."
+        f"{args.rounds} paired rounds; {info['cpu']} ({info['cores']} cores); bound = stock ViT's layers at the "
+        "plan's token counts; speed-ups are medians of per-round ratios against stock ViTForImageClassification."
     )
     with open(os.path.join(args.output_dir, "latency_bound.json"), "w") as handle:
         json.dump(dict(setup=setup, machine=info, results=results), handle, indent=1)

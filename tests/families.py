@@ -1,7 +1,7 @@
 """Shared helpers of the family tests: the tiny stock models of each family, our models with their weights, and
 which plans a family runs."""
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 from conftest import TINY
@@ -107,16 +107,6 @@ FAMILIES = {
         overrides=DINOV2,
         island=DINOV2_ISLAND,
     ),
-    "dinov2-swiglu": Family(  # the giant sizes' MLP; on disk its input projection is one fused matrix
-        stock_config=Dinov2Config,
-        stock_model=Dinov2ForImageClassification,
-        config=TokenPruneDinov2Config,
-        model=TokenPruneDinov2ForImageClassification,
-        base=TokenPruneDinov2Model,
-        num_prefix=1,
-        overrides={**DINOV2, "use_swiglu_ffn": True, "drop_path_rate": 0.1},
-        island=DINOV2_ISLAND,
-    ),
     "dinov2-registers": Family(
         stock_config=Dinov2WithRegistersConfig,
         stock_model=Dinov2WithRegistersForImageClassification,
@@ -128,6 +118,10 @@ FAMILIES = {
         island=DINOV2_ISLAND,
     ),
 }
+# The giant sizes' MLP; on disk its input projection is one fused matrix.
+FAMILIES["dinov2-swiglu"] = replace(
+    FAMILIES["dinov2"], overrides={**DINOV2, "use_swiglu_ffn": True, "drop_path_rate": 0.1}
+)
 SHARED_ISLAND = {
     "configuration_tokenprune_common.py",
     "modeling_tokenprune_common.py",

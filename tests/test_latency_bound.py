@@ -17,7 +17,7 @@ from hf_tokenprune.flops import count_flops  # noqa: E402
 @pytest.mark.parametrize("plan", bound.DEFAULT_PLANS, ids=lambda plan: plan["method"])
 def test_bound_runs_the_stock_layers_at_the_plans_token_counts(plan):
     stock, built = bound.build(bound.ViTConfig(**bound.TINY), [plan])
-    item = built[bound.label_of(plan)]
+    item = built[bound.plan_label(plan)]
     assert item["counts"] == count_flops(item["model"].config).token_counts
     seen = []  # (tokens into the attention, tokens into the MLP) per layer
     hooks = [
@@ -46,7 +46,7 @@ def test_tiny_run_writes_a_well_formed_table(tmp_path):
     written = json.loads((tmp_path / "latency_bound.json").read_text())
     assert written["results"] == json.loads(json.dumps(results))
     rows = results[0]["rows"]
-    assert [row["plan"] for row in rows] == [bound.label_of(plan) for plan in bound.DEFAULT_PLANS]
+    assert [row["plan"] for row in rows] == [bound.plan_label(plan) for plan in bound.DEFAULT_PLANS]
     for row in rows:
         assert row["measured"] > 0 and row["bound"] > 0 and row["ideal"] > 1
         assert row["measured_of_bound"] == pytest.approx(row["measured"] / row["bound"])
