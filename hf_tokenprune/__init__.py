@@ -40,6 +40,8 @@ _PUBLIC = {
     "TokenPruneCLIPVisionModelWithProjection": _MODELS + "clip",
     "TokenPruneSiglipVisionConfig": _CONFIGS + "siglip",
     "TokenPruneSiglipVisionModel": _MODELS + "siglip",
+    "TokenPruneSiglip2VisionConfig": _CONFIGS + "siglip2",
+    "TokenPruneSiglip2VisionModel": _MODELS + "siglip2",
     "REDUCTION_METHODS": "models.token_reduction",
     "TokenReduction": "models.token_reduction",
     "register_reduction": "models.token_reduction",
@@ -66,6 +68,7 @@ _AUTO_CLASSES = {
     },
     "TokenPruneCLIPVisionConfig": {"AutoModel": "TokenPruneCLIPVisionModel"},
     "TokenPruneSiglipVisionConfig": {"AutoModel": "TokenPruneSiglipVisionModel"},
+    "TokenPruneSiglip2VisionConfig": {"AutoModel": "TokenPruneSiglip2VisionModel"},
     "TokenPruneCLIPConfig": {
         "AutoModel": "TokenPruneCLIPModel",
         "AutoModelForZeroShotImageClassification": "TokenPruneCLIPModel",

@@ -161,7 +161,8 @@ def check_exportable(model_type: str | None, class_name: str) -> Exported:
         names = ", ".join(f"{e.name} ({e.output})" for e in EXPORTED.values())
         raise ValueError(
             f"{class_name} ({model_type!r}) cannot export: the classes that do are {names}; base models without a "
-            "head, CLIPVisionModel without its projection and the full CLIPModel do not."
+            "head, CLIPVisionModel without its projection, the full CLIPModel and SigLIP 2's tower (NaFlex inputs) "
+            "do not."
         )
     return exported
 

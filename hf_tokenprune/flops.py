@@ -109,14 +109,15 @@ def _embedding_macs(config: Any, num_patches: int) -> int:
 
 
 # Classifier inputs per family: DeiT's two heads (CLS, distillation token), DINOv2's CLS next to the patch mean;
-# CLIP's vision tower is counted without its projection (the stock CLIPVisionModel), SigLIP's without its pooling
-# head.
+# CLIP's vision tower is counted without its projection (the stock CLIPVisionModel), SigLIP's and SigLIP 2's
+# without their pooling head.
 HEAD_INPUTS = {
     "tokenprune_deit": 2,
     "tokenprune_dinov2": 2,
     "tokenprune_dinov2_with_registers": 2,
     "tokenprune_clip_vision_model": 0,
     "tokenprune_siglip_vision_model": 0,
+    "tokenprune_siglip2_vision_model": 0,
 }
 
 

@@ -35,6 +35,7 @@ FAMILIES = {
     "tokenprune_clip": ("CLIP", "clip"),
     "tokenprune_clip_vision_model": ("CLIP vision tower", "clip"),
     "tokenprune_siglip_vision_model": ("SigLIP vision tower", "siglip"),
+    "tokenprune_siglip2_vision_model": ("SigLIP 2 vision tower", "siglip2"),
 }
 # what the stock class does -> (task, pipeline tag, Auto class of the usage snippet)
 TASKS = {
@@ -372,7 +373,10 @@ def _runtime_snippet(config: Any, info: dict) -> str:
 
 
 def _image_size(config: Any) -> str:
-    size = _vision(config).image_size
+    vision = _vision(config)
+    if vision.model_type == "tokenprune_siglip2_vision_model":  # NaFlex: patch slots, each image its own grid
+        return f"{vision.num_patches}-slot NaFlex"
+    size = vision.image_size
     return f"{size[0]}x{size[1]}" if isinstance(size, (list, tuple)) else f"{size}x{size}"
 
 

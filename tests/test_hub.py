@@ -560,3 +560,22 @@ def test_install_patches_the_trainer_only_once_it_is_imported(tmp_path):
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.split() == ["False", "True", "_trainer_create_model_card"]
+
+
+def test_push_of_siglip2_uploads_its_card(loopback_hub):
+    from test_siglip2 import ISLAND
+    from test_siglip2 import TINY as SIGLIP2
+
+    from hf_tokenprune import TokenPruneSiglip2VisionConfig, TokenPruneSiglip2VisionModel
+
+    torch.manual_seed(0)
+    config = TokenPruneSiglip2VisionConfig(**SIGLIP2, token_reduction={"method": "tome", "r": 3})
+    base = "google/siglip2-base-patch16-naflex"
+    TokenPruneSiglip2VisionModel(config).eval().push_to_hub("someone/siglip2-tome", base_model=base)
+    files = set(loopback_hub.files("someone/siglip2-tome"))
+    assert {"model.safetensors", "config.json", "README.md"} | ISLAND <= files
+    card = ModelCard.load("someone/siglip2-tome")
+    assert card.data.base_model == base and {"siglip2", "tome", "custom_code"} <= set(card.data.tags)
+    summary = next(line for line in card.text.split("\n") if line.startswith("A "))
+    assert summary.startswith("A SigLIP 2 vision tower model for ") and "`Siglip2VisionModel`" in summary
+    assert len(table_rows(card.text, "| Layer |")) == SIGLIP2["num_hidden_layers"]

@@ -30,6 +30,7 @@ from .token_reduction import (
     REDUCTION_METHODS,
     AttentionProbe,
     TokenState,
+    attention_key_bias,
     check_keep_rate,
     get_reduction_class,
     grid_of,
@@ -264,7 +265,8 @@ class TokenPruneLayerMixin:
             probe_cls=reduction is not None and reduction.needs_cls_attention,
             probe_keys=reduction is not None and reduction.needs_keys,
             key_policy=state.key_policy,
-            key_bias=state.key_bias,  # e.g. ToMe's proportional attention: log(size) added to each key's logits
+            # ToMe's proportional attention (log(size) added to each key's logits) and the input's padding keys
+            key_bias=attention_key_bias(state, hidden_states.dtype),
             **kwargs,
         )
 
@@ -350,7 +352,7 @@ class TokenPruneModelMixin:
     def start_plans(self, pixel_values, interpolate_pos_encoding, attention_mask, keep_rate, disable_plans):
         """Checks the inputs; returns (patch grid, plan in force, reuse in force, pixel values in the weights'
         dtype)."""
-        grid = check_pixel_values(pixel_values, self.config, interpolate_pos_encoding)
+        grid = self.input_grid(pixel_values, interpolate_pos_encoding)
         plan = None if disable_plans else plan_in_force(self.config, self.built_plans, keep_rate)
         reuse = None if disable_plans else self.config.attention_reuse
         check_attention_backend(plan, self.config._attn_implementation)  # a runtime option may have added a bias
@@ -359,15 +361,22 @@ class TokenPruneModelMixin:
         expected_dtype = next(self.embeddings.parameters()).dtype
         return grid, plan, reuse, pixel_values.to(expected_dtype)
 
-    def run_layers(self, layers, hidden_states, grid, plan, reuse, attention_mask=None, **kwargs):
+    def input_grid(self, pixel_values, interpolate_pos_encoding) -> tuple[int, int]:
+        """Checks ``pixel_values`` (B, C, H, W); returns their patch grid (rows, columns)."""
+        return check_pixel_values(pixel_values, self.config, interpolate_pos_encoding)
+
+    def run_layers(self, layers, hidden_states, grid, plan, reuse, attention_mask=None, padding=None, **kwargs):
         """Threads a `TokenState` through ``layers``; returns (hidden states, final state, per-layer traces,
-        per-layer states). The output is full length when the config asks to restore tokens."""
+        per-layer states). The output is full length when the config asks to restore tokens. ``padding`` (B, T),
+        True at padding slots (SigLIP 2's NaFlex inputs), travels in the state: padding keys are masked in every
+        layer and the methods rank padding last and merge it only with padding."""
         if attention_mask is not None:  # no mask is built when there is none to apply (it would not follow a
             # shrinking sequence: flex's BlockMask, or the full-length mask torch.export materialises)
             attention_mask = create_bidirectional_mask(
                 config=self.config, inputs_embeds=hidden_states, attention_mask=attention_mask
             )
-        state = TokenState.start(hidden_states, grid, plan, reuse).replace(num_prefix=self.config.num_prefix_tokens)
+        state = TokenState.start(hidden_states, grid, plan, reuse)
+        state = state.replace(num_prefix=self.config.num_prefix_tokens, padding=padding)
         traces, states = [], []
         for layer in layers:
             hidden_states, state, trace = layer(hidden_states, attention_mask, state, **kwargs)

@@ -40,6 +40,8 @@ from .token_reduction import (
     check_int,
     check_options,
     keep_tokens,
+    padding_of,
+    padding_ranked_last,
     park_tokens,
     rank_patches,
     register_reduction,
@@ -114,14 +116,17 @@ class CrossAttentionScorer(nn.Module):
         weight = query if isinstance(self.k_proj, nn.Identity) else self.k_proj.weight.t() @ query  # (d,)
         return self.norm(x) @ weight
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Training: (scores (B, N), auxiliary logits (B, labels)) from detached tokens."""
+    def forward(self, x: torch.Tensor, padding: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Training: (scores (B, N), auxiliary logits (B, labels)) from detached tokens; ``padding`` (B, N) keys
+        are left out of the auxiliary head's attention."""
         batch, length, width = x.shape
         x = self.norm(x.detach())
         query = self.q_proj(self.queries).expand(batch, -1, -1)  # (B, M, d)
         query = query.view(batch, -1, self.num_heads, self.head_dim).transpose(1, 2)  # (B, H, M, hd)
         key = self.k_proj(x).view(batch, length, self.num_heads, self.head_dim).transpose(1, 2)  # (B, H, N, hd)
         logits = query @ key.transpose(-1, -2)  # (B, H, M, N) raw logits
+        if padding is not None:
+            logits = logits.masked_fill(padding[:, None, None, :], -torch.inf)
         return logits.sum(dim=(1, 2)), self.aux_head(x, logits)
 
 
@@ -249,12 +254,13 @@ class CroprReduction(TokenReduction):
             return x, state
         # 1. Score the tokens; in training the auxiliary head also predicts the label from detached tokens.
         if self.training and hasattr(self.scorer, "aux_head"):
-            scores, aux_logits = self.scorer(x)
+            scores, aux_logits = self.scorer(x, padding_of(state))
             state = state.replace(aux_logits=state.aux_logits + ((aux_logits, state.plan["aux_loss_weight"]),))
         else:
             scores = self.scorer.fast_scores(x)
         # 2. Keep the best-scored patch tokens (CLS always stays); set the others aside if they rejoin later.
-        keep, pruned = rank_patches(scores[:, num_prefix:], num_patches - removed, num_prefix)
+        scores = padding_ranked_last(scores[:, num_prefix:], state)  # padding never kept over a real token
+        keep, pruned = rank_patches(scores, num_patches - removed, num_prefix)
         if self.keep_pruned:
             state = park_tokens(x, state, pruned)
         return keep_tokens(x, state, keep)

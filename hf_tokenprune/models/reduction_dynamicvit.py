@@ -33,6 +33,8 @@ from .token_reduction import (
     check_layers,
     check_options,
     keep_tokens,
+    padding_of,
+    padding_ranked_last,
     park_tokens,
     rank_patches,
     register_reduction,
@@ -93,6 +95,12 @@ class KeepPredictor(nn.Module):
         else:
             pooled = (global_part * keep).sum(dim=1, keepdim=True) / keep.sum(dim=1, keepdim=True).clamp_min(1e-6)
         return self.classify(torch.cat([local, pooled.expand_as(local)], dim=-1))
+
+
+def real_patches(state: TokenState, dtype: torch.dtype) -> torch.Tensor | None:
+    """(B, N_cur - num_prefix, 1): 1 for a real patch token, 0 for padding; ``None`` when the input has none."""
+    padding = padding_of(state)
+    return None if padding is None else (~padding[:, state.num_prefix :, None]).to(dtype)
 
 
 @register_reduction("dynamicvit")
@@ -161,8 +169,9 @@ class DynamicViTReduction(TokenReduction):
         target = stage_keep_counts(state.plan, num_patches)[self.stage]
         if target >= x.shape[1] - num_prefix:
             return x, state
-        scores = self.predictor(x[:, num_prefix:], None)[..., 0]  # (B, N_cur) log keep probability
-        keep, dropped = rank_patches(scores, target, num_prefix)
+        real = real_patches(state, x.dtype)  # padding (SigLIP 2) stays out of the global feature, ranked last
+        scores = self.predictor(x[:, num_prefix:], real)[..., 0]  # (B, N_cur) log keep probability
+        keep, dropped = rank_patches(padding_ranked_last(scores, state), target, num_prefix)
         if self.park_dropped:
             state = park_tokens(x, state, dropped)
         return keep_tokens(x, state, keep)
@@ -172,11 +181,17 @@ class DynamicViTReduction(TokenReduction):
         num_prefix = state.num_prefix
         previous = state.key_policy  # (B, T) or None: earlier stages' decisions, 1 for prefix tokens
         previous_patches = None if previous is None else previous[:, num_prefix:, None]
-        log_probs = self.predictor(x[:, num_prefix:], previous_patches)
+        real = real_patches(state, x.dtype)  # (B, N, 1) 0 for padding (SigLIP 2), or None
+        weights = previous_patches if real is None else real if previous_patches is None else previous_patches * real
+        log_probs = self.predictor(x[:, num_prefix:], weights)
         decision = nn.functional.gumbel_softmax(log_probs, hard=True)[..., 0]  # (B, N) straight-through 0/1
-        if previous is not None:
-            decision = decision * previous[:, num_prefix:]
-        ratio_loss = ((decision.mean(dim=1) - target_ratio) ** 2).mean()
+        if weights is not None:  # dropped earlier, or padding: never kept (padding keys stay masked)
+            decision = decision * weights[..., 0]
+        if real is None:
+            kept_fraction = decision.mean(dim=1)
+        else:  # the fraction of the image's own patches: padding counts neither as kept nor as dropped
+            kept_fraction = decision.sum(dim=1) / real[..., 0].sum(dim=1).clamp_min(1.0)
+        ratio_loss = ((kept_fraction - target_ratio) ** 2).mean()
         ratio_loss = ratio_loss * state.plan["ratio_loss_weight"] / len(state.plan["layers"])
         policy = torch.cat([decision.new_ones(decision.shape[0], num_prefix), decision], dim=1)  # (B, T)
         aux_loss = ratio_loss if state.aux_loss is None else state.aux_loss + ratio_loss

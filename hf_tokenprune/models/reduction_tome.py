@@ -24,6 +24,7 @@ from .token_reduction import (
     check_bool,
     check_options,
     gather_tokens,
+    padding_of,
     register_reduction,
 )
 
@@ -126,21 +127,31 @@ class ToMeReduction(TokenReduction):
         r = min(state.plan["r"][self.layer_idx], (x.shape[1] - num_prefix) // 2)
         if r <= 0:
             return x, state
-        src, dst, unmerged = bipartite_matching(probe.keys, r, num_prefix)
+        src, dst, unmerged = bipartite_matching(probe.keys, r, num_prefix, padding_of(state))
         x, state = merge_tokens(x, state, src, dst, unmerged)
         if self.plan["proportional_attention"]:
             state = state.replace(key_bias=state.sizes[..., 0].log())
         return x, state
 
 
-def bipartite_matching(keys: torch.Tensor, r: int, num_prefix: int):
+# The score of a pair of padding tokens: above any cosine similarity, so padding merges into padding first.
+PADDING_PAIR_SCORE = 2.0
+
+
+def bipartite_matching(keys: torch.Tensor, r: int, num_prefix: int, padding: torch.Tensor | None = None):
     """Decides which ``r`` tokens of set A (even indices) merge into which tokens of set B (odd indices).
 
-    Returns ``src`` (B, r) and ``unmerged`` (B, N_a - r) indices into A, and ``dst`` (B, r) indices into B.
+    Returns ``src`` (B, r) and ``unmerged`` (B, N_a - r) indices into A, and ``dst`` (B, r) indices into B. With
+    ``padding`` (B, N), True for padding tokens (SigLIP 2's NaFlex inputs), a padding token and a real one never
+    pair (a real token could otherwise absorb padding), and pairs of padding tokens come first: the merges are
+    spent on padding before any real token is touched, and padding values never change the real tokens' matching.
     """
     metric = keys / keys.norm(dim=-1, keepdim=True)
     a, b = metric[:, ::2], metric[:, 1::2]  # (B, N_a, d), (B, N_b, d)
     scores = a @ b.transpose(1, 2)  # (B, N_a, N_b) cosine similarity
+    if padding is not None:
+        a_pad, b_pad = padding[:, ::2, None], padding[:, None, 1::2]
+        scores = scores.masked_fill(a_pad & b_pad, PADDING_PAIR_SCORE).masked_fill(a_pad != b_pad, -torch.inf)
     # Prefix tokens are never merged: the first (P + 1) // 2 of A as sources, the first P // 2 of B as targets.
     scores[:, : (num_prefix + 1) // 2] = -torch.inf  # (scores is a fresh product: writing into it is safe)
     scores[:, :, : num_prefix // 2] = -torch.inf

@@ -156,6 +156,7 @@ class TokenState:
     reuse: dict | None = None  # the attention-reuse plan in force
     reused_cls: torch.Tensor | None = None  # (B, P, C) last computed attention output of the prefix tokens
     reused_patches: torch.Tensor | None = None  # (B, N, C) last attention output of the patch tokens
+    padding: torch.Tensor | None = None  # (B, T) True at padding slots of the embedding sequence (SigLIP 2 NaFlex)
 
     @classmethod
     def start(
@@ -179,6 +180,33 @@ class AttentionProbe:
 
     cls_attention: torch.Tensor | None = None  # (B, N) CLS row of the attention, averaged over heads
     keys: torch.Tensor | None = None  # (B, N, head_dim) keys averaged over heads
+
+
+def padding_of(state: TokenState) -> torch.Tensor | None:
+    """(B, N_cur) True where the current token is padding (it holds a padding slot of the input), or ``None`` when
+    the input has no padding. Derived from the positions, so it follows every keep, merge, park and rejoin (methods
+    merge padding only with padding, so a merged token is padding or not as the token it was merged into)."""
+    if state.padding is None:
+        return None
+    positions = state.positions
+    return state.padding.gather(1, positions.clamp_min(0)) & (positions >= 0)
+
+
+def attention_key_bias(state: TokenState, dtype: torch.dtype) -> torch.Tensor | None:
+    """The per-key bias every query's attention adds: ``state.key_bias`` (ToMe's log sizes) and, for padding keys,
+    the most negative value of ``dtype`` (padding is never attended to, as the stock model's padding mask does)."""
+    padding = padding_of(state)
+    if padding is None:
+        return state.key_bias
+    bias = torch.zeros(padding.shape, dtype=dtype, device=padding.device).masked_fill(padding, torch.finfo(dtype).min)
+    return bias if state.key_bias is None else bias + state.key_bias.to(dtype)
+
+
+def padding_ranked_last(scores: torch.Tensor, state: TokenState) -> torch.Tensor:
+    """``scores`` (B, N_cur - num_prefix) of the non-prefix tokens with padding tokens set to -inf, so that a
+    padding token is never kept over a real one."""
+    padding = padding_of(state)
+    return scores if padding is None else scores.masked_fill(padding[:, state.num_prefix :], -torch.inf)
 
 
 # ----------------------------------------------------------------------------------------------------------------
