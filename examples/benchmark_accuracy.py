@@ -44,6 +44,7 @@ from hf_tokenprune.benchmark import BenchmarkSettings, machine_info, parse_devic
 from hf_tokenprune.data import cluttered_digits_arrays
 from hf_tokenprune.distillation import final_tokens, freeze_backbone, recipe_parameter_groups, token_distillation_loss
 from hf_tokenprune.flops import count_flops
+from hf_tokenprune.recipes import OFFICIAL_FINETUNES
 from hf_tokenprune.training import distillation_loss, init_sincos_position_embeddings
 from hf_tokenprune.visualization import plot_kept_tokens, plot_pareto
 
@@ -61,6 +62,7 @@ class Recipe:
     num_attention_heads: int = 3
     intermediate_size: int = 192
     copies: int = 6  # each training digit rendered this many times, at different places: more data, less overfitting
+    eval_copies: int = 4  # each validation digit rendered this many times: 1,436 images, a steadier accuracy
     epochs: int = 8
     learning_rate: float = 1e-3  # 2e-3 stalls this ViT near 0.77 accuracy; 1e-3 reaches 0.92 in 8 epochs
     finetune_epochs: int = 2
@@ -71,12 +73,12 @@ class Recipe:
     operating_points: int = 3
     bench_batch_size: int = 64
     bench_rounds: int = 5
-    target_seeds: int = 3  # fine-tunes (seeds) of stock, DynamicViT and EViT at keep 0.7, for their comparison
+    target_seeds: int = 5  # fine-tunes (seeds) of stock, DynamicViT and EViT at keep 0.7, for their comparison
 
 
 TINY = dict(
     canvas_size=32, patch_size=4, hidden_size=48, num_hidden_layers=4, num_attention_heads=4, intermediate_size=96,
-    copies=1, epochs=1,
+    copies=1, eval_copies=1, epochs=1,
     finetune_epochs=1, batch_size=32, max_train=192, max_eval=96, operating_points=2, bench_batch_size=8,
     bench_rounds=1, target_seeds=2,
 )  # fmt: skip
@@ -89,7 +91,9 @@ TINY = dict(
 
 def load_data(recipe: Recipe, seed: int) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """Cluttered digits as normalised (N, 3, H, W) tensors (mean and std 0.5, as ViTImageProcessor) and labels."""
-    arrays = cluttered_digits_arrays(seed=seed, canvas_size=recipe.canvas_size, copies=recipe.copies)
+    arrays = cluttered_digits_arrays(
+        seed=seed, canvas_size=recipe.canvas_size, copies=recipe.copies, eval_copies=recipe.eval_copies
+    )
     limits = {"train": recipe.max_train, "validation": recipe.max_eval}
     data = {}
     for split, (images, labels) in arrays.items():
@@ -113,20 +117,24 @@ def model_loss(model, pixels, labels):
 
 
 def train(model, data, epochs: int, learning_rate: float, batch_size: int, seed: int, desc: str, progress=True,
-          loss_fn=model_loss, parameters=None, freeze_fraction=0.0, warmup_fraction=0.1):  # fmt: skip
-    """AdamW with a cosine schedule after a linear warm-up over ``warmup_fraction`` of the steps;
+          loss_fn=model_loss, parameters=None, freeze_fraction=0.0, warmup_fraction=0.1, min_lr_rate=0.0):  # fmt: skip
+    """AdamW with a cosine schedule (down to ``min_lr_rate`` of the peak) after a linear warm-up over
+    ``warmup_fraction`` of the steps;
     ``loss_fn(model, pixels, labels)`` (the model's loss by default) on ``parameters`` (all, or optimizer groups);
     groups marked ``"backbone"`` do not move during the first ``freeze_fraction`` of the steps (DynamicViT's
     recipe)."""
     from tqdm.auto import tqdm
-    from transformers import get_cosine_schedule_with_warmup
+    from transformers import get_scheduler
 
     pixels, labels = data
     steps_per_epoch = math.ceil(len(labels) / batch_size)
     parameters = model.parameters() if parameters is None else parameters
     optimizer = torch.optim.AdamW(parameters, lr=learning_rate, weight_decay=0.05)
     total = steps_per_epoch * epochs
-    schedule = get_cosine_schedule_with_warmup(optimizer, max(1, math.floor(total * warmup_fraction + 1e-9)), total)
+    warmup = max(1, math.floor(total * warmup_fraction + 1e-9)) if warmup_fraction > 0 else 0
+    schedule = get_scheduler(
+        "cosine_with_min_lr", optimizer, warmup, total, scheduler_specific_kwargs={"min_lr_rate": min_lr_rate}
+    )
     generator = torch.Generator().manual_seed(seed)
     model.train()
     step = 0
@@ -232,24 +240,34 @@ def plan_model(recipe: Recipe, entry: dict, weights: dict, seed: int) -> TokenPr
 # ----------------------------------------------------------------------------------------------------------------
 
 
-DYNAMICVIT_FREEZE = 5 / 30  # the official run: 30 epochs, the backbone frozen and the learning rate warming up for 5
+def finetune(model, recipe: Recipe, data, seed: int, desc: str, progress: bool = True, teacher=None,
+             method: str | None = None) -> None:  # fmt: skip
+    """The same short fine-tune for every plan, except the methods with an official fine-tune recipe
+    (`hf_tokenprune.recipes.OFFICIAL_FINETUNES`), whose rates are set relative to the base model's training rate:
 
+    - EViT: 0.04 of the base's rate (its 2e-5 after DeiT's 5e-4), cosine to 0.025 of that, weight decay 1e-6, no
+      warm-up;
+    - DynamicViT (`DynamicViTTrainer`'s pieces): the predictors at the base's rate, the backbone at 0.01 of it and
+      frozen for the first 5/30 of the steps, with as many warming up; cosine to 0.001 of the peak; ``teacher``
+      (the base model, frozen) distils logits (KL, 0.5) and kept tokens (MSE, 0.5) on top of CE + 2 * ratio; CLS
+      token and position embeddings stay frozen.
 
-def finetune(model, recipe: Recipe, data, seed: int, desc: str, progress: bool = True, teacher=None) -> None:
-    """The same short fine-tune for every plan; a DynamicViT plan gets its official recipe (`DynamicViTTrainer`'s
-    pieces): ``teacher`` (the base model, frozen) distils logits (KL, 0.5) and kept tokens (MSE, 0.5) on top of CE +
-    2 * ratio, the learning rate warms up and the backbone is frozen for the first 5/30 of the steps (official:
-    ``--warmup_epochs 5`` and ``fix_step = 5`` of 30 epochs), then the backbone trains at 0.01 of the predictors'
-    learning rate; CLS token and position embeddings stay frozen."""
-    lr, epochs = recipe.finetune_learning_rate, recipe.finetune_epochs
-    plan = model.config.token_reduction or {}
-    if plan.get("method") != "dynamicvit" or teacher is None:
-        train(model, data["train"], epochs, lr, recipe.batch_size, seed, desc, progress)
+    ``method`` fine-tunes a model (the stock one) with that method's recipe; by default the model's own plan's.
+    """
+    epochs = recipe.finetune_epochs
+    method = method or (model.config.token_reduction or {}).get("method")
+    official = OFFICIAL_FINETUNES.get(method)
+    if official is None:
+        train(model, data["train"], epochs, recipe.finetune_learning_rate, recipe.batch_size, seed, desc, progress)
         return
-    groups = recipe_parameter_groups(model, lr, backbone_lr_scale=0.01, weight_decay=0.05)
-    loss_fn = functools.partial(dynamicvit_recipe_loss, teacher=teacher)
-    freeze = DYNAMICVIT_FREEZE
-    train(model, data["train"], epochs, lr, recipe.batch_size, seed, desc, progress, loss_fn, groups, freeze, freeze)
+    lr = official.learning_rate * recipe.learning_rate
+    groups = recipe_parameter_groups(model, lr, official.backbone_lr_scale, official.weight_decay)
+    if official.backbone_lr_scale == 1.0:  # nothing left frozen (the embeddings too) when nothing is set apart
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        groups = [{"params": trainable, "weight_decay": official.weight_decay}]
+    loss_fn = functools.partial(dynamicvit_recipe_loss, teacher=teacher) if official.distill else model_loss
+    train(model, data["train"], epochs, lr, recipe.batch_size, seed, desc, progress, loss_fn, groups,
+          official.backbone_frozen, official.warmup, official.min_lr_rate)  # fmt: skip
 
 
 def dynamicvit_recipe_loss(model, pixels, labels, teacher):
@@ -270,6 +288,11 @@ def train_base(recipe: Recipe, data, seed: int, progress: bool = True) -> tuple[
     train(base, data["train"], epochs, lr, recipe.batch_size, seed, "training the base ViT", progress)
     stock = {"zero-shot": evaluate(base, data["validation"])}
     weights = copy.deepcopy(base.state_dict())
+    for method in OFFICIAL_FINETUNES:  # the stock model fine-tuned as each recipe fine-tunes its method
+        model = plan_model(recipe, {}, weights, seed)
+        teacher = plan_model(recipe, {}, weights, seed).requires_grad_(False)
+        finetune(model, recipe, data, seed, f"fine-tune stock ({method}'s recipe)", progress, teacher, method)
+        stock[f"fine-tuned {method}"] = evaluate(model, data["validation"])
     finetune(base, recipe, data, seed, "fine-tune stock", progress)
     stock["fine-tuned"] = evaluate(base, data["validation"])
     return weights, stock
@@ -316,7 +339,9 @@ def evaluate_point(
     if scratch:  # SkipAt's own protocol: trained from scratch like the base, against the base
         scratch = train_from_scratch(recipe, entry, data, seed, f"train {method} {point} from scratch", progress)
         accuracy[SCRATCH], share[SCRATCH] = evaluate(scratch, data["validation"]), None
-    reference = {**stock, SCRATCH: stock["zero-shot"]}  # the stock model trained from scratch is the base
+    # the stock model fine-tuned as this method is (its own recipe, if it has one); trained from scratch: the base
+    tuned = stock.get(f"fine-tuned {method}", stock["fine-tuned"])
+    reference = {**stock, "fine-tuned": tuned, SCRATCH: stock["zero-shot"]}
     rows = [
         {"method": method, "operating_point": point, "setting": setting, "accuracy": accuracy[setting],
          "accuracy_delta": accuracy[setting] - reference[setting], "gflops": report.gflops,
@@ -402,6 +427,7 @@ def run(recipe: Recipe, seed: int = 0, device: str = "cpu", progress: bool = Tru
         measured = speed[f"{row['method']} {row['operating_point']}"]
         row.update({key: measured[key] for key in ("measured_speedup", "fraction_of_ideal", "spread")})
     return {"recipe": asdict(recipe), "seed": seed, "stock_accuracy": stock, "rows": rows, "pictures": pictures,
+            "validation_images": len(data["validation"][1]),
             "seed_accuracy": seeds, "speed_setup": speed["_setup"], "machine": machine_info(parse_device(device)),
             "load": load}  # fmt: skip
 
@@ -490,18 +516,28 @@ def markdown(results: dict, command: str, picture: str) -> str:
         f"measured on {speed['device']}; Python {machine['python']}, torch {machine['torch']}, transformers "
         f"{machine['transformers']}.",
         f"- Data: scikit-learn's handwritten digits on cluttered {size} canvases (`hf_tokenprune.data`), "
-        f"{recipe['copies']} rendering(s) per training digit; seed {results['seed']}.",
+        f"{recipe['copies']} rendering(s) per training digit, {recipe.get('eval_copies', 1)} per validation digit "
+        f"({results.get('validation_images', '?')} validation images); seed {results['seed']}.",
         f"- Model: ViT, patch {recipe['patch_size']}, {recipe['num_hidden_layers']} layers, width "
         f"{recipe['hidden_size']}, trained from scratch for {recipe['epochs']} epoch(s). Stock accuracy "
         f"{stock['zero-shot']:.3f}; after the same {recipe['finetune_epochs']}-epoch fine-tune as the plans: "
-        f"{stock['fine-tuned']:.3f}.",
+        f"{stock['fine-tuned']:.3f}"
+        + "".join(
+            f"; with {m}'s recipe {stock[f'fine-tuned {m}']:.3f}"
+            for m in OFFICIAL_FINETUNES
+            if f"fine-tuned {m}" in stock
+        )
+        + ".",
         '- zero-shot: the trained weights with the plan switched on ("untrained selector": DynamicViT\'s predictor '
         "or Cropr's scorer is freshly initialised, so the row ranks tokens arbitrarily; it is left out of the "
         f"picture); fine-tuned: then {recipe['finetune_epochs']} epoch(s) with the plan (lr "
-        f"{recipe['finetune_learning_rate']:g}; DynamicViT with its official recipe: frozen base model as teacher, "
-        "CE + 2 ratio + 0.5 KL + 0.5 token MSE, warm-up and backbone frozen for 5/30 of the steps, then the "
-        "backbone at 0.01 of the predictors' rate; SkipAt's Φ starts as the identity). Δ accuracy is against the "
-        "stock model in the same setting.",
+        f"{recipe['finetune_learning_rate']:g}, cosine; SkipAt's Φ starts as the identity), except the methods with "
+        "an official fine-tune recipe (`hf_tokenprune.recipes`), its rates relative to the base's training rate "
+        f"({recipe['learning_rate']:g}): EViT at 0.04 of it (its 2e-5 after DeiT's 5e-4), cosine to 0.025 of that, "
+        "weight decay 1e-6, no warm-up; DynamicViT's predictors at the base's rate and its backbone at 0.01 of it, "
+        "frozen for the first 5/30 of the steps, with as many warming up, frozen base model as teacher, CE + 2 "
+        "ratio + 0.5 KL + 0.5 token MSE. Δ accuracy is against the stock model in the same setting (fine-tuned: "
+        "with the method's own recipe).",
         f"- SkipAt: reused layers in proportion to the depth, as the paper places them on 12 layers (blocks 3-5: a "
         "quarter; 3-8: half, its default), since the share of layers without attention is what costs accuracy "
         "(rounding the 12-layer indices would reuse 3 of 4 layers, the last included, which the paper never "
@@ -571,8 +607,10 @@ def target_lines(results: dict, keep: float = 0.7, tolerance: float = 0.01) -> l
     scratch = ""
     if any(row["setting"] == SCRATCH for row in points.values()):
         scratch = f"; {SCRATCH} (SkipAt), against the base model, trained the same way ({stock['zero-shot']:.3f})"
+    own = "".join(f", {m}'s recipe {stock[f'fine-tuned {m}']:.3f}" for m in OFFICIAL_FINETUNES
+                  if f"fine-tuned {m}" in stock)  # fmt: skip
     lines = ["## Targets", "", f"Fine-tuned, at keep rate {keep} (methods without a keep rate: the point nearest in "
-             f"FLOPs), against the stock model after the same fine-tune ({stock['fine-tuned']:.3f}){scratch}:",
+             f"FLOPs), against the stock model after the same fine-tune ({stock['fine-tuned']:.3f}{own}){scratch}:",
              ""]  # fmt: skip
     for method, row in sorted(points.items()):
         met = "met" if row["accuracy_delta"] >= -tolerance - 1e-9 else "**not met**"
@@ -600,8 +638,11 @@ def comparison_line(points: dict[str, dict], seeds: dict[str, list[float]]) -> s
         return f"- DynamicViT {dynamic:.3f} against EViT {evit:.3f} at the same keep rate: no worse {met}."
     listed = {**runs, "stock": seeds.get("stock", [])}
     each = "; ".join(f"{m} " + ", ".join(f"{a:.3f}" for a in accuracies) for m, accuracies in listed.items())
+    gaps = [d - e for d, e in zip(*(runs[m] for m in COMPARED))]  # paired: the same seed, base and data order
+    spread = float(np.std(gaps, ddof=1) / math.sqrt(len(gaps)))
     return (f"- DynamicViT {dynamic:.3f} against EViT {evit:.3f} at the same keep rate, mean of "
-            f"{len(runs['dynamicvit'])} seeds (per seed: {each}): no worse {met}.")  # fmt: skip
+            f"{len(runs['dynamicvit'])} seeds (per seed: {each}; difference {dynamic - evit:+.3f}, standard error "
+            f"{spread:.3f} over the paired seeds): no worse {met}.")  # fmt: skip
 
 
 LEARNED_SELECTORS = ("dynamicvit", "cropr")  # selectors trained from scratch in the fine-tune

@@ -74,13 +74,18 @@ def cluttered_digits_arrays(
     canvas_size: int = 64,
     copies: int = 1,
     validation_fraction: float = 0.2,
+    eval_copies: int = 1,
     **render: Any,
 ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """``{"train": (images, labels), "validation": (images, labels)}``; images are (N, H, W) floats in [0, 1].
 
     The digits are split before rendering, so no digit appears in both splits; each training digit is rendered
-    ``copies`` times at different places.
+    ``copies`` times at different places, each validation digit ``eval_copies`` times (the training images do not
+    depend on ``eval_copies``: they are rendered first).
     """
+    for name, value in (("copies", copies), ("eval_copies", eval_copies)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} = {value!r} must be a positive integer (renderings of each digit).")
     render.setdefault("scale", default_scale(canvas_size))
     low, high = render["scale"]
     if not 1 <= low <= high or canvas_size < 8 * high:
@@ -91,7 +96,7 @@ def cluttered_digits_arrays(
     images, labels, rng, splits = _digit_splits(seed, validation_fraction)
     out = {}
     for name, indices in splits.items():
-        repeats = copies if name == "train" else 1
+        repeats = copies if name == "train" else eval_copies
         rendered, targets = [], []
         for _ in range(repeats):
             for index in indices:

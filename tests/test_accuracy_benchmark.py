@@ -91,7 +91,7 @@ def test_benchmarks_md_is_well_formed(script, tiny_run):
 
 def test_json_and_png(tiny_run):
     results = json.loads((tiny_run / "accuracy_benchmark.json").read_text())
-    assert {"zero-shot", "fine-tuned"} == set(results["stock_accuracy"])
+    assert {"zero-shot", "fine-tuned", "fine-tuned evit", "fine-tuned dynamicvit"} == set(results["stock_accuracy"])
     assert all(row["measured_speedup"] > 0 and len(row["spread"]) == 2 for row in results["rows"])
     assert results["machine"]["torch"] == torch.__version__
     assert (tiny_run / "accuracy_vs_speedup.png").read_bytes()[:8] == PNG_MAGIC
@@ -123,16 +123,30 @@ def test_skipat_spans_scale_the_papers_fraction_of_the_depth(script):
     assert script.skipat_spans(2, [0.25, 0.5]) == [[1]]  # never layer 0: Phi needs an attention output to reuse
 
 
-def test_dynamicvit_warms_up_while_its_backbone_is_frozen(script, monkeypatch):
+def test_methods_with_an_official_recipe_fine_tune_with_it(script, monkeypatch):
+    """train(model, data, epochs, lr, batch, seed, desc, progress, loss_fn, groups, freeze, warm-up, floor)."""
     calls = []
     monkeypatch.setattr(script, "train", lambda *args, **kwargs: calls.append(args))
     recipe = script.Recipe(**script.TINY)
     teacher = script.plan_model(recipe, {}, {}, 0)
-    for entry in ({"token_reduction": {"method": "dynamicvit", "keep_rate": 0.7}}, {}):
-        script.finetune(script.plan_model(recipe, entry, {}, 0), recipe, {"train": None}, 0, "", False, teacher)
-    dynamicvit, stock = calls
-    assert dynamicvit[-2:] == (5 / 30, 5 / 30)  # official: 5 of 30 epochs of warm-up and frozen backbone
-    assert len(stock) == 8  # every other plan: the default schedule (10% warm-up), all parameters
+    entries = ({"method": "dynamicvit", "keep_rate": 0.7}, {"method": "evit", "keep_rate": 0.7}, None)
+    for plan in entries:
+        model = script.plan_model(recipe, {"token_reduction": plan} if plan else {}, {}, 0)
+        script.finetune(model, recipe, {"train": None}, 0, "", False, teacher)
+    script.finetune(script.plan_model(recipe, {}, {}, 0), recipe, {"train": None}, 0, "", False, teacher, "evit")
+    dynamicvit, evit, stock, stock_as_evit = calls
+    base = recipe.learning_rate
+    # DynamicViT: predictors at the base's rate, backbone at 0.01 of it, 5/30 frozen and warming up, floor 1e-3
+    assert dynamicvit[3] == base and dynamicvit[-3:] == (5 / 30, 5 / 30, 1e-3)
+    assert {group["lr"] for group in dynamicvit[9]} == {base, base * 0.01}
+    assert dynamicvit[8].func is script.dynamicvit_recipe_loss
+    # EViT: 0.04 of the base's rate, weight decay 1e-6, no warm-up, floor 0.025, every parameter, its own loss
+    assert evit[3] == pytest.approx(0.04 * base) and evit[-3:] == (0.0, 0.0, 0.025)
+    assert [group["weight_decay"] for group in evit[9]] == [1e-6]
+    assert len(evit[9][0]["params"]) == len(list(script.plan_model(recipe, {}, {}, 0).parameters()))
+    assert evit[8] is script.model_loss
+    assert stock_as_evit[3] == evit[3] and stock_as_evit[-3:] == evit[-3:]
+    assert len(stock) == 8 and stock[3] == recipe.finetune_learning_rate  # the default schedule, all parameters
 
 
 def test_bad_option_is_refused(script):
@@ -206,5 +220,6 @@ def test_skipat_target_uses_its_from_scratch_row_and_the_comparison_seed_means(s
     assert "against the base model, trained the same way (0.918)" in text
     assert (
         "- DynamicViT 0.922 against EViT 0.920 at the same keep rate, mean of 3 seeds (per seed: dynamicvit 0.919, "
-        "0.925, 0.922; evit 0.925, 0.914, 0.922; stock 0.916, 0.919, 0.922): no worse met." in text
+        "0.925, 0.922; evit 0.925, 0.914, 0.922; stock 0.916, 0.919, 0.922; difference +0.002, standard error 0.005 "
+        "over the paired seeds): no worse met." in text
     )  # the first seeds alone (0.919 against 0.925) would not be

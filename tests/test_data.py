@@ -67,3 +67,15 @@ def test_dataset_dict_has_images_and_class_labels():
     assert dataset["train"].features["label"].names == CLASS_NAMES
     image = dataset["validation"][0]["image"]
     assert image.mode == "RGB" and image.size == (32, 32)
+
+
+def test_validation_digits_render_eval_copies_times_and_leave_training_alone():
+    once = cluttered_digits_arrays(seed=3, canvas_size=32, copies=2)
+    four = cluttered_digits_arrays(seed=3, canvas_size=32, copies=2, eval_copies=4)
+    np.testing.assert_array_equal(four["train"][0], once["train"][0])  # rendered first: unchanged
+    digits = len(once["validation"][1])
+    assert len(four["validation"][1]) == 4 * digits
+    np.testing.assert_array_equal(four["validation"][1], np.tile(once["validation"][1], 4))
+    assert not np.array_equal(four["validation"][0][:digits], four["validation"][0][digits : 2 * digits])
+    with pytest.raises(ValueError, match="eval_copies = 0 must be a positive integer"):
+        cluttered_digits_arrays(eval_copies=0)
