@@ -316,3 +316,21 @@ def test_a_full_siglip2_checkpoint_loads_its_vision_tower(tmp_path):
         expected = full.get_image_features(**inputs).pooler_output
         pooled = model.eval()(**inputs, disable_plans=True).pooler_output
     torch.testing.assert_close(pooled, expected, atol=1e-6, rtol=0)
+
+
+def test_speed_example_measures_every_plan_against_the_stock_tower(capsys):
+    """examples/benchmark_siglip2.py on its tiny tower: one row per plan with its ideal and a measured ratio; a bad
+    option stops before any work."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "examples" / "benchmark_siglip2.py"
+    spec = importlib.util.spec_from_file_location("benchmark_siglip2", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    rows = script.run(tiny=True, rounds=1)
+    assert [row["plan"].split()[0] for row in rows] == ["method=tome", "method=dynamicvit", "method=cropr"]
+    assert all(row["ideal_speedup"] > 1 and row["measured_speedup"] > 0 for row in rows)
+    with pytest.raises(SystemExit):
+        script.main(["--tiny", "--rounds", "0"])
+    assert "--rounds 0 and --threads 1 must be at least 1" in capsys.readouterr().err
