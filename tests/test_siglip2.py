@@ -334,3 +334,30 @@ def test_speed_example_measures_every_plan_against_the_stock_tower(capsys):
     with pytest.raises(SystemExit):
         script.main(["--tiny", "--rounds", "0"])
     assert "--rounds 0 and --threads 1 must be at least 1" in capsys.readouterr().err
+
+
+def test_tome_at_its_largest_r_keeps_real_tokens_real_and_free_of_padding(stock, monkeypatch):
+    """Merging half the tokens in every layer leaves some A token with no partner of its own kind: a real token and a
+    padding one are merged then, the padding weighing nothing and the token staying real. Padding noise still
+    changes nothing, and every real slot is held by a real token in every layer (both fail without that rule)."""
+    _, folder = stock
+    model = ours(folder, {"method": "tome", "r": [8, 4, 2, 1]})  # 16 slots: 8, 4, 2, then 1 token left
+    inputs = naflex(slots=TINY["num_patches"])
+    real_counts = inputs["pixel_attention_mask"].sum(dim=1)
+
+    def check():
+        with torch.no_grad():
+            clean, noisy = model(**inputs), model(**with_noisy_padding(inputs))
+        holders_real = all(
+            bool((positions[image].gather(0, owner[image, :count]) < count).all())
+            for owner, positions in zip(clean.token_owner, clean.token_positions)
+            for image, count in enumerate(real_counts.tolist())
+        )
+        return (noisy.pooler_output - clean.pooler_output).abs().max().item(), holders_real
+
+    leak, holders_real = check()
+    assert leak < 1e-6 and holders_real
+    monkeypatch.setattr(reduction_tome, "counted_members", lambda padding, *args: torch.ones_like(padding)[..., None])
+    monkeypatch.setattr(reduction_tome, "real_position_first", lambda new_positions, *args: new_positions)
+    leak, holders_real = check()
+    assert leak > 1e-3 and not holders_real

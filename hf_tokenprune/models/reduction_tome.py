@@ -165,9 +165,15 @@ def bipartite_matching(keys: torch.Tensor, r: int, num_prefix: int, padding: tor
 
 
 def merge_tokens(x: torch.Tensor, state: TokenState, src, dst, unmerged) -> tuple[torch.Tensor, TokenState]:
-    """Applies a matching: size-weighted average of merged tokens; sizes, positions and owner follow."""
+    """Applies a matching: size-weighted average of merged tokens; sizes, positions and owner follow.
+
+    With padding (SigLIP 2), a pair of a real token and a padding one is merged only when a layer's ``r`` leaves no
+    other choice (`bipartite_matching` ranks such pairs last); then the padding weighs nothing and the merged token
+    is real (its position a real member's), so padding never changes a real token and a real token never becomes
+    padding."""
     batch, length, _ = x.shape
     sizes = state.sizes if state.sizes is not None else x.new_ones(batch, length, 1)
+    padding = padding_of(state)
     owner = state.owner if state.owner is not None else torch.arange(length, device=x.device).expand(batch, -1)
 
     # A tokens sit at even sequence indices, B tokens at odd ones. The merged sequence is the unmerged A tokens,
@@ -179,12 +185,15 @@ def merge_tokens(x: torch.Tensor, state: TokenState, src, dst, unmerged) -> tupl
 
     # Size-weighted sums and the sizes travel together: one gather of the kept tokens, one gather of the sources
     # and one row sum into the targets for both.
-    values = torch.cat([x if state.sizes is None else x * sizes, sizes], dim=-1)  # (B, N, C + 1)
+    weights = sizes if padding is None else sizes * counted_members(padding, kept, sources, targets)
+    values = torch.cat([x if state.sizes is None and padding is None else x * weights, weights], dim=-1)
     merged = add_rows(gather_tokens(values, kept), targets, gather_tokens(values, sources))  # (B, N', C + 1)
     new_sizes = merged[..., -1:]  # (B, N', 1)
     new_x = merged[..., :-1] / new_sizes  # size-weighted average
     positions = state.positions
     new_positions = positions.gather(1, kept)
+    if padding is not None:
+        new_positions = real_position_first(new_positions, positions, padding, kept, sources, targets)
 
     # Where each old token went: kept tokens to their new index, merged A tokens to their B target.
     ranks = torch.arange(kept.shape[1], device=x.device).expand(batch, -1)
@@ -196,6 +205,25 @@ def merge_tokens(x: torch.Tensor, state: TokenState, src, dst, unmerged) -> tupl
         )
         destination = new_index[destination]
     return new_x, state.replace(sizes=new_sizes, positions=new_positions, owner=destination.gather(1, owner))
+
+
+def counted_members(padding: torch.Tensor, kept, sources, targets) -> torch.Tensor:
+    """(B, N, 1): 1 for a token whose value counts in its merged token, 0 for padding merged with a real token."""
+    real = (~padding)[..., None].to(torch.float32)  # (B, N, 1)
+    group_real = add_rows(gather_tokens(real, kept), targets, gather_tokens(real, sources)) > 0  # (B, N', 1)
+    batch, length = padding.shape
+    ranks = torch.arange(kept.shape[1], device=padding.device).expand(batch, -1)
+    group = torch.zeros_like(padding, dtype=torch.long).scatter(1, kept, ranks).scatter(1, sources, targets)
+    return (real > 0) | ~gather_tokens(group_real, group)  # (B, N, 1) bool, as a 0/1 weight
+
+
+def real_position_first(new_positions, positions, padding, kept, sources, targets) -> torch.Tensor:
+    """``new_positions`` (B, N') where a padding target that took in real sources gets the smallest real source's
+    position, so the merged token counts as real."""
+    none = torch.iinfo(positions.dtype).max
+    real_sources = torch.where(padding.gather(1, sources), none, positions.gather(1, sources))  # (B, r)
+    first_real = torch.full_like(new_positions, none).scatter_reduce(1, targets, real_sources, reduce="amin")
+    return torch.where(padding.gather(1, kept) & (first_real < none), first_real, new_positions)
 
 
 def prefix_first_order(num_prefix: int, num_unmerged: int, length: int, device) -> tuple[torch.Tensor, torch.Tensor]:
