@@ -184,8 +184,8 @@ class AttentionProbe:
 
 def padding_of(state: TokenState) -> torch.Tensor | None:
     """(B, N_cur) True where the current token is padding (it holds a padding slot of the input), or ``None`` when
-    the input has no padding. Derived from the positions, so it follows every keep, merge, park and rejoin (methods
-    merge padding only with padding, so a merged token is padding or not as the token it was merged into)."""
+    the input has no padding. Derived from the positions, so it follows every keep, merge, park and rejoin (a merged
+    token holds a real member's position whenever a real token went into it: see ToMe's `merge_tokens`)."""
     if state.padding is None:
         return None
     positions = state.positions
