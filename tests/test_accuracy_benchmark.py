@@ -31,6 +31,14 @@ def script():
 
 
 @pytest.fixture(scope="module")
+def report(script):
+    """examples/accuracy_report.py (BENCHMARKS.md), importable once the script has put examples/ on the path."""
+    import accuracy_report
+
+    return accuracy_report
+
+
+@pytest.fixture(scope="module")
 def tiny_run(script, tmp_path_factory):
     output = tmp_path_factory.mktemp("accuracy")
     threads = torch.get_num_threads()
@@ -63,9 +71,9 @@ def test_operating_points_cover_every_method(script):
     assert len(full) > len(points)  # the full benchmark has three points for the methods it knows
 
 
-def test_benchmarks_md_is_well_formed(script, tiny_run):
+def test_benchmarks_md_is_well_formed(script, report, tiny_run):
     text = (tiny_run / "BENCHMARKS.md").read_text()
-    assert script.TABLE_HEADER in text
+    assert report.TABLE_HEADER in text
     assert re.search(r"torch \d+\.\d+", text) and "cores" in text  # the machine it ran on
     header, separator, *rows = _table_rows(text)
     assert header[0] == "method" and set(separator[0]) == {"-"}
@@ -180,7 +188,7 @@ def _row(method, point, entry, accuracy, delta, gflops, share=None):
             "digit_share": share}  # fmt: skip
 
 
-def test_targets_are_checked_on_the_numbers(script):
+def test_targets_are_checked_on_the_numbers(report):
     rows = [
         _row("evit", "keep_rate=0.7", {"method": "evit", "keep_rate": 0.7}, 0.905, -0.005, 0.050),
         _row("evit", "keep_rate=0.5", {"method": "evit", "keep_rate": 0.5}, 0.890, -0.020, 0.040),
@@ -191,7 +199,7 @@ def test_targets_are_checked_on_the_numbers(script):
         _row("cropr", "tokens_per_layer=8", {"method": "cropr", "tokens_per_layer": 8}, 0.90, -0.01, 0.052,
              (0.10, 0.20)),
     ]  # fmt: skip
-    text = "\n".join(script.target_lines({"rows": rows, "stock_accuracy": {"fine-tuned": 0.91}}))
+    text = "\n".join(report.target_lines({"rows": rows, "stock_accuracy": {"fine-tuned": 0.91}}))
     assert "- evit keep_rate=0.7: 0.905 (-0.005): within 1 point met." in text
     assert "- dynamicvit keep_rate=0.7: 0.880 (-0.030): within 1 point **not met**." in text
     assert "- tome r=5:" in text and "tome r=3" not in text  # ToMe at the FLOPs nearest the keep-0.7 points
@@ -202,10 +210,10 @@ def test_targets_are_checked_on_the_numbers(script):
         "cropr tokens_per_layer=8 keeps 0.10 digit patches against 0.20 for random selection: larger **not met**"
         in text
     )
-    assert script.target_lines({"rows": rows[3:5], "stock_accuracy": {"fine-tuned": 0.91}}) == []  # no keep rate 0.7
+    assert report.target_lines({"rows": rows[3:5], "stock_accuracy": {"fine-tuned": 0.91}}) == []  # no keep rate 0.7
 
 
-def test_skipat_target_uses_its_from_scratch_row_and_the_comparison_seed_means(script):
+def test_skipat_target_uses_its_from_scratch_row_and_the_comparison_seed_means(report):
     rows = [
         _row("evit", "keep_rate=0.7", {"method": "evit", "keep_rate": 0.7}, 0.925, 0.009, 0.050),
         _row("dynamicvit", "keep_rate=0.7", {"method": "dynamicvit", "keep_rate": 0.7}, 0.919, 0.003, 0.049),
@@ -215,7 +223,7 @@ def test_skipat_target_uses_its_from_scratch_row_and_the_comparison_seed_means(s
     seeds = {"stock": [0.916, 0.919, 0.922], "dynamicvit keep_rate=0.7": [0.919, 0.925, 0.922],
              "evit keep_rate=0.7": [0.925, 0.914, 0.922]}  # fmt: skip
     results = {"rows": rows, "stock_accuracy": {"fine-tuned": 0.916, "zero-shot": 0.918}, "seed_accuracy": seeds}
-    text = "\n".join(script.target_lines(results))
+    text = "\n".join(report.target_lines(results))
     assert "- skipat layers=[1, 2] (from scratch): 0.912 (-0.006): within 1 point met." in text
     assert "against the base model, trained the same way (0.918)" in text
     assert (
