@@ -5,10 +5,10 @@ One command:
     python examples/benchmark_accuracy.py                 # the full benchmark: docs/BENCHMARKS.md and PNGs
     python examples/benchmark_accuracy.py --tiny --output-dir /tmp/acc    # a small version for CI (under a minute)
 
-The full run took 38 minutes with ``--threads 1`` on a shared 2-core CPU once the base ViT was trained (9-14 minutes
-to 0.92, which ``--base-cache FILE`` keeps for reruns): two fine-tuning epochs for each of 23 operating points,
-SkipAt's default point also trained from scratch, and two more seeds of the stock model, DynamicViT and EViT at keep
-0.7; measure speed on an otherwise idle machine.
+The full run took 41 minutes with ``--threads 1`` on a shared 2-core CPU, the base ViT included (4-14 minutes to
+0.92 depending on the load; ``--base-cache FILE`` keeps it for reruns): two fine-tuning epochs for each of 23
+operating points, SkipAt's default point also trained from scratch, and four more seeds of the stock model,
+DynamicViT and EViT at keep 0.7; measure speed on an otherwise idle machine.
 
 It trains a small ViT from scratch on the cluttered digits (`hf_tokenprune.data`), then, for every registered
 method at two or three operating points (and SkipAt attention reuse, when registered), measures
