@@ -441,7 +441,7 @@ def seed_repeats(recipe, points, weights, data, seed: int, rows, stock, progress
     """Fine-tuned accuracies for seeds ``seed``, ``seed + 1``, ... (``recipe.target_seeds`` of them) of the stock
     model and of DynamicViT and EViT at keep rate 0.7, by label ("stock", "evit keep_rate=0.7"): the first from
     the benchmark's own rows, the others fine-tuned again from the same base (another start of the predictor, another
-    data order). One validation image is 0.3 points: a single run cannot tell a 2-image gap from noise."""
+    data order). One run moves by a point from seed to seed: a single run cannot tell the two methods apart."""
     tuned = {f"{r['method']} {r['operating_point']}": r["accuracy"] for r in rows if r["setting"] == "fine-tuned"}
     chosen = [(m, p, e) for m, p, e in points if m in COMPARED and _keep_rate({"entry": e}) == 0.7]
     runs = {"stock": ({}, [stock["fine-tuned"]])} | {f"{m} {p}": (e, [tuned[f"{m} {p}"]]) for m, p, e in chosen}
