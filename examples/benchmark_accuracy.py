@@ -269,10 +269,11 @@ def finetune(model, recipe: Recipe, data, seed: int, desc: str, progress: bool =
         train(model, data["train"], epochs, recipe.finetune_learning_rate, recipe.batch_size, seed, desc, progress)
         return
     lr = official.learning_rate * recipe.learning_rate
-    groups = recipe_parameter_groups(model, lr, official.backbone_lr_scale, official.weight_decay)
-    if official.backbone_lr_scale == 1.0:  # nothing left frozen (the embeddings too) when nothing is set apart
+    if official.backbone_lr_scale == 1.0:  # nothing set apart: every parameter (the embeddings too) at one rate
         trainable = [p for p in model.parameters() if p.requires_grad]
         groups = [{"params": trainable, "weight_decay": official.weight_decay}]
+    else:
+        groups = recipe_parameter_groups(model, lr, official.backbone_lr_scale, official.weight_decay)
     loss_fn = functools.partial(dynamicvit_recipe_loss, teacher=teacher) if official.distill else model_loss
     train(model, data["train"], epochs, lr, recipe.batch_size, seed, desc, progress, loss_fn, groups,
           official.backbone_frozen, official.warmup, official.min_lr_rate)  # fmt: skip
