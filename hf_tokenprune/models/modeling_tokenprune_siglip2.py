@@ -4,7 +4,7 @@ Only the difference from ``transformers.models.siglip2.modeling_siglip2`` is wri
 (CLIP's layout) with SigLIP 2's attention and MLP. What SigLIP 2 adds is padding: a batch of NaFlex inputs holds each
 image's own patches (its grid in ``spatial_shapes``) followed by padding slots (``pixel_attention_mask`` 0). The
 padding travels in the `TokenState` (``padding``): every layer masks padding keys, the methods rank padding last and
-merge it only with padding (`padding_of`), and the attention-pooling head pools the real tokens the plan left.
+never let it count in a real token (`padding_of`), and the attention-pooling head pools the real tokens the plan left.
 """
 
 import torch
@@ -119,7 +119,8 @@ class TokenPruneSiglip2VisionModel(TokenPruneModelMixin, TokenPruneSiglip2PreTra
     ) -> TokenPruneModelOutput:
         r"""
         pixel_attention_mask (`torch.Tensor` of shape `(batch_size, max_num_patches)`, *optional*):
-            1 for an image's patches, 0 for padding slots (never attended to, ranked last, merged only with padding).
+            1 for an image's patches, 0 for padding slots (never attended to, ranked last, merged into padding first
+            and never counted in a real token).
         spatial_shapes (`torch.LongTensor` of shape `(batch_size, 2)`):
             Each image's (rows, columns) of patches.
         keep_rate (`float`, *optional*):
