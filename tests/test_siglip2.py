@@ -1,7 +1,7 @@
 """SigLIP 2's vision tower (NaFlex inputs: each image's own patch grid, padded to a number of slots): the family
 guarantees (stock checkpoints load, keep-all reproduces the stock tower, save/load, FLOPs, compile, remote code) and
-what padding adds: padding never changes a real output, is never kept over a real token and never merged with one,
-and an image's output does not depend on the other images of its batch."""
+what padding adds: padding never changes a real output, is never kept over a real token and never counts in one
+(ToMe merges padding pairs first), and an image's output does not depend on the other images of its batch."""
 
 import json
 import os
