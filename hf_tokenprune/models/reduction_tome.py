@@ -127,8 +127,9 @@ class ToMeReduction(TokenReduction):
         r = min(state.plan["r"][self.layer_idx], (x.shape[1] - num_prefix) // 2)
         if r <= 0:
             return x, state
-        src, dst, unmerged = bipartite_matching(probe.keys, r, num_prefix, padding_of(state))
-        x, state = merge_tokens(x, state, src, dst, unmerged)
+        padding = padding_of(state)
+        src, dst, unmerged = bipartite_matching(probe.keys, r, num_prefix, padding)
+        x, state = merge_tokens(x, state, src, dst, unmerged, padding)
         if self.plan["proportional_attention"]:
             state = state.replace(key_bias=state.sizes[..., 0].log())
         return x, state
@@ -164,16 +165,18 @@ def bipartite_matching(keys: torch.Tensor, r: int, num_prefix: int, padding: tor
     return src, dst, unmerged
 
 
-def merge_tokens(x: torch.Tensor, state: TokenState, src, dst, unmerged) -> tuple[torch.Tensor, TokenState]:
+def merge_tokens(
+    x: torch.Tensor, state: TokenState, src, dst, unmerged, padding: torch.Tensor | None = None
+) -> tuple[torch.Tensor, TokenState]:
     """Applies a matching: size-weighted average of merged tokens; sizes, positions and owner follow.
 
-    With padding (SigLIP 2), a pair of a real token and a padding one is merged only when a layer's ``r`` leaves no
-    other choice (`bipartite_matching` ranks such pairs last); then the padding weighs nothing and the merged token
-    is real (its position a real member's), so padding never changes a real token and a real token never becomes
-    padding."""
+    With ``padding`` (B, N), True for padding tokens (SigLIP 2: `padding_of` the state), a pair of a real token and
+    a padding one is merged only when a layer's ``r`` leaves no other choice (`bipartite_matching` ranks such pairs
+    last); then the padding weighs nothing and the merged token is real (its position a real member's), so padding
+    never changes a real token and a real token never becomes padding."""
     batch, length, _ = x.shape
+    positions = state.positions
     sizes = state.sizes if state.sizes is not None else x.new_ones(batch, length, 1)
-    padding = padding_of(state)
     owner = state.owner if state.owner is not None else torch.arange(length, device=x.device).expand(batch, -1)
 
     # A tokens sit at even sequence indices, B tokens at odd ones. The merged sequence is the unmerged A tokens,
@@ -182,22 +185,20 @@ def merge_tokens(x: torch.Tensor, state: TokenState, src, dst, unmerged) -> tupl
     odd = (torch.arange(length // 2, device=x.device) * 2 + 1).expand(batch, -1)  # (B, N_b)
     kept = torch.cat([unmerged * 2, odd], dim=1)  # (B, N')
     targets, sources = dst + num_unmerged, src * 2
+    # Where each old token went: kept tokens to their new index, merged A tokens to their B target.
+    ranks = torch.arange(kept.shape[1], device=x.device).expand(batch, -1)
+    destination = torch.zeros_like(positions).scatter(1, kept, ranks).scatter(1, sources, targets)  # (B, N)
 
     # Size-weighted sums and the sizes travel together: one gather of the kept tokens, one gather of the sources
     # and one row sum into the targets for both.
-    weights = sizes if padding is None else sizes * counted_members(padding, kept, sources, targets)
+    weights = sizes if padding is None else sizes * counted_members(padding, destination, kept.shape[1])
     values = torch.cat([x if state.sizes is None and padding is None else x * weights, weights], dim=-1)
     merged = add_rows(gather_tokens(values, kept), targets, gather_tokens(values, sources))  # (B, N', C + 1)
     new_sizes = merged[..., -1:]  # (B, N', 1)
     new_x = merged[..., :-1] / new_sizes  # size-weighted average
-    positions = state.positions
     new_positions = positions.gather(1, kept)
     if padding is not None:
         new_positions = real_position_first(new_positions, positions, padding, kept, sources, targets)
-
-    # Where each old token went: kept tokens to their new index, merged A tokens to their B target.
-    ranks = torch.arange(kept.shape[1], device=x.device).expand(batch, -1)
-    destination = torch.zeros_like(positions).scatter(1, kept, ranks).scatter(1, sources, targets)  # (B, N)
     if state.num_prefix > 1:  # the prefix tokens in B move up to the front
         order, new_index = prefix_first_order(state.num_prefix, num_unmerged, new_x.shape[1], x.device)
         new_x, new_sizes, new_positions = (
@@ -207,14 +208,12 @@ def merge_tokens(x: torch.Tensor, state: TokenState, src, dst, unmerged) -> tupl
     return new_x, state.replace(sizes=new_sizes, positions=new_positions, owner=destination.gather(1, owner))
 
 
-def counted_members(padding: torch.Tensor, kept, sources, targets) -> torch.Tensor:
-    """(B, N, 1): 1 for a token whose value counts in its merged token, 0 for padding merged with a real token."""
-    real = (~padding)[..., None].to(torch.float32)  # (B, N, 1)
-    group_real = add_rows(gather_tokens(real, kept), targets, gather_tokens(real, sources)) > 0  # (B, N', 1)
-    batch, length = padding.shape
-    ranks = torch.arange(kept.shape[1], device=padding.device).expand(batch, -1)
-    group = torch.zeros_like(padding, dtype=torch.long).scatter(1, kept, ranks).scatter(1, sources, targets)
-    return (real > 0) | ~gather_tokens(group_real, group)  # (B, N, 1) bool, as a 0/1 weight
+def counted_members(padding: torch.Tensor, destination: torch.Tensor, length: int) -> torch.Tensor:
+    """(B, N, 1): whether a token's value counts in the merged token it goes to (``destination`` (B, N) of
+    ``length`` merged tokens): every real token, and padding only where no real token joins it."""
+    real = (~padding)[..., None]  # (B, N, 1)
+    group_real = add_rows(torch.zeros(padding.shape[0], length, 1, device=padding.device), destination, real.float())
+    return real | (gather_tokens(group_real, destination) == 0)  # (B, N, 1) bool, as a 0/1 weight
 
 
 def real_position_first(new_positions, positions, padding, kept, sources, targets) -> torch.Tensor:
