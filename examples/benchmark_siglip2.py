@@ -7,14 +7,13 @@ rounds in one process, median ratios next to the ideal (the FLOPs ratio, every s
 """
 
 import argparse
-import random
 import statistics
-import time
 
 import torch
 from transformers import Siglip2VisionConfig, Siglip2VisionModel
 
 from hf_tokenprune import TokenPruneSiglip2VisionConfig, TokenPruneSiglip2VisionModel
+from hf_tokenprune.benchmark import Speedups, measure_paired
 from hf_tokenprune.flops import count_flops
 
 BASE = dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12, num_patches=256)
@@ -36,19 +35,12 @@ def naflex_batch(grids, slots: int, patch_pixels: int) -> dict:
     return {"pixel_values": pixels, "pixel_attention_mask": mask, "spatial_shapes": torch.tensor(grids)}
 
 
-def seconds(model, inputs) -> float:
-    start = time.perf_counter()
-    model(**inputs)
-    return time.perf_counter() - start
-
-
 def run(tiny: bool = False, rounds: int = 8, threads: int = 1, seed: int = 0) -> list[dict]:
     """One row per plan: ideal and measured speed-up (median of ``rounds`` paired ratios, and their range)."""
     if rounds < 1 or threads < 1:
         raise ValueError(f"--rounds {rounds} and --threads {threads} must be at least 1.")
     torch.set_num_threads(threads)
     torch.manual_seed(seed)
-    random.seed(seed)
     shape = {**(TINY if tiny else BASE), "patch_size": 4 if tiny else 16}
     stock = Siglip2VisionModel(Siglip2VisionConfig(**shape)).eval()
     models = {}
@@ -57,13 +49,11 @@ def run(tiny: bool = False, rounds: int = 8, threads: int = 1, seed: int = 0) ->
         model.load_state_dict(stock.state_dict(), strict=False)  # the plan's own modules stay as initialised
         models[" ".join(f"{k}={v}" for k, v in plan.items())] = model
     inputs = naflex_batch(GRIDS[shape["num_patches"]], shape["num_patches"], 3 * shape["patch_size"] ** 2)
-    ratios = {label: [] for label in models}
-    with torch.inference_mode():
-        for model in (stock, *models.values()):  # warm-up
-            seconds(model, inputs)
-        for _ in range(rounds):
-            for label in random.sample(list(models), len(models)):  # a new order every round
-                ratios[label].append(seconds(stock, inputs) / seconds(models[label], inputs))
+    masks = {key: value for key, value in inputs.items() if key != "pixel_values"}
+    candidates = {label: (lambda pixels, m=m: m(pixel_values=pixels, **masks)) for label, m in models.items()}
+    candidates["stock"] = lambda pixels: stock(pixel_values=pixels, **masks)
+    times = measure_paired(candidates, inputs["pixel_values"], rounds=rounds, progress=False)
+    ratios = {label: Speedups(times["stock"], times[label]) for label in models}
     return [
         {"plan": label, "ideal_speedup": count_flops(model.config).ideal_speedup,
          "measured_speedup": statistics.median(ratios[label]), "range": (min(ratios[label]), max(ratios[label]))}
