@@ -34,6 +34,7 @@ from transformers.trainer_callback import PrinterCallback, ProgressCallback
 from transformers.utils import is_torchvision_available
 
 from hf_tokenprune import TokenPruneViTConfig, TokenPruneViTForImageClassification
+from hf_tokenprune.recipes import OFFICIAL_FINETUNES
 from hf_tokenprune.training import (
     DistillationTrainer,
     DynamicViTTrainer,
@@ -145,7 +146,7 @@ MAIN_JOB_TRAINING_DEFAULTS = {
 
 
 # DynamicViT's official schedule warms up while its backbone is frozen: 5 of 30 epochs (`BackboneFreeze`).
-DYNAMICVIT_WARMUP = 5 / 30
+DYNAMICVIT_WARMUP = OFFICIAL_FINETUNES["dynamicvit"].warmup
 
 
 def parse_json(text: str | None, name: str) -> Any:

@@ -17,6 +17,7 @@ import torch
 from transformers import TrainerCallback
 
 from .models.token_reduction import check_choice, gather_tokens
+from .recipes import OFFICIAL_FINETUNES
 from .training import PlanSchedule, TokenPruneTrainer, _check_fractions, _config_of, distillation_loss
 
 
@@ -153,7 +154,15 @@ def _check_distillation(alpha, temperature, loss_mixing, token_weight) -> None:
 FROZEN_IN_RECIPE = ("embeddings.cls_token", "embeddings.position_embeddings")
 
 
-def recipe_parameter_groups(model: Any, learning_rate: float, backbone_lr_scale: float = 0.01, weight_decay=0.05):
+DYNAMICVIT = OFFICIAL_FINETUNES["dynamicvit"]  # the official numbers, one place for the trainer and the benchmark
+
+
+def recipe_parameter_groups(
+    model: Any,
+    learning_rate: float,
+    backbone_lr_scale: float = DYNAMICVIT.backbone_lr_scale,
+    weight_decay=DYNAMICVIT.weight_decay,
+):
     """Optimizer groups of DynamicViT's recipe: the method's own modules (``token_reduction``: predictors, scorers)
     at ``learning_rate``; the backbone (everything else) at ``backbone_lr_scale * learning_rate``, marked
     ``"backbone": True`` for `BackboneFreeze`; no weight decay on biases and norms; CLS token and position
@@ -175,7 +184,7 @@ class BackboneFreeze(TrainerCallback):
     """Learning rate 0 for the optimizer groups marked ``"backbone"`` during the first ``freeze_fraction`` of the
     optimizer steps (DynamicViT: the first 5 of 30 epochs); afterwards the scheduler's value applies again."""
 
-    def __init__(self, freeze_fraction: float = 5 / 30):
+    def __init__(self, freeze_fraction: float = DYNAMICVIT.backbone_frozen):
         _check_fractions(0.0, freeze_fraction)
         self.freeze_fraction = freeze_fraction
 
@@ -209,7 +218,13 @@ class DynamicViTTrainer(DistillationTrainer):
     Any other `DistillationTrainer` argument may override these defaults.
     """
 
-    def __init__(self, *args, backbone_lr_scale: float = 0.01, freeze_fraction: float = 5 / 30, **kwargs):
+    def __init__(
+        self,
+        *args,
+        backbone_lr_scale: float = DYNAMICVIT.backbone_lr_scale,
+        freeze_fraction: float = DYNAMICVIT.backbone_frozen,
+        **kwargs,
+    ):
         for key, value in DYNAMICVIT_DEFAULTS.items():
             kwargs.setdefault(key, value)
         super().__init__(*args, **kwargs)
