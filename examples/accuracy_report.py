@@ -9,7 +9,7 @@ import os
 
 import numpy as np
 
-from hf_tokenprune.recipes import OFFICIAL_FINETUNES
+from hf_tokenprune.training.recipes import OFFICIAL_FINETUNES
 from hf_tokenprune.visualization import plot_pareto
 
 SCRATCH = "from scratch"  # a setting of attention-reuse points only
@@ -69,7 +69,8 @@ def markdown(results: dict, command: str, picture: str) -> str:
         "or Cropr's scorer is freshly initialised, so the row ranks tokens arbitrarily; it is left out of the "
         f"picture); fine-tuned: then {recipe['finetune_epochs']} epoch(s) with the plan (lr "
         f"{recipe['finetune_learning_rate']:g}, cosine; SkipAt's Φ starts as the identity), except the methods with "
-        "an official fine-tune recipe (`hf_tokenprune.recipes`), its rates relative to the base's training rate "
+        "an official fine-tune recipe (`hf_tokenprune.training.recipes`), its rates relative to the base's training "
+        "rate "
         f"({recipe['learning_rate']:g}): EViT at 0.04 of it (its 2e-5 after DeiT's 5e-4), cosine to 0.025 of that, "
         "weight decay 1e-6, no warm-up; DynamicViT's predictors at the base's rate and its backbone at 0.01 of it, "
         "frozen for the first 5/30 of the steps, with as many warming up, frozen base model as teacher, CE + 2 "

@@ -19,7 +19,7 @@ method at two or three operating points (and SkipAt attention reuse, when regist
   default point also trained from scratch as the base, its paper's protocol (`train_from_scratch`);
 - the FLOPs and ideal speed-up (`hf_tokenprune.flops`);
 - the measured inference speed-up against stock `ViTForImageClassification` with the same weights, paired and
-  interleaved in one process (`hf_tokenprune.benchmark`).
+  interleaved in one process (`hf_tokenprune.measure`).
 
 It writes ``BENCHMARKS.md`` (the table and the machine it ran on), ``accuracy_vs_speedup.png`` (the Pareto
 picture) and ``accuracy_benchmark.json`` into ``--output-dir`` (default ``docs``).
@@ -39,12 +39,18 @@ import numpy as np
 import torch
 
 from hf_tokenprune import REDUCTION_METHODS, TokenPruneViTConfig, TokenPruneViTForImageClassification
-from hf_tokenprune.benchmark import BenchmarkSettings, machine_info, parse_device, run_benchmark
 from hf_tokenprune.data import cluttered_digits_arrays
-from hf_tokenprune.distillation import final_tokens, freeze_backbone, recipe_parameter_groups, token_distillation_loss
 from hf_tokenprune.flops import count_flops
-from hf_tokenprune.recipes import OFFICIAL_FINETUNES
+from hf_tokenprune.measure.benchmark import BenchmarkSettings, machine_info, run_benchmark
+from hf_tokenprune.measure.devices import parse_device
 from hf_tokenprune.training import distillation_loss, init_sincos_position_embeddings
+from hf_tokenprune.training.distillation import (
+    final_tokens,
+    freeze_backbone,
+    recipe_parameter_groups,
+    token_distillation_loss,
+)
+from hf_tokenprune.training.recipes import OFFICIAL_FINETUNES
 from hf_tokenprune.visualization import plot_kept_tokens
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -251,7 +257,8 @@ def plan_model(recipe: Recipe, entry: dict, weights: dict, seed: int) -> TokenPr
 def finetune(model, recipe: Recipe, data, seed: int, desc: str, progress: bool = True, teacher=None,
              method: str | None = None) -> None:  # fmt: skip
     """The same short fine-tune for every plan, except the methods with an official fine-tune recipe
-    (`hf_tokenprune.recipes.OFFICIAL_FINETUNES`), whose rates are set relative to the base model's training rate:
+    (`hf_tokenprune.training.recipes.OFFICIAL_FINETUNES`), whose rates are set relative to the base model's training
+    rate:
 
     - EViT: 0.04 of the base's rate (its 2e-5 after DeiT's 5e-4), cosine to 0.025 of that, weight decay 1e-6, no
       warm-up;

@@ -28,8 +28,8 @@ import torch
 from transformers import ViTConfig, ViTForImageClassification
 
 from hf_tokenprune import TokenPruneViTConfig, TokenPruneViTForImageClassification
-from hf_tokenprune.benchmark import machine_info, measure_paired
 from hf_tokenprune.flops import count_flops
+from hf_tokenprune.measure.benchmark import machine_info, measure_paired
 from hf_tokenprune.plans import plan_label
 
 # The plans of issue 13's latency target.

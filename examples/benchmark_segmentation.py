@@ -30,10 +30,11 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import run_semantic_segmentation as example  # noqa: E402
 
 from hf_tokenprune import TokenPruneViTConfig, TokenPruneViTForSemanticSegmentation  # noqa: E402
-from hf_tokenprune.benchmark import BenchmarkSettings, machine_info, measure_forward, measure_paired  # noqa: E402
-from hf_tokenprune.benchmark_report import machine_load, noise_of  # noqa: E402
 from hf_tokenprune.flops import count_flops  # noqa: E402
-from hf_tokenprune.metrics import segmentation_metrics  # noqa: E402
+from hf_tokenprune.measure.benchmark import BenchmarkSettings, machine_info, measure_forward, measure_paired
+from hf_tokenprune.measure.devices import machine_load
+from hf_tokenprune.measure.report import noise_of
+from hf_tokenprune.training.metrics import segmentation_metrics
 
 # Two operating points per method (4-layer model, 64 patch tokens). Cropr uses its segmentation head.
 POINTS = {

@@ -13,8 +13,8 @@ import torch
 from transformers import Siglip2VisionConfig, Siglip2VisionModel
 
 from hf_tokenprune import TokenPruneSiglip2VisionConfig, TokenPruneSiglip2VisionModel
-from hf_tokenprune.benchmark import Speedups, measure_paired
 from hf_tokenprune.flops import count_flops
+from hf_tokenprune.measure.benchmark import Speedups, measure_paired
 
 BASE = dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12, num_patches=256)
 TINY = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=4, num_attention_heads=2, num_patches=16)

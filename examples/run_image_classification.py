@@ -34,7 +34,6 @@ from transformers.trainer_callback import PrinterCallback, ProgressCallback
 from transformers.utils import is_torchvision_available
 
 from hf_tokenprune import TokenPruneViTConfig, TokenPruneViTForImageClassification
-from hf_tokenprune.recipes import OFFICIAL_FINETUNES
 from hf_tokenprune.training import (
     DistillationTrainer,
     DynamicViTTrainer,
@@ -46,6 +45,7 @@ from hf_tokenprune.training import (
     operating_points,
     resize_images,
 )
+from hf_tokenprune.training.recipes import OFFICIAL_FINETUNES
 
 # The main job's model: a small ViT for 64x64 images in 8x8 patches (64 patch tokens + CLS), trained from scratch.
 MAIN_JOB_MODEL = dict(
@@ -418,8 +418,8 @@ def compare_with_and_without(model, dataset, recipe: RecipeArguments) -> list[di
     `ViTForImageClassification` with the same weights (the speed reference), timed paired and interleaved."""
     from transformers import ViTForImageClassification
 
-    from hf_tokenprune.benchmark import measure_paired, stock_config
     from hf_tokenprune.flops import count_flops
+    from hf_tokenprune.measure.benchmark import measure_paired, stock_config
 
     stock = ViTForImageClassification(stock_config(model.config)).to(next(model.parameters()).device).eval()
     missing, _ = stock.load_state_dict(model.state_dict(), strict=False)  # the plan's own modules stay out
@@ -493,7 +493,7 @@ def format_comparison(rows: list[dict[str, Any]]) -> str:
 
 def comparison_warnings(rows: list[dict[str, Any]]) -> list[str]:
     """A warning when the timed rounds disagree widely (a busy machine), as ``hf-tokenprune benchmark`` gives."""
-    from hf_tokenprune.benchmark_report import NOISY_SPREAD
+    from hf_tokenprune.measure.report import NOISY_SPREAD
 
     noisy = [
         row["model"]
@@ -659,8 +659,8 @@ def write_card(model, validation, data_args: DataArguments, output_dir: str) -> 
     """``README.md`` in the output folder, the card a pushed model gets: the plan, FLOPs, the accuracy with and
     without the plan and the measured speed-up (from results.json), the training curve and the kept tokens of one
     validation image."""
-    from hf_tokenprune.hub import results_from_folder
-    from hf_tokenprune.model_card import write_model_card
+    from hf_tokenprune.sharing.hub import results_from_folder
+    from hf_tokenprune.sharing.model_card import write_model_card
 
     try:
         from hf_tokenprune.visualization import plot_kept_tokens

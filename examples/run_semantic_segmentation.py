@@ -33,8 +33,8 @@ from hf_tokenprune import (
     TokenPruneViTForSemanticSegmentation,
 )
 from hf_tokenprune.data import SEGMENTATION_CLASS_NAMES, cluttered_digits_arrays, load_digit_segmentation
-from hf_tokenprune.metrics import build_segmentation_compute_metrics, segmentation_metrics
 from hf_tokenprune.training import build_schedule, init_sincos_position_embeddings
+from hf_tokenprune.training.metrics import build_segmentation_compute_metrics, segmentation_metrics
 
 # A small ViT for 64x64 images in 8x8 patches (64 patch tokens + CLS): the image-classification main job's model.
 SMALL_MODEL = dict(
@@ -186,7 +186,7 @@ class StockSegmenter(torch.nn.Module):
         super().__init__()
         from transformers import ViTModel
 
-        from hf_tokenprune.benchmark import stock_config
+        from hf_tokenprune.measure.benchmark import stock_config
 
         self.vit = ViTModel(stock_config(model.config), add_pooling_layer=False).eval()
         missing, _ = self.vit.load_state_dict(model.vit.state_dict(), strict=False)
@@ -202,8 +202,8 @@ class StockSegmenter(torch.nn.Module):
 
 def compare(model, dataset, rounds: int) -> list[dict[str, Any]]:
     """mIoU, pixel accuracy, GFLOPs and measured speed-up of the plan, the plan off, and stock ViT."""
-    from hf_tokenprune.benchmark import measure_paired
     from hf_tokenprune.flops import count_flops
+    from hf_tokenprune.measure.benchmark import measure_paired
 
     model.eval()
     stock = StockSegmenter(model)

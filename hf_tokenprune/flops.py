@@ -13,8 +13,9 @@ The ideal speed-up of a plan is the stock model's FLOPs over the plan's.
 from dataclasses import dataclass, field
 from typing import Any
 
-from .models.attention_reuse import ATTENTION_REUSE_METHODS
-from .models.token_reduction import check_keep_rate, get_reduction_class, grid_of
+from .families import FAMILIES
+from .models.methods import get_reduction_class, get_reuse_class
+from .models.token_reduction import check_keep_rate, grid_of
 
 
 @dataclass
@@ -108,22 +109,12 @@ def _embedding_macs(config: Any, num_patches: int) -> int:
     return num_patches * config.num_channels * patch[0] * patch[1] * config.hidden_size
 
 
-# Classifier inputs per family: DeiT's two heads (CLS, distillation token), DINOv2's CLS next to the patch mean;
-# CLIP's vision tower is counted without its projection (the stock CLIPVisionModel), SigLIP's and SigLIP 2's
-# without their pooling head.
-HEAD_INPUTS = {
-    "tokenprune_deit": 2,
-    "tokenprune_dinov2": 2,
-    "tokenprune_dinov2_with_registers": 2,
-    "tokenprune_clip_vision_model": 0,
-    "tokenprune_siglip_vision_model": 0,
-    "tokenprune_siglip2_vision_model": 0,
-}
-
-
 def _head_macs(config: Any) -> int:
+    """The classifier: ``head_inputs`` of the family's row (DeiT's two heads, DINOv2's CLS next to the patch mean;
+    none for the vision towers) times width times labels; one input for a config outside the table (stock ViT)."""
     labels = max(int(getattr(config, "num_labels", 0) or 0), 0)
-    return HEAD_INPUTS.get(getattr(config, "model_type", ""), 1) * config.hidden_size * labels
+    rows = [row for row in FAMILIES.values() if row.model_type == getattr(config, "model_type", None)]
+    return (rows[0].head_inputs if rows else 1) * config.hidden_size * labels
 
 
 def plan_token_counts(config: Any, plan: dict | None, num_patches: int, keep_rate: float | None) -> list:
@@ -173,7 +164,7 @@ def count_flops(
     layers = []
     for index, ((a, m), extra) in enumerate(zip(token_counts, extras)):
         if index in reused:  # the layer's attention is replaced by the reuse function on the patch tokens
-            attention = ATTENTION_REUSE_METHODS[reuse["method"]].macs(reuse, config, a - num_prefix_tokens(config))
+            attention = get_reuse_class(reuse["method"]).macs(reuse, config, a - num_prefix_tokens(config))
         else:
             attention = attention_macs(config, a)
         layers.append(LayerFlops(a, m, attention, mlp_macs(config, m), extra))

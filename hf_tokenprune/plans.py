@@ -1,21 +1,10 @@
 """Benchmark plans: parsing the ``--plans`` list (``null``, a bare ``{"method": ...}`` or the wrapped form with
-``token_reduction`` / ``attention_reuse`` / ``label``), the headline operating point of each method, and readable
-labels. Every plan is validated by the config before anything is timed."""
+``token_reduction`` / ``attention_reuse`` / ``label``), the default list (each method at its headline operating
+point, which its class declares), and readable labels. Every plan is validated by the config before anything is
+timed."""
 
 from dataclasses import dataclass
 from typing import Any
-
-# Headline operating points of the methods (12-layer layer indices are scaled to other depths by the methods);
-# any other registered method is benchmarked with its defaults.
-HEADLINE_PLANS: dict[str, dict[str, Any]] = {
-    "evit": {"method": "evit", "keep_rate": 0.7, "fuse": True},  # layers 3, 6, 9
-    "skipvit": {"method": "skipvit", "keep_rate": 0.45},  # drops 55% at layer 3, rejoins before the last
-    "tome": {"method": "tome", "r": 8},
-    "evo_vit": {"method": "evo_vit", "keep_rate": 0.5},  # stages from layers 4 and 8
-    "supervit": {"method": "supervit", "keep_rate": 0.7},  # layers 3, 6, 9
-    "dynamicvit": {"method": "dynamicvit", "keep_rate": 0.7},  # layers 3, 6, 9
-    "cropr": {"method": "cropr", "tokens_per_layer": 8},  # 8 fewer tokens after every block, last-layer fusion
-}
 
 
 @dataclass
@@ -28,17 +17,26 @@ class PlanEntry:
 
 
 def default_plans(base: Any = None) -> list[dict | None]:
-    """No reduction, every registered token-reduction method, and every registered attention-reuse method; with a
-    ``base`` config, only those its family runs (SigLIP refuses the methods that rank by CLS attention)."""
-    from .models.attention_reuse import ATTENTION_REUSE_METHODS
-    from .models.token_reduction import REDUCTION_METHODS
+    """No reduction, every registered token-reduction method at its headline operating point, and every registered
+    attention-reuse method; with a ``base`` config, only those its family runs (SigLIP refuses the methods that need
+    a CLS token)."""
+    from .models.methods import ATTENTION_REUSE_METHODS, REDUCTION_METHODS
 
     plans: list[dict | None] = [None]
-    plans += [HEADLINE_PLANS.get(name, {"method": name}) for name in sorted(REDUCTION_METHODS)]
+    plans += [headline_plan(name) for name in sorted(REDUCTION_METHODS)]
     plans += [
-        {"token_reduction": None, "attention_reuse": {"method": name}} for name in sorted(ATTENTION_REUSE_METHODS)
+        {"token_reduction": None, "attention_reuse": {"method": name, **cls.headline_plan}}
+        for name, cls in sorted(ATTENTION_REUSE_METHODS.items())
     ]
     return plans if base is None else [plan for plan in plans if _runs_on(base, plan)]
+
+
+def headline_plan(method: str) -> dict[str, Any]:
+    """A method's headline operating point, as its class declares it (``headline_plan``); layer indices given for
+    12 layers are scaled to other depths by the method."""
+    from .models.methods import get_reduction_class
+
+    return {"method": method, **get_reduction_class(method).headline_plan}
 
 
 def _runs_on(base: Any, plan: dict | None) -> bool:
@@ -98,7 +96,7 @@ def plan_config(base: Any, entry: PlanEntry) -> Any:
 
 def _default_label(entry: PlanEntry, config: Any) -> str:
     """A bare ``{"method": name}`` is labelled with the operating point its defaults chose (amounts, reused layers)."""
-    from .models.token_reduction import get_reduction_class
+    from .models.methods import get_reduction_class
 
     reduction, reuse = entry.token_reduction, entry.attention_reuse
     if reduction is not None and set(reduction) == {"method"}:
@@ -118,7 +116,7 @@ def parse_plans(plans: Any, base: Any, keep_rate: float | None = None) -> list[t
         base: the TokenPruneViTConfig of the model without plans.
         keep_rate: if given, replaces the keep rate of every plan whose method has one.
     """
-    from .models.token_reduction import get_reduction_class
+    from .models.methods import get_reduction_class
 
     plans = default_plans(base) if plans is None else plans
     if not isinstance(plans, list) or not plans:

@@ -126,6 +126,7 @@ SHARED_ISLAND = {
     "configuration_tokenprune_common.py",
     "modeling_tokenprune_common.py",
     "token_reduction.py",
+    "methods.py",
     "attention_reuse.py",
     "attention_backends.py",
 }
@@ -162,13 +163,11 @@ def ours(name, stock_model, families=FAMILIES, **config):
 
 
 def fits(name: str, plan: dict | None) -> bool:
-    """Whether the family runs the plan: SigLIP refuses the methods that rank by CLS attention, DeiT with teacher
-    Evo-ViT's second head (both tested below)."""
+    """Whether the family runs the plan: what the method needs of a family (its ``plan_needs``) is what the family's
+    config provides (SigLIP has no CLS token; only ViT's classifier has Evo-ViT's second head; tested below)."""
     if plan is None:
         return True
-    if FAMILIES[name].num_prefix == 0 and REDUCTION_METHODS[plan["method"]].ranks_by_cls_attention:
-        return False
-    return not (plan.get("two_heads") and name == "deit")
+    return set(REDUCTION_METHODS[plan["method"]].plan_needs(plan)) <= FAMILIES[name].config.provides
 
 
 def cases(plans: dict, with_none: bool = False) -> list[tuple[str, str]]:

@@ -12,9 +12,20 @@ import torch
 from conftest import PNG_MAGIC, REDUCING_PLANS, tiny_config
 
 from hf_tokenprune import REDUCTION_METHODS, TokenPruneViTForImageClassification
-from hf_tokenprune import benchmark as bm
-from hf_tokenprune.cli import main as cli_main
+from hf_tokenprune.commands.main import main as cli_main
 from hf_tokenprune.flops import count_flops
+from hf_tokenprune.measure.benchmark import (
+    MODES,
+    BenchmarkSettings,
+    build_models,
+    measure_paired,
+    measure_training,
+    parse_plans,
+    run_benchmark,
+    training_step,
+)
+from hf_tokenprune.measure.devices import parse_device, parse_dtype
+from hf_tokenprune.measure.report import compact_counts, write_results
 
 REQUIRED_KEYS = {
     "label", "plan", "attention_reuse", "mode", "tokens_per_layer", "gflops", "stock_gflops", "ideal_speedup",
@@ -23,9 +34,9 @@ REQUIRED_KEYS = {
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def _settings(**overrides) -> bm.BenchmarkSettings:
+def _settings(**overrides) -> BenchmarkSettings:
     values = dict(batch_size=2, rounds=2, latency_rounds=2, warmup=1, progress=False)
-    return bm.BenchmarkSettings(**{**values, **overrides})
+    return BenchmarkSettings(**{**values, **overrides})
 
 
 def test_measure_paired_interleaves_and_rotates():
@@ -37,7 +48,7 @@ def test_measure_paired_interleaves_and_rotates():
 
         return run
 
-    stats = bm.measure_paired({n: candidate(n) for n in "abc"}, torch.zeros(4, 1), rounds=3, warmup=2, progress=False)
+    stats = measure_paired({n: candidate(n) for n in "abc"}, torch.zeros(4, 1), rounds=3, warmup=2, progress=False)
     names = [name for name, _, _ in calls]
     assert names[:6] == ["a", "a", "b", "b", "c", "c"]  # warm-up first, every candidate
     assert names[6:] == ["a", "b", "c", "b", "c", "a", "c", "a", "b"]  # one run each per round, order rotated
@@ -50,9 +61,9 @@ def test_measure_paired_interleaves_and_rotates():
 
 def test_measure_paired_rejects_bad_arguments():
     with pytest.raises(ValueError, match="candidates"):
-        bm.measure_paired({}, torch.zeros(1))
+        measure_paired({}, torch.zeros(1))
     with pytest.raises(ValueError, match="rounds"):
-        bm.measure_paired({"a": lambda x: x}, torch.zeros(1), rounds=0)
+        measure_paired({"a": lambda x: x}, torch.zeros(1), rounds=0)
 
 
 def test_training_step_trains_inside_inference_mode():
@@ -60,15 +71,15 @@ def test_training_step_trains_inside_inference_mode():
     model = TokenPruneViTForImageClassification(tiny_config()).train()
     before = model.classifier.weight.detach().clone()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-    step = bm.training_step(model, optimizer, torch.tensor([0, 1]), interpolate=False)
-    bm.measure_paired({"train": step}, torch.randn(2, 3, 32, 32), rounds=1, warmup=0, progress=False)
+    step = training_step(model, optimizer, torch.tensor([0, 1]), interpolate=False)
+    measure_paired({"train": step}, torch.randn(2, 3, 32, 32), rounds=1, warmup=0, progress=False)
     assert not torch.equal(before, model.classifier.weight)
 
 
 def test_plan_entries_in_every_form():
     base = tiny_config()
     evit = REDUCING_PLANS["evit"]
-    parsed = bm.parse_plans(
+    parsed = parse_plans(
         [
             None,
             evit,
@@ -82,12 +93,12 @@ def test_plan_entries_in_every_form():
     assert parsed[1][1].token_reduction["keep_rate"] == evit["keep_rate"]
     assert parsed[3][1].token_reduction is None
     # A bare method name is labelled with the operating point its defaults chose.
-    [(entry, config)] = bm.parse_plans([{"method": "evit"}], base)
+    [(entry, config)] = parse_plans([{"method": "evit"}], base)
     assert f"keep_rate={config.token_reduction['keep_rate']:g}" in entry.label
 
 
 def test_keep_rate_override_applies_to_keep_rate_methods_only():
-    parsed = bm.parse_plans([REDUCING_PLANS["evit"], REDUCING_PLANS["tome"]], tiny_config(), keep_rate=0.3)
+    parsed = parse_plans([REDUCING_PLANS["evit"], REDUCING_PLANS["tome"]], tiny_config(), keep_rate=0.3)
     assert parsed[0][1].token_reduction["keep_rate"] == 0.3
     assert "keep_rate" not in parsed[1][1].token_reduction
 
@@ -105,13 +116,13 @@ def test_keep_rate_override_applies_to_keep_rate_methods_only():
 )
 def test_bad_plans_are_refused(plans, match):
     with pytest.raises(ValueError, match=match):
-        bm.parse_plans(plans, tiny_config())
+        parse_plans(plans, tiny_config())
 
 
 def test_default_plans_cover_every_registered_method():
     from hf_tokenprune.models.attention_reuse import ATTENTION_REUSE_METHODS
 
-    parsed = bm.parse_plans(None, tiny_config())
+    parsed = parse_plans(None, tiny_config())
     methods = {config.token_reduction["method"] for _, config in parsed if config.token_reduction}
     assert methods == set(REDUCTION_METHODS)
     assert any(config.token_reduction is None and config.attention_reuse is None for _, config in parsed)
@@ -120,8 +131,8 @@ def test_default_plans_cover_every_registered_method():
 
 
 def test_models_share_the_stock_weights():
-    plans = bm.parse_plans([None, REDUCING_PLANS["evit"]], tiny_config())
-    stock, models = bm.build_models(tiny_config(), plans)
+    plans = parse_plans([None, REDUCING_PLANS["evit"]], tiny_config())
+    stock, models = build_models(tiny_config(), plans)
     pixels = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         torch.testing.assert_close(models["no reduction"](pixels).logits, stock(pixels).logits)
@@ -131,11 +142,11 @@ def test_models_share_the_stock_weights():
 
 def test_run_benchmark_rows():
     plans = [None, REDUCING_PLANS["evit"], REDUCING_PLANS["skipvit"]]
-    rows = bm.run_benchmark(tiny_config(), plans, _settings())
-    assert len(rows) == len(plans) * len(bm.MODES)
+    rows = run_benchmark(tiny_config(), plans, _settings())
+    assert len(rows) == len(plans) * len(MODES)
     for row in rows:
         assert REQUIRED_KEYS <= set(row)
-        assert row["mode"] in bm.MODES
+        assert row["mode"] in MODES
         assert row["batch_size"] == (1 if row["mode"] == "latency" else 2) and row["rounds"] == 2
         assert math.isfinite(row["measured_speedup"]) and row["measured_speedup"] > 0
         assert row["spread"][0] <= row["measured_speedup"] <= row["spread"][1]
@@ -145,23 +156,23 @@ def test_run_benchmark_rows():
         assert row["ideal_speedup"] == pytest.approx(count_flops(config).ideal_speedup)
         assert row["dtype"] == "float32" and "cores" in row["device"]
     no_reduction = [row for row in rows if row["label"] == "no reduction"]
-    assert {row["mode"] for row in no_reduction} == set(bm.MODES)
+    assert {row["mode"] for row in no_reduction} == set(MODES)
     assert all(row["ideal_speedup"] == pytest.approx(1.0) for row in no_reduction)
 
 
 def test_training_measures_copies():
-    plans = bm.parse_plans([REDUCING_PLANS["tome"]], tiny_config())
-    stock, models = bm.build_models(tiny_config(), plans)
+    plans = parse_plans([REDUCING_PLANS["tome"]], tiny_config())
+    stock, models = build_models(tiny_config(), plans)
     before = {name: value.clone() for name, value in stock.state_dict().items()}
-    ratios = bm.measure_training(stock, models, tiny_config(), _settings(rounds=1))
+    ratios = measure_training(stock, models, tiny_config(), _settings(rounds=1))
     assert list(ratios) == [plans[0][0].label] and len(ratios[plans[0][0].label]) == 1
     for name, value in stock.state_dict().items():  # the caller's models are not trained
         assert torch.equal(before[name], value)
 
 
 def test_write_results(tmp_path):
-    rows = bm.run_benchmark(tiny_config(), [None, REDUCING_PLANS["tome"]], _settings(modes=("inference",)))
-    paths = bm.write_results(rows, str(tmp_path / "out"))
+    rows = run_benchmark(tiny_config(), [None, REDUCING_PLANS["tome"]], _settings(modes=("inference",)))
+    paths = write_results(rows, str(tmp_path / "out"))
     data = json.loads(open(paths["json"]).read())
     assert data["rows"] == json.loads(json.dumps(rows)) and data["machine"]["torch"] == torch.__version__
     table = open(paths["md"]).read()
@@ -171,20 +182,20 @@ def test_write_results(tmp_path):
 
 
 def test_compact_counts():
-    assert bm.compact_counts([[197, 197]] * 3 + [[197, 138], [138, 138]]) == "197x3 138x2"
+    assert compact_counts([[197, 197]] * 3 + [[197, 138], [138, 138]]) == "197x3 138x2"
 
 
 def test_devices_and_dtypes():
-    assert bm.parse_device("cpu") == torch.device("cpu")
-    assert isinstance(bm.parse_device("auto"), torch.device)
-    assert bm.parse_dtype("bf16") == torch.bfloat16
+    assert parse_device("cpu") == torch.device("cpu")
+    assert isinstance(parse_device("auto"), torch.device)
+    assert parse_dtype("bf16") == torch.bfloat16
     with pytest.raises(ValueError, match="--device 'tpu'"):
-        bm.parse_device("tpu")
+        parse_device("tpu")
     with pytest.raises(ValueError, match="--dtype"):
-        bm.parse_dtype("fp8")
+        parse_dtype("fp8")
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="no cuda device"):
-            bm.parse_device("cuda")
+            parse_device("cuda")
     with pytest.raises(ValueError, match="modes"):
         _settings(modes=("inference", "sprint")).check()
 

@@ -7,7 +7,7 @@ import pytest
 from conftest import REDUCING_PLANS
 from families import FAMILIES, ours, stock_models
 
-from hf_tokenprune.cli import main
+from hf_tokenprune.commands.main import main
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -80,7 +80,7 @@ def test_training_is_refused_for_a_family_without_a_training_loss(stock, tmp_pat
 
 
 def test_the_default_plans_of_siglip_are_the_methods_it_runs():
-    from hf_tokenprune.benchmark import parse_plans
+    from hf_tokenprune.measure.benchmark import parse_plans
 
     spec = FAMILIES["siglip"]
     labels = [entry.label.split()[0] for entry, _ in parse_plans(None, spec.config(**spec.settings()))]

@@ -4,11 +4,11 @@ from pathlib import Path
 
 import pytest
 
-from hf_tokenprune import model_card
+from hf_tokenprune.sharing.model_card import template_path
 
 
 def test_the_template_is_family_neutral():
-    path = model_card.template_path()
+    path = template_path()
     assert path.name == "tokenprune.md" and path.parent.name == "model_cards"
     text = path.read_text(encoding="utf-8")
     assert "{{ family }}" in text and "{{ stock_class }}" in text
@@ -20,7 +20,7 @@ def test_a_folder_with_only_the_older_template_name_still_works(tmp_path):
     old.mkdir(), new.mkdir()
     (old / "tokenprune_vit.md").write_text("old", encoding="utf-8")
     (new / "tokenprune.md").write_text("new", encoding="utf-8")
-    assert model_card.template_path([old]) == old / "tokenprune_vit.md"
-    assert model_card.template_path([old, new]) == new / "tokenprune.md"  # the current name wins wherever it is
+    assert template_path([old]) == old / "tokenprune_vit.md"
+    assert template_path([old, new]) == new / "tokenprune.md"  # the current name wins wherever it is
     with pytest.raises(FileNotFoundError, match="card template tokenprune.md not found in"):
-        model_card.template_path([Path(tmp_path / "empty")])
+        template_path([Path(tmp_path / "empty")])

@@ -12,9 +12,21 @@ import torch
 from conftest import REDUCING_PLANS, tiny_config
 from PIL import Image
 
-from hf_tokenprune import TokenPruneViTForImageClassification, __version__
-from hf_tokenprune import visualization as vis
-from hf_tokenprune.cli import build_parser, dashed, main
+from hf_tokenprune import TokenPruneViTForImageClassification, __version__, visualization
+from hf_tokenprune.commands import visualize as visualize_command
+from hf_tokenprune.commands.main import build_parser, dashed, main
+from hf_tokenprune.visualization import (
+    _colour_by,
+    _group_colours,
+    _panel_title,
+    follow_groups,
+    layers_to_show,
+    plot_kept_tokens,
+    plot_speedups,
+    preprocess,
+    speedup_limits,
+    token_maps,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -22,13 +34,13 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
     env = {"PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"}
-    command = [sys.executable, "-m", "hf_tokenprune.cli", *args]
+    command = [sys.executable, "-m", "hf_tokenprune", *args]
     return subprocess.run(command, capture_output=True, text=True, env=env, timeout=120, cwd=ROOT)
 
 
 def test_help_and_errors_before_work_import_neither_torch_nor_transformers():
     code = (
-        "import sys\nfrom hf_tokenprune.cli import build_parser\nbuild_parser()\n"
+        "import sys\nfrom hf_tokenprune.commands.main import build_parser\nbuild_parser()\n"
         "print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))"
     )
     result = subprocess.run(
@@ -108,7 +120,7 @@ def test_visualize_checks_the_image_and_the_output_before_loading_weights(tmp_pa
     def no_weights(*args, **kwargs):
         raise AssertionError("weights were loaded before the cheap checks")
 
-    monkeypatch.setattr(vis, "build_model", no_weights)
+    monkeypatch.setattr(visualize_command, "build_model", no_weights)
     folder = str(_checkpoint(tmp_path))
     missing = ["visualize", "--model", folder, "--image", str(tmp_path / "missing.jpg")]
     assert main([*missing, "--output", str(tmp_path / "x.png")]) == 2
@@ -125,9 +137,11 @@ def test_visualize_uses_image_size_and_says_when_weights_are_random(tmp_path, mo
         seen.update(grid=outputs.patch_grid, shape=image.shape, title=title)
         return path
 
-    monkeypatch.setattr(vis, "render_token_maps", render)
-    monkeypatch.setattr(vis, "build_model", lambda *a, **k: TokenPruneViTForImageClassification(tiny_config(
-        token_reduction=REDUCING_PLANS["evit"])).eval())  # fmt: skip
+    monkeypatch.setattr(visualization, "render_token_maps", render)
+    evit = tiny_config(token_reduction=REDUCING_PLANS["evit"])
+    monkeypatch.setattr(
+        visualize_command, "build_model", lambda *a, **k: TokenPruneViTForImageClassification(evit).eval()
+    )
     argv = ["visualize", "--token-reduction", json.dumps(REDUCING_PLANS["evit"]), "--image-size", "48"]
     assert main([*argv, "--output", str(tmp_path / "kept.png")]) == 0
     assert seen["grid"] == (12, 12) and seen["shape"] == (48, 48, 3)  # 48 px in patches of 4
@@ -141,12 +155,12 @@ def test_kept_token_titles_count_tokens_as_plan_does():
     torch.manual_seed(0)
     config = tiny_config(token_reduction=REDUCING_PLANS["evit"])
     model = TokenPruneViTForImageClassification(config).eval()
-    pixel_values, _ = vis.preprocess("china", config)
+    pixel_values, _ = preprocess("china", config)
     with torch.no_grad():
-        maps = vis.token_maps(model(pixel_values))
+        maps = token_maps(model(pixel_values))
     report = count_flops(config)
-    for index in vis.layers_to_show(maps):
-        title = vis._panel_title(index, maps[index])
+    for index in layers_to_show(maps):
+        title = _panel_title(index, maps[index])
         assert title.startswith(f"after layer {index}: {report.layers[index].mlp_tokens} tokens")
         assert "CLS" in title
 
@@ -164,22 +178,22 @@ def test_the_kept_token_picture_has_a_legend(tmp_path, monkeypatch):
     monkeypatch.setattr(matplotlib.figure.Figure, "supxlabel", supxlabel)
     torch.manual_seed(0)
     model = TokenPruneViTForImageClassification(tiny_config(token_reduction=REDUCING_PLANS["tome"])).eval()
-    vis.plot_kept_tokens(model, "flower", str(tmp_path / "kept.png"))
+    plot_kept_tokens(model, "flower", str(tmp_path / "kept.png"))
     assert len(labels) == 1 and "dimmed" in labels[0] and "coloured" in labels[0] and "CLS" in labels[0]
 
 
 def test_a_merge_group_keeps_its_colour_across_layers():
     first = {"groups": np.array([[0, 0, 1], [2, 3, 3]])}
     second = {"groups": np.array([[0, 0, 0], [1, 0, 0]])}  # {0,1} absorbs {2} and {4,5}; {3} stays alone
-    maps = vis.follow_groups([first, second])
-    colours = [vis._group_colours(m["groups"], m["keys"]) for m in maps]
+    maps = follow_groups([first, second])
+    colours = [_group_colours(m["groups"], m["keys"]) for m in maps]
     assert np.allclose(colours[1][0, 0], colours[0][0, 0])  # the big group keeps the colour of its largest part
     assert np.isnan(colours[1][1, 0]).all()  # a single patch is not tinted
 
     torch.manual_seed(0)
     model = TokenPruneViTForImageClassification(tiny_config(token_reduction=REDUCING_PLANS["tome"])).eval()
     with torch.no_grad():
-        maps = vis.follow_groups(vis.token_maps(model(vis.preprocess("china", model.config)[0])))
+        maps = follow_groups(token_maps(model(preprocess("china", model.config)[0])))
     for before, after in zip(maps, maps[1:]):
         for group in np.unique(after["groups"]):
             inside = after["groups"] == group
@@ -202,15 +216,15 @@ def _speed_rows(spread_factor: float) -> list[dict]:
 
 def test_speedup_axes_fit_the_medians_not_the_whiskers(tmp_path):
     rows = _speed_rows(spread_factor=37.0)
-    low, high = vis.speedup_limits(rows)
+    low, high = speedup_limits(rows)
     assert low <= 0.95 and 2.0 <= high < 2.5  # the 37x whiskers do not stretch the axes
-    path = vis.plot_speedups(rows, str(tmp_path / "benchmark.png"))
+    path = plot_speedups(rows, str(tmp_path / "benchmark.png"))
     assert Image.open(path).size[0] > 500
 
 
 def test_every_plan_gets_its_own_colour_and_none_is_the_markers_grey():
     labels = [f"plan {k}" for k in range(14)]
-    colour = vis._colour_by(labels)
+    colour = _colour_by(labels)
     colours = [tuple(np.round(colour(label)[:3], 3)) for label in labels]
     assert len(set(colours)) == len(labels)
     assert all(not (abs(r - g) < 0.02 and abs(g - b) < 0.02) for r, g, b in colours)  # no grey

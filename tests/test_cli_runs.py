@@ -1,6 +1,6 @@
 """What the tools make of a run: a benchmark of a checkpoint's own plan that its card finds, noisy measurements
 flagged, a card from what a training folder holds, the main job's own card and log lines, metrics through
-`evaluate`, and the Auto classes registered by a cheap ``import hf_tokenprune``."""
+`evaluate`, and the Auto classes served after a cheap ``import hf_tokenprune`` and `register`."""
 
 import json
 import subprocess
@@ -14,9 +14,11 @@ from conftest import REDUCING_PLANS, tiny_config
 from huggingface_hub import ModelCard
 from test_distributed import TINY_CONFIG, example_args, load_example, make_image_folder
 
-from hf_tokenprune import TokenPruneViTForImageClassification, metrics
-from hf_tokenprune import benchmark as bm
-from hf_tokenprune.cli import main
+from hf_tokenprune import TokenPruneViTForImageClassification
+from hf_tokenprune.commands.main import main
+from hf_tokenprune.measure.report import format_table, noise_of, noise_warnings
+from hf_tokenprune.training import metrics
+from hf_tokenprune.training.metrics import accuracy, load_metric
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -47,16 +49,16 @@ def test_benchmark_of_a_checkpoint_measures_its_plan_and_its_card_finds_the_row(
 
 
 def test_noise_is_judged_from_the_spread_of_the_rounds_and_the_load():
-    assert bm.noise_of([1.0, 1.05, 0.98, 1.02]) == {"relative_spread": pytest.approx(0.07 / 1.01), "noisy": False}
-    assert bm.noise_of([0.7, 1.0, 1.4])["noisy"] and bm.noise_of([1.0, 1.0])["noisy"]  # wide; too few rounds
+    assert noise_of([1.0, 1.05, 0.98, 1.02]) == {"relative_spread": pytest.approx(0.07 / 1.01), "noisy": False}
+    assert noise_of([0.7, 1.0, 1.4])["noisy"] and noise_of([1.0, 1.0])["noisy"]  # wide; too few rounds
     row = {"label": "evit", "mode": "inference", "spread": [0.98, 1.4], "relative_spread": 0.35, "noisy": True}
     quiet = {**row, "label": "tome", "noisy": False, "relative_spread": 0.05, "spread": [1.0, 1.05]}
-    assert len(bm.noise_warnings([quiet])) == 0
-    warnings = bm.noise_warnings([row, {**quiet, "load_before": 1.7}])
+    assert len(noise_warnings([quiet])) == 0
+    warnings = noise_warnings([row, {**quiet, "load_before": 1.7}])
     assert "1 of 2 rows are noisy" in warnings[0] and "--threads" in warnings[0] and "busy" in warnings[1]
     table_rows = [{**row, "tokens_per_layer": [[5, 5]], "gflops": 1.0, "ideal_speedup": 1.2, "measured_speedup": 1.1,
                    "fraction_of_ideal": 0.92}]  # fmt: skip
-    assert "1.10x (0.92) noisy 0.98-1.40" in bm.format_table(table_rows)
+    assert "1.10x (0.92) noisy 0.98-1.40" in format_table(table_rows)
 
 
 def _training_folder(folder: Path, config) -> None:
@@ -89,7 +91,7 @@ def test_card_reads_what_the_folder_holds_and_flags_override(evit_folder, tmp_pa
 
 
 def test_card_leaves_out_results_of_another_plan(evit_folder, tmp_path):
-    from hf_tokenprune.hub import results_from_folder
+    from hf_tokenprune.sharing.hub import results_from_folder
 
     config = tiny_config(token_reduction=REDUCING_PLANS["tome"])
     folder = tmp_path / "other"
@@ -137,26 +139,26 @@ def test_the_main_job_names_missing_paths_before_loading(image_folder, tmp_path,
 
 def test_accuracy_goes_through_evaluate_with_a_numpy_fallback(monkeypatch):
     logits, labels = np.array([[0.1, 0.9], [0.8, 0.2], [0.3, 0.7]]), np.array([1, 0, 0])
-    metric = metrics.load_metric("accuracy")
+    metric = load_metric("accuracy")
     assert type(metric).__name__ == "Accuracy" and metric.compute(predictions=[1, 0], references=[1, 1]) == {
         "accuracy": 0.5
     }
-    assert metrics.accuracy(logits, labels) == pytest.approx(2 / 3)
+    assert accuracy(logits, labels) == pytest.approx(2 / 3)
     monkeypatch.setattr(metrics, "load_metric", lambda name: None)
-    assert metrics.accuracy((logits,), labels) == pytest.approx(2 / 3)
+    assert accuracy((logits,), labels) == pytest.approx(2 / 3)
 
 
-def test_a_cheap_import_still_registers_the_auto_classes(evit_folder):
+def test_a_cheap_import_then_register_serves_the_auto_classes(evit_folder):
     code = (
         "import sys, hf_tokenprune\nassert 'torch' not in sys.modules\n"
         "from transformers import AutoModelForImageClassification\n"
+        "hf_tokenprune.register()\n"
         f"model = AutoModelForImageClassification.from_pretrained({str(evit_folder)!r})\n"
-        "print(type(model).__module__, type(model).push_to_hub.__name__)"
+        "print(type(model).__module__)"
     )
     env = {"PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
-    expected = ["hf_tokenprune.models.modeling_tokenprune_vit", "_model_push_to_hub"]
-    assert result.stdout.split() == expected, result.stderr
+    assert result.stdout.split() == ["hf_tokenprune.models.modeling_tokenprune_vit"], result.stderr
 
 
 def test_the_main_job_warns_when_its_timed_rounds_disagree():

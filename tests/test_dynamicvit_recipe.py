@@ -6,14 +6,14 @@ from conftest import tiny_config
 from test_training import TinyImages, training_args
 
 from hf_tokenprune import TokenPruneViTForImageClassification
-from hf_tokenprune.distillation import (
+from hf_tokenprune.training import distillation_loss
+from hf_tokenprune.training.distillation import (
     DistillationTrainer,
     DynamicViTTrainer,
     final_tokens,
     recipe_parameter_groups,
     token_distillation_loss,
 )
-from hf_tokenprune.training import distillation_loss
 
 PLAN = {"method": "dynamicvit", "layers": [1, 2], "keep_rate": 0.7}
 

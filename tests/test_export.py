@@ -9,8 +9,8 @@ import pytest
 import torch
 from conftest import REDUCING_PLANS, pruned_model
 
-from hf_tokenprune.cli import main
-from hf_tokenprune.export import LogitsOnly, audit_onnx_graph, export_model, run_exported
+from hf_tokenprune.commands.main import main
+from hf_tokenprune.sharing.export import LogitsOnly, audit_onnx_graph, export_model, run_exported
 
 onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")

@@ -15,8 +15,9 @@ from families import FAMILIES, PIXELS, fits, ours, stock_models
 from transformers import CLIPModel, CLIPVisionModelWithProjection
 
 from hf_tokenprune import TokenPruneCLIPModel, TokenPruneCLIPVisionModelWithProjection
-from hf_tokenprune.cli import main
-from hf_tokenprune.export import EXPORTED, export_model, run_exported
+from hf_tokenprune.commands.main import main
+from hf_tokenprune.families import FAMILIES as FAMILY_TABLE
+from hf_tokenprune.sharing.export import export_model, run_exported
 
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")
@@ -116,8 +117,9 @@ def test_the_tower_cases_are_methods_their_tower_runs():
 def test_every_exported_class_is_public_and_of_its_model_type():
     import hf_tokenprune
 
-    for model_type, exported in EXPORTED.items():
-        assert getattr(hf_tokenprune, exported.name).config_class.model_type == model_type
+    for row in FAMILY_TABLE.values():
+        if row.can("export"):
+            assert getattr(hf_tokenprune, row.model).config_class.model_type == row.model_type
 
 
 @pytest.mark.parametrize("name", ["clip", "siglip"])
@@ -139,10 +141,10 @@ def test_the_full_clip_model_is_refused(tmp_path, capsys):
 
     CLIPModel(tiny_clip()).save_pretrained(tmp_path)
     model = TokenPruneCLIPModel.from_pretrained(tmp_path, token_reduction=REDUCING_PLANS["tome"])
-    with pytest.raises(ValueError, match=r"TokenPruneCLIPModel \('tokenprune_clip'\) cannot export"):
+    with pytest.raises(ValueError, match=r"CLIP models have no export .*: export its vision tower"):
         export_model(model, tmp_path / "model.onnx")
     assert main(["export", str(tmp_path), "--format", "torch-export"]) == 2
-    assert "CLIPModel ('clip') cannot export" in capsys.readouterr().err
+    assert "TokenPruneCLIPModel ('tokenprune_clip_vision_model') cannot export" in capsys.readouterr().err
 
 
 def test_a_base_model_without_a_classifier_is_refused(tmp_path, capsys):

@@ -63,15 +63,15 @@ def clip_folder(tmp_path_factory):
 
 @pytest.mark.parametrize("name", ["deit", "dinov2-registers", "clip"])
 def test_benchmark_pairs_each_family_with_its_stock_class(name):
-    from hf_tokenprune import benchmark as bm
+    from hf_tokenprune.measure.benchmark import BenchmarkSettings, build_models, parse_plans, run_benchmark
 
     base = FAMILIES[name].config(**FAMILIES[name].settings())
     modes = ("inference", "training") if name.startswith("dinov2") else ("inference",)
-    settings = bm.BenchmarkSettings(batch_size=2, rounds=1, warmup=0, progress=False, modes=modes)
-    plans = bm.parse_plans([None, REDUCING_PLANS["tome"]], base)
-    stock_model, models = bm.build_models(base, plans)
+    settings = BenchmarkSettings(batch_size=2, rounds=1, warmup=0, progress=False, modes=modes)
+    plans = parse_plans([None, REDUCING_PLANS["tome"]], base)
+    stock_model, models = build_models(base, plans)
     assert type(stock_model) is FAMILIES[name].stock_model or name == "clip"  # CLIP: the tower with projection
-    rows = bm.run_benchmark(base, plans, settings)
+    rows = run_benchmark(base, plans, settings)
     assert len(rows) == 2 * len(modes) and all(row["measured_speedup"] > 0 for row in rows)
     tome = next(row for row in rows if row["plan"])
     assert tome["ideal_speedup"] > 1.0 and tome["tokens_per_layer"] == [
@@ -81,12 +81,12 @@ def test_benchmark_pairs_each_family_with_its_stock_class(name):
 
 
 def test_benchmark_refuses_training_without_labels_and_knows_the_new_architectures():
-    from hf_tokenprune import benchmark as bm
-    from hf_tokenprune.architectures import build_config
+    from hf_tokenprune.families import build_config
+    from hf_tokenprune.measure.benchmark import BenchmarkSettings, run_benchmark
 
     base = TokenPruneCLIPVisionConfig(**FAMILIES["clip"].settings())
     with pytest.raises(ValueError, match="'training'.*no training loss.*--modes inference,latency"):
-        bm.run_benchmark(base, [None], bm.BenchmarkSettings(modes=("training",), progress=False))
+        run_benchmark(base, [None], BenchmarkSettings(modes=("training",), progress=False))
     dinov2 = build_config(None, "dinov2-base-patch14-518", token_reduction={"method": "tome", "r": 16})
     assert type(dinov2) is TokenPruneDinov2Config and dinov2.num_patches == 1369
     assert count_flops(dinov2).token_counts[0] == (1370, 1354)
@@ -235,10 +235,13 @@ def test_clip_image_embeddings_with_projection(method):
     assert outputs.image_embeds.shape == (2, 24) and list(outputs.token_counts) == model.config.token_counts()
 
 
-@pytest.mark.parametrize("method", sorted(m for m, cls in REDUCTION_METHODS.items() if cls.ranks_by_cls_attention))
+@pytest.mark.parametrize("method", sorted(m for m, cls in REDUCTION_METHODS.items() if "cls_token" in cls.needs))
 def test_siglip_refuses_methods_that_rank_by_cls_attention(method):
     plan = REDUCING_PLANS[method]
-    with pytest.raises(ValueError, match=f"{method}.*no CLS token.*tome, cropr, dynamicvit"):
+    with pytest.raises(
+        ValueError,
+        match=rf"'{method}' needs a CLS token .* the methods that run on it: \['cropr', 'dynamicvit', 'tome'\]",
+    ):
         TokenPruneSiglipVisionConfig(**FAMILIES["siglip"].settings(), token_reduction=plan)
 
 

@@ -14,12 +14,17 @@ from families import FAMILIES
 from hub_server import LoopbackHub, use_loopback_hub
 from huggingface_hub import ModelCard
 from PIL import Image
-from transformers import Trainer, TrainingArguments, ViTConfig, ViTForImageClassification, ViTImageProcessor
+from transformers import TrainingArguments, ViTConfig, ViTForImageClassification, ViTImageProcessor
 
 import hf_tokenprune
-from hf_tokenprune import TokenPruneViTForImageClassification, cli, hub, model_card
+from hf_tokenprune import TokenPruneViTForImageClassification
+from hf_tokenprune.commands.main import main as cli_main
 from hf_tokenprune.flops import count_flops
+from hf_tokenprune.models.methods import ATTENTION_REUSE_METHODS, REDUCTION_METHODS
+from hf_tokenprune.models.modeling_tokenprune_common import island_files
 from hf_tokenprune.models.token_reduction import TokenReduction, register_reduction
+from hf_tokenprune.sharing import hub, model_card
+from hf_tokenprune.training import TokenPruneTrainer
 
 TOKEN = "hf_LoopbackDummyToken0123456789abcdef"
 HOSTILE = 'Evil: "name"\n---\nlicense: stolen\r\n{{ 7*7 }} {% raw %} <script>alert(1)</script> [x](javascript:y) | a'
@@ -37,16 +42,6 @@ SPEED_ROW = {
     "gflops": 0.0083,
     "stock_gflops": 0.0121,
 }
-
-
-@pytest.fixture(scope="module", autouse=True)
-def installed():
-    """hub.install() as hf_tokenprune/__init__.py will do it; undone after this module if this module did it."""
-    was_installed = bool(hub._ORIGINALS)
-    hub.install()
-    yield
-    if not was_installed:
-        hub.uninstall()
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -98,10 +93,10 @@ def table_rows(text: str, header: str) -> list[list[str]]:
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def test_every_registered_method_has_a_paper_row():
-    from hf_tokenprune.models.attention_reuse import ATTENTION_REUSE_METHODS
-
-    assert set(hf_tokenprune.REDUCTION_METHODS) | set(ATTENTION_REUSE_METHODS) <= set(model_card.METHOD_PAPERS)
+def test_every_built_in_method_names_its_paper():
+    for cls in [*REDUCTION_METHODS.values(), *ATTENTION_REUSE_METHODS.values()]:
+        if cls.__module__.startswith("hf_tokenprune."):
+            assert cls.paper.title and cls.paper.arxiv, cls.method
 
 
 @pytest.mark.parametrize("name", sorted(REDUCING_PLANS))
@@ -119,8 +114,8 @@ def test_card_metadata_and_plan_table_follow_the_config(name):
     ]
     report = count_flops(config)
     assert f"**{report.gflops:.4g} GFLOPs**" in card.text and f"**{report.ideal_speedup:.2f}x**" in card.text
-    title, venue, arxiv, code = model_card.METHOD_PAPERS[config.token_reduction["method"]]
-    assert title in card.text and f"https://arxiv.org/abs/{arxiv}" in card.text
+    paper = REDUCTION_METHODS[config.token_reduction["method"]].paper
+    assert paper.title in card.text and f"https://arxiv.org/abs/{paper.arxiv}" in card.text
     assert 'revision = "main"' in card.text and "trust_remote_code=True" in card.text
 
 
@@ -223,16 +218,16 @@ def test_card_command_rewrites_the_card_of_a_saved_folder(tmp_path, png, capsys)
             "--accuracy-without-reduction", "0.82", "--eval-dataset", "digits", "--benchmark",
             str(tmp_path / "bench.json"), "--kept-tokens", str(png), "--repo-id", "me/evit",
             "--tag", "demo"]  # fmt: skip
-    assert cli.main(argv) == 0
+    assert cli_main(argv) == 0
     card = ModelCard.load(tmp_path / "model" / "README.md")
     assert card.data.base_model == "google/vit-base-patch16-224" and "demo" in card.data.tags
     assert [r.metric_value for r in card.data.eval_results] == [0.8, 0.82]
     speed = table_rows(card.text, "| Run |")  # the other plan's row is left out
     assert [(row[2], row[5]) for row in speed] == [("8", "**1.31x**"), ("64", "**1.31x (1.20–1.40)**")]
     assert (tmp_path / "model" / model_card.IMAGES_DIR / "kept_tokens.png").is_file()
-    assert cli.main(["card", str(tmp_path / "model"), "--accuracy", "93"]) == 2
+    assert cli_main(["card", str(tmp_path / "model"), "--accuracy", "93"]) == 2
     assert "error: accuracy['with_reduction'] = 93.0 must be a fraction" in capsys.readouterr().err
-    assert cli.main(["card", str(tmp_path)]) == 2
+    assert cli_main(["card", str(tmp_path)]) == 2
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -257,14 +252,14 @@ def accuracy_metric(prediction) -> dict:
     return {"accuracy": float((prediction.predictions.argmax(-1) == prediction.label_ids).mean())}
 
 
-def tiny_trainer(model, output_dir, repo_name: str) -> Trainer:
+def tiny_trainer(model, output_dir, repo_name: str) -> TokenPruneTrainer:
     args = TrainingArguments(
         output_dir=str(output_dir), max_steps=3, per_device_train_batch_size=4, per_device_eval_batch_size=8,
         learning_rate=1e-3, report_to=[], use_cpu=True, save_strategy="no", logging_strategy="no",
         hub_model_id=repo_name, disable_tqdm=True, seed=0,
     )  # fmt: skip
     processor = ViTImageProcessor(size={"height": 32, "width": 32})
-    return Trainer(
+    return TokenPruneTrainer(
         model=model, args=args, train_dataset=TinyImages(12, 0), eval_dataset=TinyImages(8, 1),
         compute_metrics=accuracy_metric, processing_class=processor,
     )  # fmt: skip
@@ -321,7 +316,7 @@ def test_push_then_load_from_the_hub_in_a_clean_process(loopback_hub, tmp_path, 
     pixels = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(3))
     expected = {}
 
-    # Trainer.push_to_hub: train a few steps, evaluate, push (the card takes the Trainer's eval accuracy).
+    # TokenPruneTrainer.push_to_hub: train a few steps, evaluate, push (the card takes the Trainer's eval accuracy).
     trainer = tiny_trainer(evit_model(seed=1), tmp_path / "run", "trained-evit")
     trainer.train()
     eval_accuracy = trainer.evaluate(ignore_keys=OUTPUT_BOOKKEEPING)["eval_accuracy"]
@@ -330,11 +325,11 @@ def test_push_then_load_from_the_hub_in_a_clean_process(loopback_hub, tmp_path, 
     with torch.no_grad():
         expected[trained] = trainer.model.eval()(pixels).logits
 
-    # model.push_to_hub: attention reuse with token merging, measurements given by hand.
+    # push_to_hub(model, ...): attention reuse with token merging, measurements given by hand.
     torch.manual_seed(2)
     tome = TokenPruneViTForImageClassification(tiny_config(**REUSE_PLANS["skipat+tome"])).eval()
-    tome.push_to_hub(
-        "someone/tome-tiny", image_processor=ViTImageProcessor(size={"height": 32, "width": 32}),
+    hub.push_to_hub(
+        tome, "someone/tome-tiny", image_processor=ViTImageProcessor(size={"height": 32, "width": 32}),
         accuracy={"with_reduction": 0.61, "without_reduction": 0.64, "dataset": "digits"}, speed=SPEED_ROW,
         images={"kept_tokens": png},
     )  # fmt: skip
@@ -342,7 +337,7 @@ def test_push_then_load_from_the_hub_in_a_clean_process(loopback_hub, tmp_path, 
         expected["someone/tome-tiny"] = tome(pixels).logits
 
     # What the Hub received: safetensors weights, config with auto_map, every island file, processor, card.
-    island = {path.name for path in hub.island_files(tome)}
+    island = {path.name for path in island_files(tome)}
     pinned = {}
     for repo_id in expected:
         files = loopback_hub.files(repo_id)
@@ -427,17 +422,15 @@ def test_a_method_registered_at_runtime_is_refused_before_any_upload(loopback_hu
 
 def test_a_folder_containing_the_token_is_refused_before_any_upload(loopback_hub, tmp_path):
     with pytest.raises(ValueError, match="README.md' contains your Hugging Face access token") as error:
-        evit_model().push_to_hub("someone/leaky", description=f"my token is {TOKEN}")
+        hub.push_to_hub(evit_model(), "someone/leaky", description=f"my token is {TOKEN}")
     assert TOKEN not in str(error.value)
     with pytest.raises(ValueError, match="README.md' contains your Hugging Face access token"):
         tiny_trainer(evit_model(), tmp_path / "run", "leaky-run").push_to_hub(model_name=TOKEN)
-    with pytest.raises(ValueError, match="create_pr=True is not supported"):
-        evit_model().push_to_hub("someone/pr", create_pr=True)
     assert loopback_hub.requests == [] and loopback_hub.commit_count() == 0
 
 
 def test_push_to_a_branch_leaves_main_alone(loopback_hub):
-    info = evit_model().push_to_hub("someone/branchy", revision="release", commit_message="first release")
+    info = hub.push_to_hub(evit_model(), "someone/branchy", revision="release", commit_message="first release")
     repo = loopback_hub.repos["someone/branchy"]
     assert set(loopback_hub.files("someone/branchy", "main")) == {".gitattributes"}
     assert repo.branches["release"] == info.oid and "README.md" in loopback_hub.files("someone/branchy", "release")
@@ -466,7 +459,7 @@ def test_push_of_every_family_uploads_its_card(loopback_hub, name):
     spec = FAMILIES[name]
     model = spec.model(spec.config(**spec.settings(), token_reduction={"method": "tome", "r": 3})).eval()
     repo_id = f"someone/{name}-tome"
-    model.push_to_hub(repo_id, base_model=base)
+    hub.push_to_hub(model, repo_id, base_model=base)
     files = loopback_hub.files(repo_id)
     assert {"model.safetensors", "config.json", "README.md"} | spec.island <= set(files)
     card = ModelCard.load(repo_id)
@@ -498,12 +491,12 @@ def test_card_command_reads_a_family_folder(tmp_path, capsys):
     spec = FAMILIES["dinov2-registers"]
     model = spec.model(spec.config(**spec.settings(), token_reduction=REDUCING_PLANS["evit"]))
     model.save_pretrained(tmp_path)
-    assert cli.main(["card", str(tmp_path), "--base-model", "facebook/dinov2-with-registers-small"]) == 0
+    assert cli_main(["card", str(tmp_path), "--base-model", "facebook/dinov2-with-registers-small"]) == 0
     card = ModelCard.load(tmp_path / "README.md")
     assert "A DINOv2 with registers model for image classification" in card.text
     assert "`Dinov2WithRegistersForImageClassification`" in card.text and "evit" in card.data.tags
     ViTForImageClassification(ViTConfig(**TINY)).save_pretrained(tmp_path / "stock")
-    assert cli.main(["card", str(tmp_path / "stock")]) == 2
+    assert cli_main(["card", str(tmp_path / "stock")]) == 2
     assert "holds a 'vit' model; cards are for tokenprune_vit" in capsys.readouterr().err
 
 
@@ -522,44 +515,13 @@ def test_other_models_keep_the_stock_push_and_card(loopback_hub, tmp_path):
     assert "generated_from_trainer" in readme and "token-pruning" not in readme
 
 
-def test_install_is_idempotent_undoable_and_only_wraps_our_classes():
-    def patched():
-        return Trainer.push_to_hub, Trainer.create_model_card, TokenPruneViTForImageClassification.push_to_hub
-
-    before = patched()
-    hub.install()
-    assert patched() == before and before[2] is hub._model_push_to_hub
-    assert ViTForImageClassification.push_to_hub is not TokenPruneViTForImageClassification.push_to_hub
-    original_push, original_card = hub._ORIGINALS["push_to_hub"], hub._ORIGINALS["create_model_card"]
-    hub.uninstall()
-    try:
-        assert (Trainer.push_to_hub, Trainer.create_model_card) == (original_push, original_card)
-        assert TokenPruneViTForImageClassification.push_to_hub is ViTForImageClassification.push_to_hub
-    finally:
-        hub.install()
-    assert patched() == before
-
-
-LAZY_TRAINER = textwrap.dedent(
-    """
-    import sys
-    from hf_tokenprune import hub
-    hub.install()
-    imported_early = "transformers.trainer" in sys.modules
-    from transformers import Trainer
-    print(imported_early, Trainer.push_to_hub is hub._trainer_push_to_hub, Trainer.create_model_card.__name__)
-    """
-)
-
-
-@pytest.mark.slow
-def test_install_patches_the_trainer_only_once_it_is_imported(tmp_path):
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    result = subprocess.run(
-        [sys.executable, "-c", LAZY_TRAINER], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert result.stdout.split() == ["False", "True", "_trainer_create_model_card"]
+def test_model_push_to_hub_is_transformers_own_push_of_weights_and_remote_code(loopback_hub):
+    model = evit_model()
+    model.push_to_hub("someone/plain-push")
+    files = loopback_hub.files("someone/plain-push")
+    assert {"model.safetensors", "config.json"} | {path.name for path in island_files(model)} <= set(files)
+    card = files["README.md"].decode()
+    assert "transformers model that has been pushed on the Hub" in card and "hf-tokenprune" not in card
 
 
 def test_push_of_siglip2_uploads_its_card(loopback_hub):
@@ -571,7 +533,7 @@ def test_push_of_siglip2_uploads_its_card(loopback_hub):
     torch.manual_seed(0)
     config = TokenPruneSiglip2VisionConfig(**SIGLIP2, token_reduction={"method": "tome", "r": 3})
     base = "google/siglip2-base-patch16-naflex"
-    TokenPruneSiglip2VisionModel(config).eval().push_to_hub("someone/siglip2-tome", base_model=base)
+    hub.push_to_hub(TokenPruneSiglip2VisionModel(config).eval(), "someone/siglip2-tome", base_model=base)
     files = set(loopback_hub.files("someone/siglip2-tome"))
     assert {"model.safetensors", "config.json", "README.md"} | ISLAND <= files
     card = ModelCard.load("someone/siglip2-tome")

@@ -6,7 +6,7 @@ from conftest import tiny_config
 from transformers import Trainer, TrainingArguments
 
 from hf_tokenprune import TokenPruneViTForImageClassification
-from hf_tokenprune.recipes import OFFICIAL_FINETUNES, trainer_arguments
+from hf_tokenprune.training.recipes import OFFICIAL_FINETUNES, trainer_arguments
 
 
 def schedule(tmp_path, method: str, base_learning_rate: float, steps: int = 30) -> list[float]:

@@ -8,7 +8,7 @@ from hf_tokenprune.data import (
     digit_segmentation_arrays,
     load_digit_segmentation,
 )
-from hf_tokenprune.metrics import build_segmentation_compute_metrics, confusion_matrix, segmentation_metrics
+from hf_tokenprune.training.metrics import build_segmentation_compute_metrics, confusion_matrix, segmentation_metrics
 
 
 @pytest.fixture(scope="module")

@@ -12,8 +12,8 @@ import torch
 
 from hf_tokenprune import TokenPruneViTConfig, TokenPruneViTForImageClassification
 from hf_tokenprune.data import cluttered_digits_arrays
-from hf_tokenprune.distillation import final_tokens, recipe_parameter_groups, token_distillation_loss
 from hf_tokenprune.training import distillation_loss, init_sincos_position_embeddings
+from hf_tokenprune.training.distillation import final_tokens, recipe_parameter_groups, token_distillation_loss
 
 MODEL = dict(
     image_size=32, patch_size=8, hidden_size=48, num_hidden_layers=4, num_attention_heads=4, intermediate_size=96,

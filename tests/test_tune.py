@@ -12,10 +12,13 @@ import pytest
 import torch
 from conftest import PNG_MAGIC, TINY
 
-from hf_tokenprune import TokenPruneViTConfig, TokenPruneViTForImageClassification, tune
-from hf_tokenprune.cli import main as cli_main
+from hf_tokenprune import TokenPruneViTConfig, TokenPruneViTForImageClassification
+from hf_tokenprune.commands.main import main as cli_main
 from hf_tokenprune.data import cluttered_digits_arrays
 from hf_tokenprune.flops import count_flops
+from hf_tokenprune.measure.heldout import held_out_images, load_split, processor_for
+from hf_tokenprune.measure.tune import SearchSettings, Target, _prepared_models, build_candidates, choose, pareto_front
+from hf_tokenprune.plans import PlanEntry, plan_config
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 FAST = ["--max-images", "48", "--rounds", "1", "--warmup", "0", "--batch-size", "16", "--no-progress"]
@@ -45,7 +48,7 @@ def _save_trained(folder, **plans) -> str:
             loss.backward()
             optimizer.step()
     model.eval().save_pretrained(folder)
-    tune.processor_for(str(folder), model.config).save_pretrained(folder)  # the tuner reads it back and copies it
+    processor_for(str(folder), model.config).save_pretrained(folder)  # the tuner reads it back and copies it
     return str(folder)
 
 
@@ -65,11 +68,11 @@ def _run(checkpoint, tmp_path, *extra, name="run"):
 
 def _assert_choice_consistent(record: dict) -> None:
     """The chosen plan meets the target, is on the measured front, and nothing meeting it does better."""
-    target = tune.Target(*next(iter(record["target"].items())))
+    target = Target(*next(iter(record["target"].items())))
     rows, stock = record["rows"], record["stock_accuracy"]
     chosen = record["chosen"]
     assert chosen is not None and target.met_by(chosen, stock)
-    front = [row["label"] for row in tune.pareto_front(rows)]
+    front = [row["label"] for row in pareto_front(rows)]
     assert [row["label"] for row in rows if row["on_front"]] == sorted(front, key=[r["label"] for r in rows].index)
     meeting = [row for row in rows if target.met_by(row, stock)]
     if target.kind == "max_accuracy_drop":
@@ -82,7 +85,7 @@ def _assert_choice_consistent(record: dict) -> None:
 
 def test_gflops_target_chooses_and_writes_a_loadable_checkpoint(checkpoint, tmp_path, capsys):
     config = TokenPruneViTConfig.from_pretrained(checkpoint)
-    candidates, _ = tune.build_candidates(config)
+    candidates, _ = build_candidates(config)
     gflops = sorted(count_flops(plan).gflops for _, plan in candidates)
     target = gflops[len(gflops) // 2]
     output = tmp_path / "tuned"
@@ -118,7 +121,7 @@ def test_measured_targets_are_consistent_with_the_written_front(checkpoint, tmp_
     else:  # no plan met it on this machine today: the error names the closest, and nothing meets the target
         assert code == 2 and record["chosen"] is None
         kind, value = next(iter(record["target"].items()))
-        assert not any(tune.Target(kind, value).met_by(row, record["stock_accuracy"]) for row in record["rows"])
+        assert not any(Target(kind, value).met_by(row, record["stock_accuracy"]) for row in record["rows"])
         assert "the closest is" in capsys.readouterr().err
 
 
@@ -131,9 +134,9 @@ def test_same_seed_same_candidates_and_accuracies(checkpoint, tmp_path):
 
 def test_seed_chooses_the_held_out_subset(checkpoint):
     config = TokenPruneViTConfig.from_pretrained(checkpoint)
-    dataset = tune.load_split("embedded", None, None)
-    processor = tune.processor_for(checkpoint, config)
-    subsets = [tune.held_out_images(dataset, processor, config, 20, seed, ("image", "label")) for seed in (0, 0, 1)]
+    dataset = load_split("embedded", None, None)
+    processor = processor_for(checkpoint, config)
+    subsets = [held_out_images(dataset, processor, config, 20, seed, ("image", "label")) for seed in (0, 0, 1)]
     assert torch.equal(subsets[0][0], subsets[1][0]) and torch.equal(subsets[0][1], subsets[1][1])
     assert not torch.equal(subsets[0][0], subsets[2][0])
     assert subsets[0][0].shape == (20, 3, 32, 32)
@@ -162,7 +165,7 @@ def test_image_folder_data(checkpoint, tmp_path):
 
 def test_learned_methods_only_from_a_trained_checkpoint_plan(tmp_path):
     plain = TokenPruneViTConfig(**{**TINY, "num_labels": 10})
-    candidates, left_out = tune.build_candidates(plain)
+    candidates, left_out = build_candidates(plain)
     methods = {entry.token_reduction["method"] for entry, _ in candidates}
     assert {"evit", "tome", "skipvit", "evo_vit", "supervit"} <= methods
     assert not methods & {"dynamicvit", "cropr"} and {"dynamicvit", "cropr", "skipat"} <= set(left_out)
@@ -171,15 +174,15 @@ def test_learned_methods_only_from_a_trained_checkpoint_plan(tmp_path):
     trained = TokenPruneViTForImageClassification(
         TokenPruneViTConfig(**{**TINY, "num_labels": 10}, token_reduction=plan)
     )
-    candidates, left_out = tune.build_candidates(trained.config)
+    candidates, left_out = build_candidates(trained.config)
     own = [entry.token_reduction for entry, _ in candidates if entry.token_reduction["method"] == "dynamicvit"]
     assert sorted(p["keep_rate"] for p in own) == [0.5, 0.7, 0.9] and all(p["layers"] == [1, 2] for p in own)
     labels = [entry.label for entry, _ in candidates if entry.token_reduction["method"] == "dynamicvit"]
     assert labels[0] == "dynamicvit keep_rate=0.7 (checkpoint plan)"  # its own plan first
     assert "dynamicvit" not in left_out and "cropr" in left_out
-    settings = tune.SearchSettings(progress=False)
-    base = tune.plan_config(trained.config, tune.PlanEntry("base"))
-    _, models = tune._prepared_models(base, candidates, trained.state_dict(), settings)
+    settings = SearchSettings(progress=False)
+    base = plan_config(trained.config, PlanEntry("base"))
+    _, models = _prepared_models(base, candidates, trained.state_dict(), settings)
     label = next(entry.label for entry, _ in candidates if entry.token_reduction["method"] == "dynamicvit")
     for name, tensor in models[label].state_dict().items():  # the trained predictor, not a fresh one
         torch.testing.assert_close(tensor, trained.state_dict()[name], rtol=0, atol=0)
@@ -192,12 +195,12 @@ def test_front_and_choice_on_known_rows():
         {"label": "c", "measured_speedup": 1.4, "accuracy": 0.80, "accuracy_drop": 0.10, "gflops": 5.0},
         {"label": "d", "measured_speedup": 2.0, "accuracy": 0.60, "accuracy_drop": 0.30, "gflops": 4.0},
     ]
-    assert [row["label"] for row in tune.pareto_front(rows)] == ["d", "b", "a"]  # c: b is faster and better
-    assert tune.choose(rows, tune.Target("target_speedup", 1.45), 0.9)["label"] == "b"
-    assert tune.choose(rows, tune.Target("target_gflops", 5.5), 0.9)["label"] == "c"
-    assert tune.choose(rows, tune.Target("max_accuracy_drop", 0.05), 0.9)["label"] == "b"
+    assert [row["label"] for row in pareto_front(rows)] == ["d", "b", "a"]  # c: b is faster and better
+    assert choose(rows, Target("target_speedup", 1.45), 0.9)["label"] == "b"
+    assert choose(rows, Target("target_gflops", 5.5), 0.9)["label"] == "c"
+    assert choose(rows, Target("max_accuracy_drop", 0.05), 0.9)["label"] == "b"
     with pytest.raises(ValueError, match=r"closest is d at 2\.00x"):
-        tune.choose(rows, tune.Target("target_speedup", 3.0), 0.9)
+        choose(rows, Target("target_speedup", 3.0), 0.9)
 
 
 @pytest.mark.parametrize(

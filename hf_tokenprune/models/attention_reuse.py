@@ -24,7 +24,7 @@ import torch
 from torch import nn
 from transformers import initialization as init
 
-from .token_reduction import check_bool, check_choice, check_int, check_layers, check_options, scaled_layers
+from .token_reduction import Paper, check_bool, check_choice, check_int, check_layers, check_options, scaled_layers
 
 ATTENTION_REUSE_METHODS: dict[str, type] = {}
 IDENTITY_SHIFT = 8.0  # beta: Phi is the identity for |x| up to about beta - 2.5
@@ -44,6 +44,14 @@ def register_attention_reuse(name: str):
     return wrap
 
 
+def get_reuse_class(name: Any) -> type["AttentionReuse"]:
+    if name not in ATTENTION_REUSE_METHODS:
+        raise ValueError(
+            f"attention_reuse['method'] = {name!r} is not a known method; allowed: {sorted(ATTENTION_REUSE_METHODS)}."
+        )
+    return ATTENTION_REUSE_METHODS[name]
+
+
 def check_attention_reuse(value: Any, config: Any) -> dict | None:
     """Validates an attention-reuse plan and fills its defaults."""
     if value is None:
@@ -54,6 +62,28 @@ def check_attention_reuse(value: Any, config: Any) -> dict | None:
             f"{sorted(ATTENTION_REUSE_METHODS)}."
         )
     return ATTENTION_REUSE_METHODS[value["method"]].check_plan(value, config)
+
+
+class AttentionReuse(nn.Module):
+    """One reused layer's replacement of its self-attention. Like a token-reduction method, the class describes
+    itself for the tools (`paper`, `headline_plan`, `operating_points`, `needs`) and its plan (`check_plan`,
+    `check_with_reduction`, `macs`, `build`)."""
+
+    method: str = ""
+    options: dict = {}
+    paper: Paper | None = None
+    headline_plan: dict = {}
+    operating_points: tuple = ()
+    needs: dict = {}
+
+    @classmethod
+    def plan_needs(cls, plan: dict) -> dict:
+        return dict(cls.needs)
+
+    @classmethod
+    def operating_point(cls, strength: Any, config: Any) -> dict:
+        option = cls.operating_points[0]
+        return {"method": cls.method, option: strength}
 
 
 class EfficientChannelAttention(nn.Module):
@@ -69,7 +99,7 @@ class EfficientChannelAttention(nn.Module):
 
 
 @register_attention_reuse("skipat")
-class SkipAtPhi(nn.Module):
+class SkipAtPhi(AttentionReuse):
     """Phi of one reused layer: maps the previous attention output of the patch tokens to this layer's."""
 
     options = {
@@ -79,6 +109,26 @@ class SkipAtPhi(nn.Module):
         "init": "identity",
         "keep_replaced_attention": True,
     }
+    paper = Paper(
+        "Skip-Attention: Improving Vision Transformers by Paying Less Attention",
+        "Venkataramanan et al., ICLR 2024",
+        "2301.02240",
+        "Qualcomm-AI-research/skip-attention",
+    )
+    headline_plan = {}  # layers 3-8 of 12
+    operating_points = ("layers", (0.25, 0.5))  # the fraction of the depth that reuses attention
+    needs = {"one_grid": "Phi convolves over the patch grid"}
+
+    @classmethod
+    def operating_point(cls, strength, config):
+        """The reused layers for a fraction of the depth, placed as the paper places them: at 12 layers a half is
+        blocks 3-8 and a quarter 3-5 (from the end of the first quarter on); at 4 layers [1, 2] and [1]."""
+        depth = config.num_hidden_layers
+        start = min(depth - 1, max(1, round(depth / 4)))
+        return {
+            "method": cls.method,
+            "layers": list(range(start, min(depth, start + max(1, round(strength * depth))))),
+        }
 
     @classmethod
     def check_plan(cls, plan: dict, config: Any) -> dict:

@@ -1,46 +1,42 @@
 """What every TokenPrune config adds to its HF family config: the plan fields, their validation and token counts.
 
 A family config is ``class TokenPrune<Family>Config(TokenPruneConfigMixin, <Family>Config)`` that declares the three
-plan fields (HF configs are dataclasses: each class declares its own fields) and says how many prefix tokens its
-sequence starts with (CLS, distillation token, registers). Part of the remote-code island.
+plan fields (HF configs are dataclasses: each class declares its own fields), says how many prefix tokens its
+sequence starts with (CLS, distillation token, registers) and which features of `FEATURES` it provides. Part of the
+remote-code island.
 """
 
 import copy
 from typing import Any
 
-from .attention_reuse import ATTENTION_REUSE_METHODS, check_attention_reuse
-from .reduction_cropr import CroprReduction  # noqa: F401  (every built-in method is imported, so it registers)
-from .reduction_dynamicvit import DynamicViTReduction  # noqa: F401
-from .reduction_evit import EViTReduction  # noqa: F401
-from .reduction_evo_vit import EvoViTReduction  # noqa: F401
-from .reduction_skipvit import SkipViTReduction  # noqa: F401
-from .reduction_supervit import SuperViTReduction  # noqa: F401
-from .reduction_tome import ToMeReduction  # noqa: F401
-from .token_reduction import REDUCTION_METHODS, get_reduction_class, grid_of
+from .attention_reuse import check_attention_reuse
+from .methods import ATTENTION_REUSE_METHODS, REDUCTION_METHODS, get_reduction_class, get_reuse_class
+from .token_reduction import FEATURES, check_fits, grid_of
 
 PLAN_FIELDS = ("token_reduction", "attention_reuse", "restore_tokens")
+
+# Output fields, declared once. Every TokenPrune output carries the token bookkeeping (a head passes it on from its
+# base model); the base model's output also carries what its heads consume. None of them is a prediction: the
+# Trainer leaves them out of evaluation (``keys_to_ignore_at_inference``), with the hidden states and attentions,
+# which a plan makes ragged.
+TOKEN_BOOKKEEPING = ("token_counts", "token_positions", "token_owner", "patch_grid", "token_policy")
+BASE_MODEL_ONLY = ("aux_logits", "aux_loss", "layer_states")
+IGNORED_AT_INFERENCE = ("hidden_states", "attentions", *TOKEN_BOOKKEEPING, *BASE_MODEL_ONLY)
 
 
 class TokenPruneConfigMixin:
     """The plan fields' validation, shared by every family config.
 
     A family sets ``stock_model_type`` (the HF checkpoints whose config it reads as its own; a vision tower also
-    ``composite_model_types``, the full models it can be read from) and, when its sequence does not start with
-    exactly one CLS token, overrides ``num_prefix_tokens``.
+    ``composite_model_types``, the full models it can be read from), ``provides`` (the features of `FEATURES` its
+    models have: a plan whose method needs another is refused) and, when its sequence does not start with exactly
+    one CLS token, overrides ``num_prefix_tokens``.
     """
 
     stock_model_type = ""
     composite_model_types: tuple = ()  # full checkpoints (e.g. "clip") whose ``base_config_key`` part is ours
-    # Bookkeeping outputs (Python ints and ragged tensors) that Trainer.evaluate must not gather as logits.
-    keys_to_ignore_at_inference = [
-        "token_counts",
-        "token_positions",
-        "token_owner",
-        "patch_grid",
-        "aux_logits",
-        "aux_loss",
-        "layer_states",
-    ]
+    provides = frozenset({"cls_token", "one_grid"})
+    keys_to_ignore_at_inference = list(IGNORED_AT_INFERENCE)
 
     def __setattr__(self, key: str, value: Any) -> None:
         # Plans are checked whenever they are set: at construction and when transformers applies
@@ -93,7 +89,10 @@ class TokenPruneConfigMixin:
                 raise ValueError(f"restore_tokens = {value!r} must be true or false.")
             return value
         if key == "attention_reuse":
-            return check_attention_reuse(copy.deepcopy(value), self)
+            plan = check_attention_reuse(copy.deepcopy(value), self)
+            if plan is not None:
+                self.check_fits_family(key, get_reuse_class(plan["method"]), plan, ATTENTION_REUSE_METHODS)
+            return plan
         if value is None:
             return None
         if not isinstance(value, dict) or "method" not in value:
@@ -102,18 +101,25 @@ class TokenPruneConfigMixin:
                 f"allowed methods: {sorted(REDUCTION_METHODS)}."
             )
         method = get_reduction_class(value["method"])
-        return self.check_plan_fits_family(method, method.check_plan(copy.deepcopy(value), self))
-
-    def check_plan_fits_family(self, method, plan: dict) -> dict:
-        """Refuses a plan this family cannot run (e.g. one that ranks by CLS attention on a model without CLS);
-        returns the plan. Every plan fits by default."""
+        plan = method.check_plan(copy.deepcopy(value), self)
+        self.check_fits_family(key, method, plan, REDUCTION_METHODS)
         return plan
+
+    def check_fits_family(self, field: str, method: Any, plan: dict, registry: dict) -> None:
+        """Refuses a plan whose method needs a feature (`FEATURES`) this family does not provide (``provides``),
+        e.g. a CLS token on SigLIP; the message names the methods that run here."""
+        check_fits(field, method, plan, self.provides, type(self).__name__, registry)
+
+    @classmethod
+    def features(cls) -> dict[str, bool]:
+        """Each feature of `FEATURES` and whether this family provides it (for support tables)."""
+        return {feature: feature in cls.provides for feature in FEATURES}
 
     def _check_reuse_with_reduction(self) -> None:
         """Rejects plans that combine attention reuse and token reduction in a way the model cannot run."""
         if self.token_reduction is None or self.attention_reuse is None:
             return
-        reuse = ATTENTION_REUSE_METHODS[self.attention_reuse["method"]]
+        reuse = get_reuse_class(self.attention_reuse["method"])
         reduction = get_reduction_class(self.token_reduction["method"])
         reuse.check_with_reduction(self.attention_reuse, self.token_reduction, reduction, self)
 
@@ -132,4 +138,4 @@ class TokenPruneConfigMixin:
         return [(a + shift, m + shift) for a, m in counts]
 
 
-__all__ = ["PLAN_FIELDS", "TokenPruneConfigMixin"]
+__all__ = ["BASE_MODEL_ONLY", "IGNORED_AT_INFERENCE", "PLAN_FIELDS", "TOKEN_BOOKKEEPING", "TokenPruneConfigMixin"]

@@ -26,14 +26,6 @@ class TokenPruneDeiTConfig(TokenPruneConfigMixin, DeiTConfig):
     def other_family_hint(cls, model_type: str) -> str:
         return " (facebook/deit-*-patch16-224 without distillation are stored as 'vit': use TokenPruneViTConfig)"
 
-    def check_plan_fits_family(self, method, plan: dict) -> dict:
-        if plan.get("two_heads"):
-            raise ValueError(
-                "token_reduction['two_heads'] = True adds Evo-ViT's CLS head to a ViT classifier; DeiT with teacher "
-                "already has a CLS head and a distillation head: set two_heads=False."
-            )
-        return plan
-
 
 TokenPruneDeiTConfig.register_for_auto_class()
 

@@ -9,14 +9,15 @@ class TokenPruneSiglipVisionConfig(TokenPruneConfigMixin, SiglipVisionConfig):
     r"""A [`SiglipVisionConfig`] with the fields of [`TokenPruneViTConfig`] (``token_reduction``,
     ``attention_reuse``, ``restore_tokens``). It differs in its prefix: SigLIP's sequence has no CLS token (the
     pooled output comes from an attention-pooling head over all tokens), so every token may be dropped or merged,
-    and the methods that rank tokens by the CLS token's attention (EViT, SuperViT, SkipViT, Evo-ViT) are refused
-    when the plan is set. It is also read from a full SigLIP checkpoint (its ``vision_config``).
+    and the methods that need a CLS token (those that rank tokens by its attention) are refused when the plan is
+    set. It is also read from a full SigLIP checkpoint (its ``vision_config``).
     """
 
     model_type = "tokenprune_siglip_vision_model"
     stock_model_type = "siglip_vision_model"
     base_config_key = "vision_config"
     composite_model_types = ("siglip",)
+    provides = frozenset({"one_grid"})
 
     token_reduction: dict | None = None
     attention_reuse: dict | None = None
@@ -25,14 +26,6 @@ class TokenPruneSiglipVisionConfig(TokenPruneConfigMixin, SiglipVisionConfig):
     @property
     def num_prefix_tokens(self) -> int:
         return 0
-
-    def check_plan_fits_family(self, method, plan: dict) -> dict:
-        if method.ranks_by_cls_attention:
-            raise ValueError(
-                f"token_reduction['method'] = {plan['method']!r} ranks tokens by the CLS token's attention, and "
-                "SigLIP's vision tower has no CLS token; methods that run on SigLIP: tome, cropr, dynamicvit."
-            )
-        return plan
 
 
 TokenPruneSiglipVisionConfig.register_for_auto_class()

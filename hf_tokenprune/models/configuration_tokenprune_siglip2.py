@@ -3,7 +3,6 @@
 from transformers import Siglip2VisionConfig
 
 from .configuration_tokenprune_common import TokenPruneConfigMixin
-from .configuration_tokenprune_siglip import TokenPruneSiglipVisionConfig
 
 
 class TokenPruneSiglip2VisionConfig(TokenPruneConfigMixin, Siglip2VisionConfig):
@@ -12,14 +11,15 @@ class TokenPruneSiglip2VisionConfig(TokenPruneConfigMixin, Siglip2VisionConfig):
     patch slots per image (``max_num_patches`` of the processor), the image's own patches first and padding after
     them, each image with its own grid (``spatial_shapes``). The plans see that sequence of slots: its patch grid is
     one row of ``num_patches`` slots, and FLOPs count every slot (padding is computed too, as in the stock model).
-    As on SigLIP, there is no CLS token: the methods that rank tokens by CLS attention are refused. Attention reuse
-    (SkipAt) is refused too: its Φ convolves over one patch grid, and NaFlex images each have their own.
+    As on SigLIP, there is no CLS token: the methods that need one are refused. Attention reuse (SkipAt) is refused
+    too: its Φ convolves over one patch grid, and NaFlex images each have their own.
     """
 
     model_type = "tokenprune_siglip2_vision_model"
     stock_model_type = "siglip2_vision_model"
     base_config_key = "vision_config"
     composite_model_types = ("siglip2",)
+    provides = frozenset()  # no CLS token, and each image of a batch has its own grid
 
     token_reduction: dict | None = None
     attention_reuse: dict | None = None
@@ -38,17 +38,6 @@ class TokenPruneSiglip2VisionConfig(TokenPruneConfigMixin, Siglip2VisionConfig):
     def image_size(self) -> tuple[int, int]:
         """The nominal input the FLOPs count is for: ``num_patches`` patch slots in one row."""
         return self.patch_size, self.num_patches * self.patch_size
-
-    def _checked_plan(self, key, value):
-        if key == "attention_reuse" and value is not None:
-            raise ValueError(
-                "attention_reuse is not supported on SigLIP 2: SkipAt's Φ convolves over one patch grid, and "
-                "NaFlex inputs give each image its own (spatial_shapes); use token_reduction (tome, cropr, "
-                "dynamicvit)."
-            )
-        return super()._checked_plan(key, value)
-
-    check_plan_fits_family = TokenPruneSiglipVisionConfig.check_plan_fits_family
 
 
 TokenPruneSiglip2VisionConfig.register_for_auto_class()

@@ -30,6 +30,7 @@ class TokenPruneViTConfig(TokenPruneConfigMixin, BackboneConfigMixin, ViTConfig)
 
     model_type = "tokenprune_vit"
     stock_model_type = STOCK_MODEL_TYPE
+    provides = frozenset({"cls_token", "one_grid", "two_heads"})  # the classifier has Evo-ViT's second head
 
     token_reduction: dict | None = None
     attention_reuse: dict | None = None

@@ -8,34 +8,31 @@ names of its stock classes. Part of the remote-code island: only torch, transfor
 """
 
 import copy
+import inspect
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from transformers.conversion_mapping import get_checkpoint_conversion_mapping
+from transformers.dynamic_module_utils import get_relative_import_files
 from transformers.masking_utils import create_bidirectional_mask
 from transformers.modeling_outputs import BaseModelOutputWithPooling, ImageClassifierOutput
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.models.vit.modeling_vit import eager_attention_forward
 
 from .attention_backends import attention_with_key_bias, check_attention_backend
-from .attention_reuse import ATTENTION_REUSE_METHODS
-from .reduction_cropr import CroprReduction  # noqa: F401  (every built-in method is imported, so it registers)
-from .reduction_dynamicvit import DynamicViTReduction  # noqa: F401
-from .reduction_evit import EViTReduction  # noqa: F401
-from .reduction_evo_vit import EvoViTReduction  # noqa: F401
-from .reduction_skipvit import SkipViTReduction  # noqa: F401
-from .reduction_supervit import SuperViTReduction  # noqa: F401
-from .reduction_tome import ToMeReduction  # noqa: F401
+from .configuration_tokenprune_common import TOKEN_BOOKKEEPING
+from .methods import ATTENTION_REUSE_METHODS, REDUCTION_METHODS, get_reduction_class, get_reuse_class
 from .token_reduction import (
-    REDUCTION_METHODS,
     AttentionProbe,
     TokenState,
     attention_key_bias,
     check_keep_rate,
-    get_reduction_class,
     grid_of,
     restore_full_length,
 )
+
+REUSE = "attention_reuse"  # the name attention reuse keeps its state under in a `TokenState`
 
 
 @dataclass
@@ -80,15 +77,7 @@ class TokenPruneImageClassifierOutput(ImageClassifierOutput):
 
 
 # What a head's output passes on from its base model's output (each where the head's output class has the field).
-PASSED_THROUGH = (
-    "hidden_states",
-    "attentions",
-    "token_counts",
-    "token_positions",
-    "token_owner",
-    "patch_grid",
-    "token_policy",
-)
+PASSED_THROUGH = ("hidden_states", "attentions", *TOKEN_BOOKKEEPING)
 
 
 def passed_through(outputs, output_class) -> dict:
@@ -198,7 +187,7 @@ class TokenPruneLayerMixin:
         self.layer_idx = layer_idx
         reuse = config.attention_reuse
         self.attention_reuse = (
-            None if reuse is None else ATTENTION_REUSE_METHODS[reuse["method"]].build(reuse, config, layer_idx)
+            None if reuse is None else get_reuse_class(reuse["method"]).build(reuse, config, layer_idx)
         )
         return self.attention_reuse is None or reuse["keep_replaced_attention"]
 
@@ -237,11 +226,9 @@ class TokenPruneLayerMixin:
             probe = None
         else:
             attention_output, probe = self._attend(hidden_states, attention_mask, state, reduction, **kwargs)
-            if state.reuse is not None:  # what a later reused layer starts from
+            if state.reuse is not None:  # what a later reused layer starts from: (prefix rows, patch rows)
                 prefix = state.num_prefix
-                state = state.replace(
-                    reused_cls=attention_output[:, :prefix], reused_patches=attention_output[:, prefix:]
-                )
+                state = state.with_mine(REUSE, (attention_output[:, :prefix], attention_output[:, prefix:]))
         hidden_states = self.add_branch(attention_output, residual)
         if reduction is not None:
             hidden_states, state = reduction.after_attention(hidden_states, state, probe)
@@ -272,14 +259,16 @@ class TokenPruneLayerMixin:
 
     def _reuse_attention(self, hidden_states, state):
         """This layer's attention output from the previous one: prefix rows reused, patch rows through Phi."""
-        if hidden_states.shape[1] != state.num_embedding_tokens or state.reused_patches is None:
+        last = state.mine(REUSE)
+        if hidden_states.shape[1] != state.num_embedding_tokens or last is None:
             raise ValueError(
                 f"attention reuse at layer {self.layer_idx} needs the full patch grid and an earlier attention "
                 f"output, but the sequence holds {hidden_states.shape[1]} of {state.num_embedding_tokens} tokens; "
                 "reuse attention only in layers before the token reduction starts."
             )
-        patches = self.attention_reuse(state.reused_patches, state.grid)  # (B, N, C)
-        return torch.cat([state.reused_cls, patches], dim=1), state.replace(reused_patches=patches)
+        prefix, patches = last
+        patches = self.attention_reuse(patches, state.grid)  # (B, N, C)
+        return torch.cat([prefix, patches], dim=1), state.with_mine(REUSE, (prefix, patches))
 
 
 def check_pixel_values(pixel_values, config, interpolate_pos_encoding):
@@ -401,6 +390,51 @@ class TokenPruneModelMixin:
         )
 
 
+def _source_file(cls: type) -> Path | None:
+    try:
+        return Path(inspect.getsourcefile(cls)).resolve()
+    except (TypeError, OSError):
+        return None  # defined in an interactive session: certainly not a file save_pretrained copies
+
+
+def island_files(model) -> set[Path]:
+    """The Python files ``save_pretrained`` copies into a checkpoint of ``model``: the model's and its config's
+    defining files and, recursively, the files they import with ``from .name import x``."""
+    files = set()
+    for cls in (type(model), type(model.config)):
+        source = _source_file(cls)
+        if source is not None:
+            files |= {source, *(Path(f).resolve() for f in get_relative_import_files(source))}
+    return files
+
+
+def check_shareable(model) -> None:
+    """Refuses to share a model whose plan names a method that its checkpoint's code would not contain.
+
+    A method is built in when its class is defined in one of the files ``save_pretrained`` copies (`island_files`);
+    one registered at runtime by user code (``register_reduction`` in a script or notebook) is not, and a model loaded
+    with ``trust_remote_code=True`` elsewhere could not run it.
+
+    Raises:
+        ValueError: naming the method, where it is defined, and the built-in methods.
+    """
+    island = island_files(model)
+    for field, registry in (("token_reduction", REDUCTION_METHODS), ("attention_reuse", ATTENTION_REUSE_METHODS)):
+        plan = getattr(model.config, field, None)
+        if not plan:
+            continue
+        builtin = sorted(name for name, cls in registry.items() if _source_file(cls) in island)
+        cls = registry.get(plan["method"])
+        if cls is None or _source_file(cls) not in island:
+            where = "an unknown place" if cls is None else f"{cls.__module__} ({_source_file(cls) or 'no file'})"
+            raise ValueError(
+                f"{field}['method'] = {plan['method']!r} is not built into hf_tokenprune: it is registered by "
+                f"{where}, a file that save_pretrained does not copy, so the model could not run where it is loaded "
+                f"with trust_remote_code=True. Built-in methods: {builtin}. Add the method to hf_tokenprune/models "
+                "(see CONTRIBUTING.md) to share such a model."
+            )
+
+
 class TokenPrunePreTrainedMixin:
     """Loading, initialisation, inference checkpoints and saving, shared by every family's pretrained model.
 
@@ -489,6 +523,13 @@ class TokenPrunePreTrainedMixin:
             if isinstance(module, TokenPruneModelMixin):
                 module.built_plans = copy.deepcopy((config.token_reduction, config.attention_reuse))
 
+    def push_to_hub(self, *args, **kwargs):
+        """transformers' push (the weights, the config with ``auto_map``, the remote-code files and transformers'
+        card), after `check_shareable`. ``hf_tokenprune.sharing.push_to_hub(model, repo_id)`` uploads
+        hf_tokenprune's model card too."""
+        check_shareable(self)
+        return super().push_to_hub(*args, **kwargs)
+
     def save_pretrained(self, save_directory, *args, **kwargs):
         module = type(self).__module__.split(".")[-1]
         self.config.auto_map = {
@@ -518,6 +559,8 @@ class TokenPruneClassifierMixin:
 
 __all__ = [
     "ProbedAttentionMixin",
+    "check_shareable",
+    "island_files",
     "TokenPruneLayerMixin",
     "TokenPruneClassifierMixin",
     "TokenPruneModelMixin",

@@ -33,6 +33,7 @@ from torch import nn
 from transformers import initialization as init
 
 from .token_reduction import (
+    Paper,
     TokenReduction,
     TokenState,
     check_bool,
@@ -173,6 +174,24 @@ class CroprReduction(TokenReduction):
     }
     runtime_options = ("tokens_per_layer", "aux_loss_weight")
     training_only_modules = ("scorer.aux_head",)
+    paper = Paper(
+        "Token Cropr: Faster ViTs for Quite a Few Tasks",
+        "Bergner, Lippert and Mahendran, CVPR 2025",
+        "2412.00965",
+        "benbergner/cropr",
+    )
+    headline_plan = {"tokens_per_layer": 8}  # 8 fewer tokens after every block, last-layer fusion
+    keep_all_plan = {"tokens_per_layer": 0}
+    operating_points = ("tokens_per_layer", (0.5, 0.7, 0.9))  # the fraction of the patch tokens pruned in all
+
+    @classmethod
+    def operating_point(cls, strength, config):
+        """``tokens_per_layer`` that prunes about ``strength`` of the patch tokens by the last pruning module."""
+        depth = config.num_hidden_layers
+        return {
+            "method": cls.method,
+            "tokens_per_layer": max(1, round(strength * config.num_patches / max(1, depth - 2))),
+        }
 
     @classmethod
     def check_plan(cls, plan, config):

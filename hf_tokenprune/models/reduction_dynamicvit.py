@@ -26,6 +26,7 @@ from torch import nn
 from transformers import initialization as init
 
 from .token_reduction import (
+    Paper,
     TokenReduction,
     TokenState,
     check_choice,
@@ -108,6 +109,15 @@ class DynamicViTReduction(TokenReduction):
     options = {"layers": None, "keep_rate": 0.7, "ratio_loss_weight": 2.0, "train_mode": "mask"}
     runtime_options = ("keep_rate", "ratio_loss_weight")
     uses_keep_rate = True
+    paper = Paper(
+        "DynamicViT: Efficient Vision Transformers with Dynamic Token Sparsification",
+        "Rao et al., NeurIPS 2021",
+        "2106.02034",
+        "raoyongming/DynamicViT",
+    )
+    headline_plan = {"keep_rate": 0.7}  # layers 3, 6, 9 of 12
+    keep_all_plan = {"keep_rate": 1.0}
+    operating_points = ("keep_rate", (0.9, 0.7, 0.5))
 
     @classmethod
     def check_plan(cls, plan, config):

@@ -13,6 +13,7 @@ import torch
 
 from .token_reduction import (
     AttentionProbe,
+    Paper,
     TokenReduction,
     TokenState,
     check_bool,
@@ -31,10 +32,19 @@ from .token_reduction import (
 
 @register_reduction("evit")
 class EViTReduction(TokenReduction):
-    ranks_by_cls_attention = True
     options = {"layers": None, "keep_rate": 0.7, "fuse": True}
     runtime_options = ("keep_rate",)
     uses_keep_rate = True
+    paper = Paper(
+        "Not All Patches are What You Need: Expediting Vision Transformers via Token Reorganizations",
+        "Liang et al., ICLR 2022",
+        "2202.07800",
+        "youweiliang/evit",
+    )
+    headline_plan = {"keep_rate": 0.7, "fuse": True}  # layers 3, 6, 9 of 12
+    keep_all_plan = {"keep_rate": 1.0}
+    operating_points = ("keep_rate", (0.9, 0.8, 0.7, 0.6, 0.5))
+    needs = {"cls_token": "it ranks tokens by the CLS token's attention"}
 
     @classmethod
     def check_plan(cls, plan, config):

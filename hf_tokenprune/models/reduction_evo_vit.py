@@ -16,10 +16,13 @@ With ``two_heads`` the classifier gets a second head on the mean of the patch to
 (0.5 * cross-entropy each) and used alone at inference, as in the reference training.
 """
 
+from typing import NamedTuple
+
 import torch
 
 from .token_reduction import (
     AttentionProbe,
+    Paper,
     TokenReduction,
     TokenState,
     check_bool,
@@ -36,6 +39,13 @@ from .token_reduction import (
 )
 
 PLACEHOLDER_UPDATES = ("none", "representative")
+
+
+class EvoViTState(NamedTuple):
+    """What Evo-ViT keeps for itself in the `TokenState` (``state.mine("evo_vit")``)."""
+
+    global_attention: torch.Tensor  # (B, T + 1) class attention averaged over layers; the last slot is a trash slot
+    representative: torch.Tensor | None = None  # (B, 1, C) the placeholders' summary as it entered this block
 
 
 def informative_count(num_patches: int, keep_rate: float) -> int:
@@ -73,7 +83,6 @@ def _check_stages(plan: dict, num_layers: int) -> list[list[int]]:
 
 @register_reduction("evo_vit")
 class EvoViTReduction(TokenReduction):
-    ranks_by_cls_attention = True
     options = {
         "stages": None,
         "layers": None,
@@ -84,6 +93,23 @@ class EvoViTReduction(TokenReduction):
     }
     runtime_options = ("keep_rate",)
     uses_keep_rate = True
+    paper = Paper(
+        "Evo-ViT: Slow-Fast Token Evolution for Dynamic Vision Transformer",
+        "Xu et al., AAAI 2022",
+        "2108.01390",
+        "YifanXu74/Evo-ViT",
+    )
+    headline_plan = {"keep_rate": 0.5}  # stages from layers 4 and 8 of 12
+    keep_all_plan = {"keep_rate": 1.0}
+    operating_points = ("keep_rate", (0.7, 0.5, 0.3))
+    needs = {"cls_token": "it ranks tokens by the CLS token's attention"}
+
+    @classmethod
+    def plan_needs(cls, plan):
+        needs = dict(cls.needs)
+        if plan.get("two_heads"):
+            needs["two_heads"] = "two_heads=True trains one next to the CLS head"
+        return needs
 
     @classmethod
     def check_plan(cls, plan, config):
@@ -175,7 +201,7 @@ class EvoViTReduction(TokenReduction):
         num_keep = informative_count(num_patches, self.keep_rate(state))
         if num_keep >= num_patches:
             return x, state
-        scores = state.global_attention.gather(1, state.positions[:, num_prefix:])  # (B, N)
+        scores = state.mine(self.method).global_attention.gather(1, state.positions[:, num_prefix:])  # (B, N)
         keep, placeholders = rank_patches(scores, num_keep, num_prefix)
         state = park_tokens(x, state, placeholders)
         return keep_tokens(x, state, keep)
@@ -183,19 +209,23 @@ class EvoViTReduction(TokenReduction):
     def _add_representative(self, x, state):
         """Appends one token summarising the placeholders, weighted by their global class attention."""
         values, positions = state.parked[0]  # (B, M, C), (B, M)
-        weights = state.global_attention.gather(1, positions)  # (B, M)
+        own = state.mine(self.method)
+        weights = own.global_attention.gather(1, positions)  # (B, M)
         weights = weights / weights.sum(dim=1, keepdim=True).clamp_min(1e-12)
         representative = torch.einsum("bm,bmc->bc", weights, values).unsqueeze(1)  # (B, 1, C)
         made_up = state.positions.new_full((x.shape[0], 1), -1)
         x = torch.cat([x, representative], dim=1)
-        return x, state.replace(positions=torch.cat([state.positions, made_up], dim=1), scratch=representative)
+        state = state.replace(positions=torch.cat([state.positions, made_up], dim=1))
+        return x, state.with_mine(self.method, own._replace(representative=representative))
 
     def _spread_representative(self, x, state):
         """Adds the representative token's residual update to every placeholder, then drops it."""
         values, positions = state.parked[0]
-        update = x[:, -1:] - state.scratch  # (B, 1, C)
+        own = state.mine(self.method)
+        update = x[:, -1:] - own.representative  # (B, 1, C)
         parked = ((values + update, positions),) + state.parked[1:]
-        return x[:, :-1], state.replace(positions=state.positions[:, :-1], parked=parked, scratch=None)
+        state = state.replace(positions=state.positions[:, :-1], parked=parked)
+        return x[:, :-1], state.with_mine(self.method, own._replace(representative=None))
 
     def _update_global_attention(self, state, cls_attention):
         """g <- (1 - a) g + a a_cls at the positions of the tokens in the sequence (informative tokens only)."""
@@ -204,9 +234,9 @@ class EvoViTReduction(TokenReduction):
         total = state.num_embedding_tokens
         positions = state.positions[:, num_prefix:]
         slots = torch.where(positions < 0, total, positions)  # made-up tokens write to a trash slot
-        if state.global_attention is None:
-            previous = attention.new_zeros(attention.shape[0], total + 1)
-        else:
-            previous = state.global_attention
+        own = state.mine(self.method)
+        if own is None:  # the first layer that tracks it
+            own = EvoViTState(attention.new_zeros(attention.shape[0], total + 1))
+        previous = own.global_attention
         mixed = (1 - self.momentum) * previous.gather(1, slots) + self.momentum * attention
-        return state.replace(global_attention=previous.scatter(1, slots, mixed))
+        return state.with_mine(self.method, own._replace(global_attention=previous.scatter(1, slots, mixed)))

@@ -14,6 +14,7 @@ import torch
 
 from .token_reduction import (
     AttentionProbe,
+    Paper,
     TokenReduction,
     TokenState,
     check_int,
@@ -31,11 +32,19 @@ from .token_reduction import (
 
 @register_reduction("skipvit")
 class SkipViTReduction(TokenReduction):
-    ranks_by_cls_attention = True
     # keep_rate 0.45: the paper's headline drops 55% of the tokens.
     options = {"drop_layer": None, "rejoin_layer": None, "keep_rate": 0.45}
     runtime_options = ("keep_rate",)
     uses_keep_rate = True
+    paper = Paper(
+        "SkipViT: Speeding Up Vision Transformers with a Token-Level Skip Connection",
+        "Ataiefard et al., arXiv 2024",
+        "2401.15293",
+    )
+    headline_plan = {"keep_rate": 0.45}  # drops 55% at layer 3, rejoins before the last
+    keep_all_plan = {"keep_rate": 1.0}
+    operating_points = ("keep_rate", (0.7, 0.55, 0.45, 0.3))
+    needs = {"cls_token": "it ranks tokens by the CLS token's attention"}
 
     @classmethod
     def check_plan(cls, plan, config):

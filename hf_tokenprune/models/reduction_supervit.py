@@ -15,7 +15,7 @@ that size with ``interpolate_pos_encoding=True`` (position embeddings are interp
 import math
 
 from .reduction_evit import EViTReduction
-from .token_reduction import check_keep_rate, check_options, grid_of, register_reduction
+from .token_reduction import Paper, check_keep_rate, check_options, grid_of, register_reduction
 
 # SuperViT's operating points for a 224-pixel model; scaled to other image sizes.
 BASE_RESOLUTIONS = (128, 160, 192, 224)
@@ -41,6 +41,9 @@ def _check_resolutions(value, config) -> list[int]:
 @register_reduction("supervit")
 class SuperViTReduction(EViTReduction):
     options = {**EViTReduction.options, "fuse": False, "keep_rates": list(BASE_KEEP_RATES), "resolutions": None}
+    paper = Paper("Super Vision Transformer", "Lin et al., IJCV 2023", "2205.11397", "lmbxmu/SuperViT")
+    headline_plan = {"keep_rate": 0.7}  # layers 3, 6, 9 of 12
+    operating_points = ("keep_rate", (0.9, 0.7, 0.5))
 
     @classmethod
     def num_kept(cls, num_patches: int, keep_rate: float) -> int:

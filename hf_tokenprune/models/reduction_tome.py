@@ -18,6 +18,7 @@ import torch
 
 from .token_reduction import (
     AttentionProbe,
+    Paper,
     TokenReduction,
     TokenState,
     add_rows,
@@ -77,6 +78,17 @@ def merge_counts(schedule: list[int], num_tokens: int, num_prefix: int = 1) -> l
 class ToMeReduction(TokenReduction):
     options = {"r": 8, "proportional_attention": True}
     runtime_options = ("r",)
+    paper = Paper(
+        "Token Merging: Your ViT But Faster", "Bolya et al., ICLR 2023", "2210.09461", "facebookresearch/ToMe"
+    )
+    headline_plan = {"r": 8}
+    keep_all_plan = {"r": 0}
+    operating_points = ("r", (0.25, 0.35, 0.45, 0.6))  # the fraction of the patch tokens merged over the depth
+
+    @classmethod
+    def operating_point(cls, strength, config):
+        """``r`` that merges about ``strength`` of the patch tokens over the depth."""
+        return {"method": cls.method, "r": max(1, round(strength * config.num_patches / config.num_hidden_layers))}
 
     @classmethod
     def check_plan(cls, plan, config):

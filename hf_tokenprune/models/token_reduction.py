@@ -9,6 +9,11 @@ that decision to the hidden states and to the bookkeeping that travels with them
   the sequence now holds each embedding token;
 - ``parked``: tokens taken out of the sequence on an identity path, with their positions, so that they can rejoin.
 
+A method also describes itself on its class (`TokenReduction`): its paper and official code, its headline
+operating point, the plan under which it removes nothing, its operating points from mild to strong, and what it
+needs from a model family (`FEATURES`). The tools (cards, benchmarks, the tuner, support tables, the test matrix)
+read these; none keeps a list of method names.
+
 Everything here is part of the remote-code island: it imports only the standard library and torch.
 """
 
@@ -18,6 +23,43 @@ from typing import Any
 
 import torch
 from torch import nn
+
+# ----------------------------------------------------------------------------------------------------------------
+# What a method is, and what it needs from a family
+# ----------------------------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Paper:
+    """Where a method comes from: its paper, authors and venue, arXiv id and official code (GitHub owner/name)."""
+
+    title: str
+    authors: str
+    arxiv: str
+    code: str | None = None
+
+
+# What a method may need from a model family (a method's ``needs``); each family's config says which of these it
+# provides (``provides``), and a plan that needs more is refused when it is set.
+FEATURES = {
+    "cls_token": "a CLS token",
+    "one_grid": "one patch grid shared by every image of a batch",
+    "two_heads": "a classifier with a second head on the mean patch token",
+}
+
+
+def check_fits(field: str, method: Any, plan: dict, provides: Any, family: str, registry: dict) -> None:
+    """Refuses, in one line, a plan whose method needs a feature the family does not provide; names the methods of
+    ``registry`` that run on the family."""
+    for feature, why in method.plan_needs(plan).items():
+        if feature not in provides:
+            runs = sorted(name for name, cls in registry.items() if set(cls.needs) <= set(provides))
+            others = f"the methods that run on it: {runs}" if runs else f"no {field} method runs on it"
+            raise ValueError(
+                f"{field}['method'] = {plan['method']!r} needs {FEATURES[feature]} ({why}), which {family} does not "
+                f"have; {others}."
+            )
+
 
 # ----------------------------------------------------------------------------------------------------------------
 # Registry
@@ -136,27 +178,29 @@ def kept_count(num_tokens: int, keep_rate: float) -> int:
 class TokenState:
     """Bookkeeping that travels with the hidden states through the layers of one forward pass.
 
-    Layers never mutate a state; they return a new one (``dataclasses.replace``), so gradient checkpointing can
-    replay a layer safely.
+    Its fields are what the methods share with the layers, the model and one another (the shared helpers, the
+    attention and the heads read them); what only one method needs travels in ``own``, under the method's name
+    (`mine`, `with_mine`). Layers never mutate a state; they return a new one (`replace`), so gradient checkpointing
+    can replay a layer safely.
     """
 
     positions: torch.Tensor  # (B, N_cur) index in the embedding sequence, -1 for made-up tokens
     num_prefix: int = 1  # leading tokens (CLS) never dropped or merged
     plan: dict | None = None  # the plan in force for this call: the config's, with a runtime keep rate applied
-    sizes: torch.Tensor | None = None  # (B, N_cur, 1) embedding tokens merged into each token (ToMe)
-    owner: torch.Tensor | None = None  # (B, T) index of the token holding each embedding token (ToMe)
-    key_bias: torch.Tensor | None = None  # (B, N_cur) added to every query's logit for each key (ToMe's log size)
-    parked: tuple = ()  # ((values (B, M, C), positions (B, M)), ...) tokens on the identity path
-    global_attention: torch.Tensor | None = None  # (B, T) class attention averaged over layers (Evo-ViT)
-    grid: tuple[int, int] = (0, 0)  # patch grid (rows, columns) of this input
-    scratch: Any = None  # a value one hook of a layer hands to a later hook of the same layer
-    key_policy: torch.Tensor | None = None  # (B, N_cur) 0/1 keys attention may use (DynamicViT training)
-    aux_logits: tuple = ()  # ((logits (B, labels), weight), ...) auxiliary predictions to train on labels (Cropr)
-    aux_loss: torch.Tensor | None = None  # auxiliary loss that needs no labels, a batch mean (DynamicViT ratio)
     reuse: dict | None = None  # the attention-reuse plan in force
-    reused_cls: torch.Tensor | None = None  # (B, P, C) last computed attention output of the prefix tokens
-    reused_patches: torch.Tensor | None = None  # (B, N, C) last attention output of the patch tokens
+    grid: tuple[int, int] = (0, 0)  # patch grid (rows, columns) of this input
     padding: torch.Tensor | None = None  # (B, T) True at padding slots of the embedding sequence (SigLIP 2 NaFlex)
+    parked: tuple = ()  # ((values (B, M, C), positions (B, M)), ...) tokens on the identity path
+    # Merged tokens (read by the helpers that keep, restore and pad tokens, and by the attention):
+    sizes: torch.Tensor | None = None  # (B, N_cur, 1) embedding tokens merged into each token
+    owner: torch.Tensor | None = None  # (B, T) index of the token holding each embedding token
+    key_bias: torch.Tensor | None = None  # (B, N_cur) added to every query's logit for each key (log of the size)
+    # Read by the attention and the outputs:
+    key_policy: torch.Tensor | None = None  # (B, N_cur) 0/1 keys the attention may use (masked training)
+    # Training objectives, read by the heads:
+    aux_logits: tuple = ()  # ((logits (B, labels), weight), ...) auxiliary predictions to train on the labels
+    aux_loss: torch.Tensor | None = None  # an auxiliary loss that needs no labels, a batch mean
+    own: dict = dataclasses.field(default_factory=dict)  # method name -> what only that method reads
 
     @classmethod
     def start(
@@ -172,6 +216,14 @@ class TokenState:
 
     def replace(self, **changes) -> "TokenState":
         return dataclasses.replace(self, **changes)
+
+    def mine(self, owner: str) -> Any:
+        """What ``owner`` (a method's name) left for itself in this state, or None."""
+        return self.own.get(owner)
+
+    def with_mine(self, owner: str, value: Any) -> "TokenState":
+        """This state with ``owner``'s private state replaced by ``value``."""
+        return self.replace(own={**self.own, owner: value})
 
 
 @dataclasses.dataclass
@@ -326,10 +378,17 @@ class TokenReduction(nn.Module):
     # changes to them (keep-rate schedules, runtime overrides). The others are fixed when the model is built.
     runtime_options: tuple = ()
     uses_keep_rate: bool = False
-    # Whether the method ranks tokens by the CLS token's attention row (a model without CLS cannot run it).
-    ranks_by_cls_attention: bool = False
     # Submodules (relative to the method's module) needed only to train; an inference checkpoint leaves them out.
     training_only_modules: tuple = ()
+
+    # What the method is, for the tools (cards, benchmark, tuner, support tables, the test matrix):
+    paper: Paper | None = None
+    headline_plan: dict = {}  # the options of its headline operating point (the others at their defaults)
+    keep_all_plan: dict | None = None  # options under which it removes nothing (it must then equal the stock model)
+    # (option, strengths mildest first) that `operating_point` turns into plans: the tuner's grid and the accuracy
+    # benchmark's points.
+    operating_points: tuple = ()
+    needs: dict = {}  # feature of `FEATURES` a family must provide -> why the method needs it
 
     def __init__(self, plan: dict, config: Any, layer_idx: int):
         super().__init__()
@@ -340,6 +399,17 @@ class TokenReduction(nn.Module):
         self.needs_keys = False
 
     # -- plan (class level, no tensors) --------------------------------------------------------------------------
+    @classmethod
+    def plan_needs(cls, plan: dict) -> dict:
+        """What this plan needs from a family (`needs`, plus what its options add)."""
+        return dict(cls.needs)
+
+    @classmethod
+    def operating_point(cls, strength: Any, config: Any) -> dict:
+        """The plan at one strength of `operating_points` for a model of ``config``."""
+        option = cls.operating_points[0]
+        return {"method": cls.method, option: strength}
+
     @classmethod
     def check_plan(cls, plan: dict, config: Any) -> dict:
         """Validates ``plan`` for ``config`` (depth, image and patch size) and fills its defaults."""

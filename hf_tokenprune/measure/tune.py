@@ -3,15 +3,16 @@
 ``hf-tokenprune tune --model CKPT --target-speedup 1.5`` (or ``--target-gflops``, or ``--max-accuracy-drop``)
 
 1. builds candidate plans: every training-free method (EViT, SuperViT, Evo-ViT, SkipViT, ToMe, and any registered
-   method without parameters) at a few operating points, plus the checkpoint's own plan and its runtime amounts when
-   it has one. Methods with learned parts (DynamicViT's predictor, Cropr's scorer, SkipAt's reuse function) are left
-   out unless the checkpoint holds their trained weights: untrained, they would be judged on random scorers;
+   method without parameters) at its operating points (the method class's ``operating_points``), plus the
+   checkpoint's own plan and its runtime amounts when it has one. Methods with learned parts (DynamicViT's
+   predictor, Cropr's scorer, SkipAt's reuse function) are left out unless the checkpoint holds their trained
+   weights: untrained, they would be judged on random scorers;
 2. measures the accuracy of each candidate, with the checkpoint's weights and no training, on a seeded subset of
    held-out images (the embedded cluttered digits of `hf_tokenprune.data` by default, an image folder, or a
    ``datasets`` dataset);
 3. measures each candidate's inference speed-up paired against the stock `ViTForImageClassification` with the same
-   weights on this machine (`hf_tokenprune.benchmark.measure_forward`), with its FLOPs (`hf_tokenprune.flops`)
-   beside it;
+   weights on this machine (`hf_tokenprune.measure.benchmark.measure_forward`), with its FLOPs
+   (`hf_tokenprune.flops`) beside it;
 4. prints the Pareto front of accuracy against measured speed-up (a table, ``tune.md``, ``tune.png``,
    ``tune.json``) and writes the chosen plan into a copy of the checkpoint (``--output``).
 
@@ -30,23 +31,17 @@ from typing import Any
 
 import numpy as np
 
-from ._lazy import LazyModule
-from .plans import PlanEntry, plan_config, plan_label
-from .tune_data import accuracy, check_data, held_out_images, load_split, processor_for
+from .._lazy import LazyModule
+from ..families import FAMILIES
+from ..flops import count_flops
+from ..models.methods import ATTENTION_REUSE_METHODS, REDUCTION_METHODS, get_reduction_class, get_reuse_class
+from ..plans import PlanEntry, plan_config, plan_label
+from .benchmark import BenchmarkSettings, build_models, measure_forward
+from .heldout import accuracy
+from .report import compact_counts
 
 torch = LazyModule("torch")  # imported on first use, so listing the CLI's subcommands stays fast
 
-# Operating points per method, mildest first: (option, values). ToMe's and Cropr's values are fractions of the
-# patch tokens removed over the depth, turned into a per-layer count for the model at hand.
-GRIDS: dict[str, tuple[str, list[float]]] = {
-    "evit": ("keep_rate", [0.9, 0.8, 0.7, 0.6, 0.5]),
-    "supervit": ("keep_rate", [0.9, 0.7, 0.5]),
-    "evo_vit": ("keep_rate", [0.7, 0.5, 0.3]),
-    "skipvit": ("keep_rate", [0.7, 0.55, 0.45, 0.3]),
-    "tome": ("r", [0.25, 0.35, 0.45, 0.6]),
-    "dynamicvit": ("keep_rate", [0.9, 0.7, 0.5]),
-    "cropr": ("tokens_per_layer", [0.5, 0.7, 0.9]),
-}
 OWN = " (checkpoint plan)"  # the label suffix of the checkpoint's own plan family (trained with it)
 TARGETS = ("target_speedup", "target_gflops", "max_accuracy_drop")
 TARGET_FLAGS = {name: "--" + name.replace("_", "-") for name in TARGETS}
@@ -57,21 +52,8 @@ TARGET_FLAGS = {name: "--" + name.replace("_", "-") for name in TARGETS}
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def _amount(method: str, fraction: float, config: Any) -> int | float:
-    """A grid value as the method's option: ToMe's r and Cropr's count per module from a fraction of the patches."""
-    depth, patches = config.num_hidden_layers, config.num_patches
-    if method == "tome":
-        return max(1, round(fraction * patches / depth))
-    if method == "cropr":
-        return max(1, round(fraction * patches / max(1, depth - 2)))
-    return fraction
-
-
 def has_parameters(token_reduction: dict | None, attention_reuse: dict | None, config: Any) -> bool:
     """Whether a plan adds learned parameters to the model (so it needs training before it can be judged)."""
-    from .models.attention_reuse import ATTENTION_REUSE_METHODS
-    from .models.token_reduction import get_reduction_class
-
     checked = plan_config(config, PlanEntry("check", token_reduction, attention_reuse))
     for layer in range(config.num_hidden_layers):
         modules = []
@@ -80,7 +62,7 @@ def has_parameters(token_reduction: dict | None, attention_reuse: dict | None, c
                 get_reduction_class(token_reduction["method"]).build(checked.token_reduction, checked, layer)
             )
         if checked.attention_reuse:
-            reuse = ATTENTION_REUSE_METHODS[attention_reuse["method"]]
+            reuse = get_reuse_class(attention_reuse["method"])
             modules.append(reuse.build(checked.attention_reuse, checked, layer))
         if any(next(module.parameters(), None) is not None for module in modules if module is not None):
             return True
@@ -88,13 +70,13 @@ def has_parameters(token_reduction: dict | None, attention_reuse: dict | None, c
 
 
 def _method_points(method: str, config: Any, start: dict | None = None) -> list[dict]:
-    """The plans of one method's grid (``start``'s other options kept), mildest first; one default plan if the
-    method has no grid."""
+    """The plans of one method's operating points (its class's ``operating_points``, mildest first, with
+    ``start``'s other options kept); one default plan if the method has none."""
     start = start or {"method": method}
-    if method not in GRIDS:
+    cls = get_reduction_class(method)
+    if not cls.operating_points:
         return [dict(start)]
-    option, values = GRIDS[method]
-    return [{**start, option: _amount(method, value, config)} for value in values]
+    return [{**start, **cls.operating_point(strength, config)} for strength in cls.operating_points[1]]
 
 
 def _interleave(lines: list[list[PlanEntry]]) -> list[PlanEntry]:
@@ -118,9 +100,6 @@ def build_candidates(config: Any, methods: list[str] | None = None) -> tuple[lis
     Returns:
         ``(entry, config)`` pairs in evaluation order, and ``{name or label: reason}`` for what was left out.
     """
-    from .models.attention_reuse import ATTENTION_REUSE_METHODS
-    from .models.token_reduction import REDUCTION_METHODS
-
     base = plan_config(config, PlanEntry("base"))
     own, own_reuse = config.token_reduction, config.attention_reuse
     lines, left_out = [], {}
@@ -142,7 +121,7 @@ def build_candidates(config: Any, methods: list[str] | None = None) -> tuple[lis
 
 def _own_label(plan: dict | None, reuse: dict | None) -> str:
     """A short label for the checkpoint's plan family: the method and the amount the grid moves."""
-    option = GRIDS.get(plan["method"], ("",))[0] if plan else ""
+    option = (get_reduction_class(plan["method"]).operating_points or ("",))[0] if plan else ""
     value = (plan or {}).get(option)
     amount = "" if value is None else f" {option}={value:g}" if isinstance(value, float) else f" {option}={value}"
     parts = [f"{plan['method']}{amount}"] if plan else []
@@ -168,9 +147,6 @@ def _validated(entries: list[PlanEntry], base: Any, left_out: dict) -> list[tupl
 
 
 def check_methods(methods: list[str] | None) -> None:
-    from .models.attention_reuse import ATTENTION_REUSE_METHODS
-    from .models.token_reduction import REDUCTION_METHODS
-
     known = sorted(REDUCTION_METHODS) + sorted(ATTENTION_REUSE_METHODS)
     unknown = sorted(set(methods or []) - set(known))
     if unknown:
@@ -206,20 +182,8 @@ class Target:
         return f"{TARGET_FLAGS[self.kind]} {self.value:g}"
 
 
-def target_from_args(args: Any) -> Target:
-    given = [name for name in TARGETS if getattr(args, name) is not None]
-    if len(given) != 1:
-        got = "none" if not given else " and ".join(TARGET_FLAGS[name] for name in given)
-        raise ValueError(f"give exactly one target, {', '.join(TARGET_FLAGS.values())} (got {got}).")
-    target = Target(given[0], getattr(args, given[0]))
-    target.check()
-    return target
-
-
 def check_gflops_reachable(candidates: list[tuple[PlanEntry, Any]], target: Target) -> None:
     """A FLOPs target that no candidate meets is known before anything runs: say which candidate came closest."""
-    from .flops import count_flops
-
     if target.kind != "target_gflops" or not candidates:
         return
     gflops = {entry.label: count_flops(config).gflops for entry, config in candidates}
@@ -230,8 +194,6 @@ def check_gflops_reachable(candidates: list[tuple[PlanEntry, Any]], target: Targ
 
 
 def _row(entry: PlanEntry, config: Any, accuracy_value: float, stock_accuracy: float, ratios: list) -> dict:
-    from .flops import count_flops
-
     report = count_flops(config)
     measured = float(np.median(ratios))
     return {
@@ -302,8 +264,6 @@ class SearchSettings:
 
 
 def _bench_settings(settings: SearchSettings) -> Any:
-    from .benchmark import BenchmarkSettings
-
     return BenchmarkSettings(
         device=settings.device or torch.device("cpu"), dtype=settings.dtype, batch_size=settings.batch_size,
         rounds=settings.rounds, warmup=settings.warmup, modes=("inference",), seed=settings.seed, progress=False,
@@ -314,8 +274,6 @@ def _prepared_models(base: Any, candidates: list, state_dict: dict, settings: Se
     """The stock model and every candidate's model, sharing the checkpoint's weights; the trained parts of the
     checkpoint's own plan come from ``state_dict``. A model left with untrained parameters would be a bug in
     `build_candidates`, which only offers learned methods the checkpoint holds: it stops the search."""
-    from .benchmark import build_models
-
     device = settings.device or torch.device("cpu")
     stock, models = build_models(base, candidates, state_dict, settings.seed, device, settings.dtype)
     for entry, _ in candidates:
@@ -337,8 +295,6 @@ def search(config: Any, state_dict: dict, candidates: list, images: tuple, setti
         ``{"stock_accuracy", "rows", "evaluated", "budget_reached"}``; rows are in evaluation order.
     """
     from tqdm.auto import tqdm
-
-    from .benchmark import measure_forward
 
     settings.check()
     start = time.monotonic()
@@ -369,8 +325,6 @@ def search(config: Any, state_dict: dict, candidates: list, images: tuple, setti
 
 def format_front(result: dict, chosen: dict | None, everything: bool = False) -> str:
     """A markdown table of the Pareto front (or of every candidate), fastest first; the chosen plan is marked."""
-    from .benchmark import compact_counts
-
     lines = [
         "| plan | accuracy | Δ vs stock | measured speed-up (spread) | GFLOPs | ideal | MLP tokens per layer | |",
         "|---|---:|---:|---:|---:|---:|---|---|",
@@ -408,7 +362,7 @@ def describe(result: dict, chosen: dict | None, target: Target) -> str:
 
 def plot_front(result: dict, chosen: dict | None, path: str, target: Target) -> str:
     """Accuracy against measured speed-up: every candidate (colour by method), the front, the choice, stock ViT."""
-    from .visualization import _colour_by, _finish, _pyplot
+    from ..visualization import _colour_by, _finish, _pyplot
 
     plt, rows = _pyplot(), result["rows"]
     colour = _colour_by(sorted({row["method"] for row in rows}))
@@ -460,9 +414,7 @@ def write_checkpoint(source: str, output: str, chosen: dict, record: dict) -> st
     processor, and ``tune_choice.json`` (the chosen row, the target, the stock accuracy and the command)."""
     import shutil
 
-    from .models.modeling_tokenprune_vit import TokenPruneViTForImageClassification
-
-    model = TokenPruneViTForImageClassification.from_pretrained(
+    model = _tuned_class().from_pretrained(
         source, token_reduction=chosen["token_reduction"], attention_reuse=chosen["attention_reuse"]
     )
     model.save_pretrained(output)
@@ -476,130 +428,20 @@ def write_checkpoint(source: str, output: str, chosen: dict, record: dict) -> st
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Command line
+# The checkpoint
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def check_paths(args: Any) -> None:
-    """Missing or clashing folders, named before anything slow runs."""
-    model = args.model
-    looks_local = os.path.isabs(model) or model.startswith((".", "~")) or model.count("/") != 1
-    if not os.path.isdir(model) and looks_local:
-        raise ValueError(f"--model {model}: no such checkpoint folder.")
-    if args.output is not None:
-        if os.path.exists(args.output) and (not os.path.isdir(args.output) or os.listdir(args.output)):
-            raise ValueError(f"--output {args.output} already exists and is not empty; give a new folder.")
-        if os.path.isdir(model) and os.path.abspath(args.output) == os.path.abspath(model):
-            raise ValueError("--output must differ from --model: the tuner writes a copy of the checkpoint.")
+def _tuned_class() -> type:
+    """The class the tuner evaluates: the ViT classifier (the only family row with the ``tune`` capability)."""
+    rows = [row for row in FAMILIES.values() if row.can("tune")]
+    return rows[0].model_class()
 
 
 def load_checkpoint(model: str) -> tuple[Any, dict]:
     """The checkpoint's config (with its plans) and weights."""
-    from .models.modeling_tokenprune_vit import TokenPruneViTForImageClassification
-
     try:
-        loaded = TokenPruneViTForImageClassification.from_pretrained(model)
+        loaded = _tuned_class().from_pretrained(model)
     except OSError as error:
         raise ValueError(f"--model {model}: cannot load it ({str(error).splitlines()[0]}).") from None
     return loaded.config, loaded.state_dict()
-
-
-def _settings_from_args(args: Any) -> SearchSettings:
-    from .benchmark import parse_device, parse_dtype
-
-    settings = SearchSettings(
-        batch_size=args.batch_size, rounds=args.rounds, warmup=args.warmup, device=parse_device(args.device),
-        dtype=parse_dtype(args.dtype), seed=args.seed, time_budget=args.time_budget, progress=not args.no_progress,
-    )  # fmt: skip
-    settings.check()
-    if args.max_images < 1:
-        raise ValueError(f"--max-images {args.max_images} must be at least 1.")
-    if args.threads is not None:
-        if args.threads < 1:
-            raise ValueError(f"--threads {args.threads} must be at least 1.")
-        torch.set_num_threads(args.threads)
-    return settings
-
-
-def _tune_command(args: Any) -> int:
-    target = target_from_args(args)
-    settings = _settings_from_args(args)
-    data_kind, data_argument = check_data(args.data)
-    methods = [m.strip() for m in args.methods.split(",") if m.strip()] if args.methods else None
-    check_methods(methods)
-    check_paths(args)
-    config, state_dict = load_checkpoint(args.model)
-    candidates, left_out = build_candidates(config, methods)
-    if not candidates:
-        raise ValueError(f"no candidate plan to try (--methods {args.methods}); left out: {left_out}.")
-    check_gflops_reachable(candidates, target)
-    dataset = load_split(data_kind, data_argument, args.split)
-    columns = (args.image_column, args.label_column)
-    images = held_out_images(dataset, processor_for(args.model, config), config, args.max_images, args.seed, columns)
-    print(f"tuning {args.model}: {len(candidates)} candidate plans, {len(images[1])} held-out images")
-    result = search(config, state_dict, candidates, images, settings)
-    result.update(candidates=len(candidates), left_out=left_out, command=args.command_line, seed=args.seed)
-    result["setup"] = _setup(args, settings, len(images[1]))
-    return _report(result, target, args)
-
-
-def _setup(args: Any, settings: SearchSettings, images: int) -> dict:
-    from .benchmark import device_name
-
-    return {
-        "model": args.model, "data": " ".join(args.data), "images": images, "batch_size": settings.batch_size,
-        "rounds": settings.rounds, "dtype": str(settings.dtype).removeprefix("torch."),
-        "device": device_name(settings.device or torch.device("cpu")),
-    }  # fmt: skip
-
-
-def _report(result: dict, target: Target, args: Any) -> int:
-    """Prints and writes the front; writes the checkpoint copy when a plan meets the target."""
-    try:
-        chosen, failure = choose(result["rows"], target, result["stock_accuracy"]), None
-    except ValueError as error:
-        chosen, failure = None, error
-    paths = write_results(result, chosen, target, args.results_dir)
-    print(format_front(result, chosen))
-    print(describe(result, chosen, target))
-    print(f"wrote {paths['json']}, {paths['md']} and {paths['png']}")
-    if failure is not None:
-        raise failure
-    if args.output is not None:
-        record = {key: result[key] for key in ("stock_accuracy", "command", "seed", "setup")}
-        record["target"] = {target.kind: target.value}
-        print(f"wrote the chosen plan into {write_checkpoint(args.model, args.output, chosen, record)}")
-    return 0
-
-
-def add_cli(commands: Any) -> None:
-    """Adds ``hf-tokenprune tune`` to the CLI's subcommands."""
-    parser = commands.add_parser(
-        "tune",
-        help="choose a plan: training-free plans evaluated on held-out images and timed against stock ViT",
-        description=__doc__.split("\n\n")[0] + " Give exactly one target.",
-    )
-    parser.add_argument("--model", required=True, help="checkpoint folder (or Hub id) to tune")
-    parser.add_argument("--data", nargs="+", default=["embedded"], metavar="DATA",
-                        help="held-out images: 'embedded' (cluttered digits), 'imagefolder DIR' or a datasets name "
-                        "(and config name)")  # fmt: skip
-    parser.add_argument("--split", default=None, help="held-out split (default: validation, test, or the only one)")
-    parser.add_argument("--image-column", default="image")
-    parser.add_argument("--label-column", default="label")
-    parser.add_argument("--max-images", type=int, default=256, help="size of the seeded held-out subset")
-    parser.add_argument("--target-speedup", type=float, default=None, help="least measured speed-up vs stock")
-    parser.add_argument("--target-gflops", type=float, default=None, help="most GFLOPs per image")
-    parser.add_argument("--max-accuracy-drop", type=float, default=None, help="e.g. 0.01 for one point")
-    parser.add_argument("--methods", default=None, help="comma-separated methods to try (default: every usable one)")
-    parser.add_argument("--batch-size", type=int, default=32, help="batch for accuracy and timing")
-    parser.add_argument("--rounds", type=int, default=5, help="paired timing rounds per candidate")
-    parser.add_argument("--warmup", type=int, default=1, help="untimed calls per model before timing")
-    parser.add_argument("--device", default="auto", help="as for `benchmark` (default: an available accelerator)")
-    parser.add_argument("--dtype", default="fp32", help="fp32, bf16 or fp16")
-    parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")
-    parser.add_argument("--time-budget", type=float, default=None, help="seconds; then no new candidate starts")
-    parser.add_argument("--seed", type=int, default=0, help="chooses the held-out subset")
-    parser.add_argument("--output", default=None, help="new folder: a copy of the checkpoint with the chosen plan")
-    parser.add_argument("--results-dir", default="tune-results", help="where tune.json, tune.md and tune.png go")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    parser.set_defaults(func=_tune_command)

@@ -1,23 +1,15 @@
-"""Reporting `hf_tokenprune.benchmark` results: how noisy they are, the table, the setup line and the files
+"""Reporting `hf_tokenprune.measure.benchmark` results: how noisy they are, the table, the setup line and the files
 (``benchmark.json``, ``benchmark.md``, ``benchmark.png``)."""
 
 import statistics
 from typing import Any
 
+from .devices import machine_info
+
 MODES = ("inference", "latency", "training")  # what the benchmark measures, in the order it reports them
 NOISY_SPREAD = 0.3  # per-round ratios spread over more than this fraction of their median: a noisy row
 MIN_ROUNDS = 3  # fewer rounds cannot show whether a row is noisy
 BUSY_LOAD = 0.5  # a 1-minute load average per core above this before the run: the machine was busy
-
-
-def machine_load() -> float | None:
-    """The 1-minute load average per core (None where the system does not report it)."""
-    import os
-
-    try:
-        return os.getloadavg()[0] / (os.cpu_count() or 1)
-    except (AttributeError, OSError):
-        return None
 
 
 def noise_of(ratios: list[float]) -> dict[str, Any]:
@@ -114,15 +106,13 @@ def write_results(rows: list[dict[str, Any]], output_dir: str, extra: dict | Non
         command = f"\n\ncommand: `{extra['command']}`" if extra and extra.get("command") else ""
         notes = "".join(f"\n\nWarning: {warning}" for warning in warnings)
         file.write(format_table(rows) + "\n\n" + describe_setup(rows) + command + notes + "\n")
-    from .visualization import plot_speedups
+    from ..visualization import plot_speedups
 
     plot_speedups(rows, paths["png"], title=f"{rows[0]['device']}, {rows[0]['dtype']}")
     return paths
 
 
 def machine_info_from_rows(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    from .benchmark import machine_info
-
     info = machine_info()
     info["device"] = rows[0]["device"] if rows else info["device"]
     info["load_before"] = rows[0].get("load_before") if rows else None  # 1-minute load average per core

@@ -5,6 +5,9 @@ from the Hub, so offline it fails unless cached; hf_tokenprune ships its own met
 (``hf_tokenprune/metric_modules/``) and loads them by path, which works offline; when `evaluate` is not installed or a
 module cannot load, the same number is computed with numpy.
 
+Training metrics: `build_compute_metrics` gives the Trainer accuracy plus the token counts and GFLOPs of the plan in
+force (`token_metrics`), so a scheduled keep rate shows in each evaluation.
+
 Semantic segmentation: ``evaluate.load("mean_iou")`` would fetch its script from the Hub; `segmentation_metrics`
 gives the same quantities from a confusion matrix: intersection over union per class, its mean over the classes that
 occur (in the labels or the predictions), and pixel accuracy, all skipping pixels labelled ``ignore_index``.
@@ -16,6 +19,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from ..flops import count_flops
+from .schedules import config_of
 
 METRIC_MODULES = Path(__file__).resolve().parent / "metric_modules"
 logger = logging.getLogger(__name__)
@@ -85,5 +91,31 @@ def build_segmentation_compute_metrics(num_labels: int, ignore_index: int = 255)
             logits = torch.nn.functional.interpolate(logits, size=labels.shape[-2:], mode="bilinear")
         metrics = segmentation_metrics(logits.argmax(dim=1).numpy(), labels, num_labels, ignore_index)
         return {"mean_iou": metrics["mean_iou"], "pixel_accuracy": metrics["pixel_accuracy"]}
+
+    return compute_metrics
+
+
+def token_metrics(config: Any, keep_rate: float | None = None, image_size: Any = None) -> dict[str, Any]:
+    """The tokens entering each layer's MLP (space-separated), their mean, and GFLOPs per image, for the plan in
+    force (analytic: `config.token_counts`, which the model's ``outputs.token_counts`` equal)."""
+    counts = config.token_counts(keep_rate=keep_rate, image_size=image_size)
+    report = count_flops(config, keep_rate=keep_rate, image_size=image_size, token_counts=counts)
+    mlp_tokens = [int(m) for _, m in counts]
+    return {
+        "tokens_per_layer": " ".join(str(m) for m in mlp_tokens),  # a string: every logger can print it
+        "mean_tokens": float(np.mean(mlp_tokens)),
+        "gflops": report.gflops,
+    }
+
+
+def build_compute_metrics(model: Any = None):
+    """A ``compute_metrics`` for the Trainer: accuracy, plus `token_metrics` of ``model``'s plan in force when it is
+    given (so a scheduled keep rate shows in each evaluation)."""
+
+    def compute_metrics(prediction: Any) -> dict[str, Any]:
+        metrics = {"accuracy": accuracy(prediction.predictions, prediction.label_ids)}
+        if model is not None:
+            metrics.update(token_metrics(config_of(model)))
+        return metrics
 
     return compute_metrics

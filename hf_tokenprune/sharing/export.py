@@ -2,9 +2,11 @@
 
 Every plan keeps a number of tokens per layer that depends only on the plan and the image size, so a model exports
 as one static graph per resolution, with a dynamic batch dimension. The exported function is ``pixel_values
-(B, C, H, W) -> one output`` and is checked against the PyTorch model after export; `EXPORTED` says, per family,
-which class exports and which output: the logits of the classifiers (ViT, DeiT with teacher, DINOv2 with or without
-registers), the image embeddings of CLIP's vision tower with projection, the pooled output of SigLIP's.
+(B, C, H, W) -> one output`` and is checked against the PyTorch model after export; What exports, per family:
+the logits of the classifiers (ViT, DeiT with teacher, DINOv2 with or without
+registers), the image embeddings of CLIP's vision tower with projection, the pooled output of SigLIP's. Which
+class and output export is each family's row of the family table (``model``, ``output``); a family that cannot
+export says why there (``gaps``).
 
 ONNX graphs are also audited for two silent traps: a reducing scatter (``scatter_add``, ``scatter_reduce``) that
 the exporter turned into a plain overwrite (``scatter_reduce(reduce="mean")`` is emitted with ``reduction='none'``),
@@ -20,20 +22,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ._lazy import LazyModule
+from .._lazy import LazyModule
+from ..families import FAMILIES, Family, family_for_checkpoint, family_of
 
 # torch is imported on first use, so listing the CLI's subcommands stays fast.
 torch = LazyModule("torch")
 nn = LazyModule("torch.nn")
 
 __all__ = [  # noqa: F822 (OutputOnly, LogitsOnly: module __getattr__)
-    "EXPORTED",
     "FORMATS",
+    "SUFFIXES",
     "ExportReport",
     "LogitsOnly",
     "OutputOnly",
-    "add_cli",
     "audit_onnx_graph",
+    "exported_class",
     "export_model",
     "run_exported",
 ]
@@ -42,35 +45,6 @@ FORMATS = ("onnx", "torch-export")
 SUFFIXES = {"onnx": ".onnx", "torch-export": ".pt2"}
 # Ops whose meaning is "combine into the destination"; ONNX must keep a reduction for each of them.
 REDUCING_SCATTERS = ("scatter_add", "scatter_reduce", "index_add", "index_reduce")
-
-
-@dataclass(frozen=True)
-class Exported:
-    """The class of a family that exports (in ``hf_tokenprune.models.<module>``) and the output it exports."""
-
-    module: str
-    name: str
-    output: str
-    needs: str | None = None  # a config flag without which the class has no such output
-
-
-# model_type -> what exports: pixel_values -> that class's output.
-EXPORTED = {
-    "tokenprune_vit": Exported("modeling_tokenprune_vit", "TokenPruneViTForImageClassification", "logits"),
-    "tokenprune_deit": Exported(
-        "modeling_tokenprune_deit", "TokenPruneDeiTForImageClassificationWithTeacher", "logits"
-    ),
-    "tokenprune_dinov2": Exported("modeling_tokenprune_dinov2", "TokenPruneDinov2ForImageClassification", "logits"),
-    "tokenprune_dinov2_with_registers": Exported(
-        "modeling_tokenprune_dinov2", "TokenPruneDinov2WithRegistersForImageClassification", "logits"
-    ),
-    "tokenprune_clip_vision_model": Exported(
-        "modeling_tokenprune_clip", "TokenPruneCLIPVisionModelWithProjection", "image_embeds"
-    ),
-    "tokenprune_siglip_vision_model": Exported(
-        "modeling_tokenprune_siglip", "TokenPruneSiglipVisionModel", "pooler_output", needs="vision_use_head"
-    ),
-}
 
 
 @dataclass
@@ -134,10 +108,10 @@ def check_export_request(
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"--batch-size {batch_size!r} must be a positive integer.")
     config = model.config
-    exported = check_exportable(getattr(config, "model_type", None), type(model).__name__)
-    if exported.needs is not None and not getattr(config, exported.needs):
+    row = check_exportable(getattr(config, "model_type", None), type(model).__name__)
+    if row.output_needs is not None and not getattr(config, row.output_needs):
         raise ValueError(
-            f"{type(model).__name__} has no {exported.output} to export: its config sets {exported.needs}=False."
+            f"{type(model).__name__} has no {row.output} to export: its config sets {row.output_needs}=False."
         )
     height, width = _pair(config.image_size if image_size is None else image_size)
     patch = _pair(config.patch_size)
@@ -146,7 +120,7 @@ def check_export_request(
             f"--image-size {height}x{width} cannot export: it must be a positive multiple of the patch size "
             f"{patch[0]}x{patch[1]} (the token counts of every layer are fixed by the resolution)."
         )
-    from .models.modeling_tokenprune_common import plan_in_force
+    from ..models.modeling_tokenprune_common import plan_in_force
 
     plan_in_force(config, model.base_model.built_plans, keep_rate)  # a keep rate the plan has no use for, or bad
     if fmt == "onnx":
@@ -154,17 +128,39 @@ def check_export_request(
     return height, width
 
 
-def check_exportable(model_type: str | None, class_name: str) -> Exported:
-    """What exports for a model of this class (`EXPORTED`); refuses any other class in one line."""
-    exported = EXPORTED.get(model_type)
-    if exported is None or class_name != exported.name:
-        names = ", ".join(f"{e.name} ({e.output})" for e in EXPORTED.values())
+def check_exportable(model_type: str | None, class_name: str) -> Family:
+    """The family row of a model that exports (its class is the row's ``model``); refuses any other class in one
+    line that names the classes that do."""
+    row = family_of(model_type, "export")
+    if class_name != row.model:
+        names = ", ".join(f"{r.model} ({r.output})" for r in FAMILIES.values() if r.can("export"))
         raise ValueError(
             f"{class_name} ({model_type!r}) cannot export: the classes that do are {names}; base models without a "
-            "head, CLIPVisionModel without its projection, the full CLIPModel and SigLIP 2's tower (NaFlex inputs) "
-            "do not."
+            "head and CLIPVisionModel without its projection do not."
         )
-    return exported
+    return row
+
+
+def exported_class(folder: Path) -> type:
+    """The class that exports the checkpoint in ``folder``: its family's ``model`` (ours for a stock checkpoint of a
+    family: TokenPruneViTForImageClassification for a stock ViT); refused in one line for a family or class that
+    cannot export."""
+    import json
+
+    try:
+        config = json.loads((Path(folder) / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        raise ValueError(
+            f"FOLDER '{folder}' has no readable config.json; give a folder written by save_pretrained."
+        ) from None
+    model_type = config.get("model_type")
+    row = family_for_checkpoint(model_type, "export")
+    if model_type not in (None, "vit", row.model_type):  # a stock checkpoint of another class of the family
+        name = (config.get("architectures") or ["no architecture"])[0]
+        check_exportable(row.model_type, f"TokenPrune{name}")
+    elif model_type == row.model_type:
+        check_exportable(row.model_type, (config.get("architectures") or [row.model])[0])
+    return row.model_class()
 
 
 def _require(*modules: str) -> None:
@@ -266,8 +262,8 @@ def export_model(
     dynamic_batch: bool = True,
     atol: float | None = 1e-4,
 ) -> ExportReport:
-    """Exports ``model`` (a class of `EXPORTED`: the classifiers, CLIP's vision tower with projection, SigLIP's
-    vision tower) and checks its output (logits, image embeddings or pooled output) against PyTorch.
+    """Exports ``model`` (its family's ``model`` class: the classifiers, CLIP's vision tower with projection,
+    SigLIP's vision tower) and checks its output (logits, image embeddings or pooled output) against PyTorch.
 
     Args:
         output: the file to write (``.onnx`` or ``.pt2``).
@@ -291,7 +287,7 @@ def export_model(
 
 
 def _export_and_check(model, output, fmt, batch_size, size, keep_rate, dynamic_batch, atol) -> ExportReport:
-    output_name = EXPORTED[model.config.model_type].output
+    output_name = family_of(model.config.model_type).output
     interpolate = size != _pair(model.config.image_size)
     wrapper = _output_only_class()(model, keep_rate, interpolate, output_name).eval()
     output = Path(output)
@@ -312,74 +308,3 @@ def _export_and_check(model, output, fmt, batch_size, size, keep_rate, dynamic_b
                     f"(allowed {atol:g}); {output} was written but should not be used."
                 )
     return report
-
-
-def _export_command(args: Any) -> int:
-    if not Path(args.folder).is_dir():
-        raise ValueError(f"FOLDER {args.folder!r} is not a checkpoint folder.")
-    output = args.output or str(Path(args.folder) / f"model{SUFFIXES.get(args.format, '')}")
-    model = _exported_class(Path(args.folder)).from_pretrained(args.folder, attn_implementation="sdpa")
-    report = export_model(
-        model,
-        output,
-        fmt=args.format,
-        batch_size=args.batch_size,
-        image_size=args.image_size,
-        keep_rate=args.keep_rate,
-        dynamic_batch=not args.static_batch,
-        atol=None if args.no_check else args.atol,
-    )
-    print(report.summary())
-    return 0
-
-
-def _exported_class(folder: Path) -> type:
-    """The class that exports the checkpoint in ``folder`` (`EXPORTED`), ours for a stock checkpoint of a family
-    (TokenPruneViT for a stock ViT); refused in one line for a family or class that cannot export."""
-    import json
-
-    try:
-        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        raise ValueError(
-            f"FOLDER '{folder}' has no readable config.json; give a folder written by save_pretrained."
-        ) from None
-    model_type = config.get("model_type")
-    if model_type in (None, "vit", "tokenprune_vit"):  # any ViT checkpoint loads into the TokenPruneViT classifier
-        return _import_class(EXPORTED["tokenprune_vit"])
-    stock = model_type in {m.removeprefix("tokenprune_") for m in EXPORTED}  # a stock checkpoint loads into ours
-    model_type = f"tokenprune_{model_type}" if stock else model_type
-    name = (config.get("architectures") or ["no architecture"])[0]
-    return _import_class(check_exportable(model_type, f"TokenPrune{name}" if stock else name))
-
-
-def _import_class(exported: Exported) -> type:
-    import importlib
-
-    return getattr(importlib.import_module(f"hf_tokenprune.models.{exported.module}"), exported.name)
-
-
-def add_cli(commands: Any) -> None:
-    """Adds ``hf-tokenprune export`` to the CLI's subcommands."""
-    parser = commands.add_parser(
-        "export",
-        help="export a checkpoint to ONNX or torch.export (fixed resolution, dynamic batch), checked against PyTorch",
-        description="Exports pixel_values -> logits (classifiers), image_embeds (CLIP's vision tower with "
-        "projection) or pooler_output (SigLIP's vision tower) at a fixed resolution with a dynamic batch "
-        "dimension, then runs the exported model (onnxruntime for ONNX) at batch 1 and --batch-size and compares it "
-        "with PyTorch.",
-    )
-    parser.add_argument(
-        "folder",
-        help="a checkpoint folder (save_pretrained) of a ViT, DeiT (with teacher) or DINOv2 classifier, a CLIP "
-        "vision tower with projection or a SigLIP vision tower",
-    )
-    parser.add_argument("--format", default="onnx", choices=FORMATS, help="onnx (default) or torch-export (.pt2)")
-    parser.add_argument("--batch-size", type=int, default=1, help="batch checked (and fixed with --static-batch)")
-    parser.add_argument("--output", default=None, help="file to write (default: FOLDER/model.onnx or model.pt2)")
-    parser.add_argument("--image-size", type=int, default=None, help="input resolution (default: the model's)")
-    parser.add_argument("--keep-rate", type=float, default=None, help="runtime keep rate baked into the graph")
-    parser.add_argument("--static-batch", action="store_true", help="fix the batch to --batch-size")
-    parser.add_argument("--atol", type=float, default=1e-4, help="largest allowed |output - PyTorch| (fp32)")
-    parser.add_argument("--no-check", action="store_true", help="skip the comparison with PyTorch")
-    parser.set_defaults(func=_export_command)

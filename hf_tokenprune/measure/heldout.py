@@ -1,4 +1,4 @@
-"""Held-out images for `hf_tokenprune.tune`: the embedded cluttered digits, an image folder or a ``datasets``
+"""Held-out images for `hf_tokenprune.measure.tune`: the embedded cluttered digits, an image folder or a ``datasets``
 dataset, as a seeded subset of preprocessed tensors, and the accuracy of a model on them."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from ._lazy import LazyModule
+from .._lazy import LazyModule
 
 torch = LazyModule("torch")  # imported on first use, so listing the CLI's subcommands stays fast
 
@@ -34,7 +34,7 @@ def check_data(words: list[str]) -> tuple[str, str | None]:
 @functools.cache
 def _embedded_digits():
     """The cluttered digits of seed 0, the seed the examples train on (rendered once per process)."""
-    from .data import load_cluttered_digits
+    from ..data import load_cluttered_digits
 
     return load_cluttered_digits(seed=0)
 

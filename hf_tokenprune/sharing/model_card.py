@@ -21,22 +21,15 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from huggingface_hub.errors import HFValidationError
 from huggingface_hub.utils import validate_repo_id
 
+from ..families import FAMILIES, family_of, is_tokenprune
+from ..flops import count_flops, num_prefix_tokens
+from ..models.methods import ATTENTION_REUSE_METHODS, REDUCTION_METHODS, get_reduction_class
+from ..models.token_reduction import Paper
+
 CARD_NAME = "README.md"
 IMAGES_DIR = "card_images"
 TEMPLATE_NAME = "tokenprune.md"  # one template for every family
 LEGACY_TEMPLATE_NAMES = ("tokenprune_vit.md",)  # its name before the other families (an older install's data files)
-MODEL_TYPE = "tokenprune_vit"
-# model_type -> (family named in the card, its Hub tag); the stock class and task come from the model's class.
-FAMILIES = {
-    MODEL_TYPE: ("ViT", "vit"),
-    "tokenprune_deit": ("DeiT", "deit"),
-    "tokenprune_dinov2": ("DINOv2", "dinov2"),
-    "tokenprune_dinov2_with_registers": ("DINOv2 with registers", "dinov2"),
-    "tokenprune_clip": ("CLIP", "clip"),
-    "tokenprune_clip_vision_model": ("CLIP vision tower", "clip"),
-    "tokenprune_siglip_vision_model": ("SigLIP vision tower", "siglip"),
-    "tokenprune_siglip2_vision_model": ("SigLIP 2 vision tower", "siglip2"),
-}
 # what the stock class does -> (task, pipeline tag, Auto class of the usage snippet)
 TASKS = {
     "classification": ("image classification", "image-classification", "AutoModelForImageClassification"),
@@ -48,27 +41,6 @@ PICKLE_PATTERNS = ["*.bin", "*.pt", "*.pth", "*.pkl", "*.pickle", "*.ckpt"]
 TRAINER_IGNORE_PATTERNS = ["_*", "checkpoint-*", *PICKLE_PATTERNS]
 BASE_TAGS = ("vision", "token-pruning", "token-reduction")
 
-# method | paper title | authors, venue | arXiv id | official GitHub repository ("-": none known)
-_PAPERS = """
-evit | Not All Patches are What You Need: Expediting Vision Transformers via Token Reorganizations | Liang et al., \
-ICLR 2022 | 2202.07800 | youweiliang/evit
-skipvit | SkipViT: Speeding Up Vision Transformers with a Token-Level Skip Connection | Ataiefard et al., arXiv 2024 \
-| 2401.15293 | -
-evo_vit | Evo-ViT: Slow-Fast Token Evolution for Dynamic Vision Transformer | Xu et al., AAAI 2022 | 2108.01390 | \
-YifanXu74/Evo-ViT
-tome | Token Merging: Your ViT But Faster | Bolya et al., ICLR 2023 | 2210.09461 | facebookresearch/ToMe
-supervit | Super Vision Transformer | Lin et al., IJCV 2023 | 2205.11397 | lmbxmu/SuperViT
-cropr | Token Cropr: Faster ViTs for Quite a Few Tasks | Bergner, Lippert and Mahendran, CVPR 2025 | 2412.00965 | -
-dynamicvit | DynamicViT: Efficient Vision Transformers with Dynamic Token Sparsification | Rao et al., NeurIPS 2021 \
-| 2106.02034 | raoyongming/DynamicViT
-skipat | Skip-Attention: Improving Vision Transformers by Paying Less Attention | Venkataramanan et al., ICLR 2024 \
-| 2301.02240 | Qualcomm-AI-research/skip-attention
-"""
-# method -> (paper title, authors and venue, arXiv id, official GitHub repository or None)
-METHOD_PAPERS: dict[str, tuple[str, str, str, str | None]] = {
-    name: (title, venue, arxiv, None if code == "-" else code)
-    for name, title, venue, arxiv, code in (map(str.strip, line.split("|")) for line in _PAPERS.strip().splitlines())
-}
 IMAGE_CAPTIONS = {
     "kept_tokens": "Tokens kept at each layer",
     "pareto": "Accuracy against speed-up (Pareto front)",
@@ -124,7 +96,7 @@ def _hub_id(value: Any, field: str) -> str:
     return value
 
 
-def _revision(value: Any) -> str:
+def check_revision(value: Any) -> str:
     if not isinstance(value, str) or not _REVISION.fullmatch(value) or ".." in value:
         raise ValueError(f"revision = {value!r} must be a commit id, branch or tag name (letters, digits, . _ - /).")
     return value
@@ -263,12 +235,14 @@ def _training_rows(training: Mapping | None) -> list[tuple[str, str]]:
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def _config_of(model_or_config: Any) -> Any:
+def card_config(model_or_config: Any) -> Any:
+    """The config of an hf_tokenprune model (or the config itself); refuses any other model in one line."""
     config = getattr(model_or_config, "config", model_or_config)
-    if getattr(config, "model_type", None) not in FAMILIES:
+    if not is_tokenprune(config):
+        known = ", ".join(row.model_type for row in FAMILIES.values())
         raise ValueError(
             f"model_or_config is a {getattr(config, 'model_type', type(config).__name__)!r} model or config; cards "
-            f"and pushes here are for hf_tokenprune models ({', '.join(FAMILIES)})."
+            f"and pushes here are for hf_tokenprune models ({known})."
         )
     return config
 
@@ -281,8 +255,9 @@ def _vision(config: Any) -> Any:
 def describe(model_or_config: Any) -> dict[str, str]:
     """Family, stock class, task, pipeline tag and Auto class of a model (its class) or a config (its
     ``architectures``): ``TokenPruneDinov2ForImageClassification`` extends ``Dinov2ForImageClassification``."""
-    config = _config_of(model_or_config)
-    family, family_tag = FAMILIES[config.model_type]
+    config = card_config(model_or_config)
+    row = family_of(config.model_type)
+    family, family_tag = row.title, row.hub_tag
     if hasattr(model_or_config, "config"):
         name = type(model_or_config).__name__
     else:
@@ -304,12 +279,15 @@ def _plans(config: Any) -> list[tuple[str, dict]]:
 
 
 def _paper_rows(config: Any) -> list[dict]:
+    """The paper of each method in force, from the method's class (``paper``)."""
     rows = []
     for role, plan in _plans(config):
-        title, venue, arxiv, code = METHOD_PAPERS.get(plan["method"], ("no citation recorded", "–", None, None))
+        registry = REDUCTION_METHODS if role == "Token reduction" else ATTENTION_REUSE_METHODS
+        paper = getattr(registry.get(plan["method"]), "paper", None) or Paper("no citation recorded", "–", None)
         rows.append(
-            {"role": role, "method": plan["method"], "title": title, "venue": venue, "arxiv": arxiv, "code": code}
-        )
+            {"role": role, "method": plan["method"], "title": paper.title, "venue": paper.authors,
+             "arxiv": paper.arxiv, "code": paper.code}
+        )  # fmt: skip
     return rows
 
 
@@ -356,8 +334,6 @@ def _runtime_snippet(config: Any, info: dict) -> str:
     plan = config.token_reduction
     if not plan:
         return ""
-    from .models.token_reduction import get_reduction_class
-
     method = get_reduction_class(plan["method"])
     lines = []
     if method.uses_keep_rate:
@@ -389,7 +365,8 @@ def template_path(folders: Sequence[Path] | None = None) -> Path:
     """The card template, found in ``folders`` (default: ``hf_tokenprune/model_cards/`` in an installed wheel,
     ``model_cards/`` in a checkout), under its older name ``tokenprune_vit.md`` when only that one is there."""
     here = Path(__file__).resolve().parent
-    folders = [here / "model_cards", here.parent / "model_cards"] if folders is None else folders
+    package = here.parent  # hf_tokenprune/
+    folders = [package / "model_cards", package.parent / "model_cards"] if folders is None else folders
     for name in (TEMPLATE_NAME, *LEGACY_TEMPLATE_NAMES):
         for folder in folders:
             if (Path(folder) / name).is_file():
@@ -475,11 +452,11 @@ def write_model_card(
     Raises:
         ValueError: for a value that is out of range or malformed; the message names the field.
     """
-    config = _config_of(model_or_config)
+    config = card_config(model_or_config)
     info = describe(model_or_config)
     folder = None if folder is None else Path(folder)
     repo_id = None if repo_id is None else _hub_id(repo_id, "repo_id")
-    revision = None if revision is None else _revision(revision)
+    revision = None if revision is None else check_revision(revision)
     datasets = [datasets] if isinstance(datasets, str) else list(datasets or [])
     datasets = [_hub_id(name, "datasets") for name in datasets]
     base_model = base_model if base_model is not None else _default_base_model(config)
@@ -533,8 +510,6 @@ def _default_base_model(config: Any) -> str | None:
 
 
 def _body_context(config: Any, info: dict, accuracy: dict | None, revision: str | None, repo_id: str | None) -> dict:
-    from .flops import count_flops
-
     report = count_flops(_vision(config))
     shown_accuracy = None
     if accuracy is not None:
@@ -569,8 +544,6 @@ def _body_context(config: Any, info: dict, accuracy: dict | None, revision: str 
 
 
 def _num_prefix(config: Any) -> int:
-    from .flops import num_prefix_tokens
-
     return num_prefix_tokens(_vision(config))
 
 

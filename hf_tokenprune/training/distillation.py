@@ -7,7 +7,7 @@
 - Its pieces (`recipe_parameter_groups`, `freeze_backbone`, `final_tokens`, `token_distillation_loss`) also serve a
   hand-written training loop (``examples/benchmark_accuracy.py``).
 
-Losses follow the normalisation described in `hf_tokenprune.training` (``num_items_in_batch``).
+Losses follow the normalisation described in `hf_tokenprune.training.trainers` (``num_items_in_batch``).
 """
 
 import copy
@@ -16,9 +16,10 @@ from typing import Any
 import torch
 from transformers import TrainerCallback
 
-from .models.token_reduction import check_choice, gather_tokens
+from ..models.token_reduction import check_choice, gather_tokens
 from .recipes import OFFICIAL_FINETUNES
-from .training import PlanSchedule, TokenPruneTrainer, _check_fractions, _config_of, distillation_loss
+from .schedules import PlanSchedule, check_fractions, config_of
+from .trainers import TokenPruneTrainer, distillation_loss
 
 
 def final_tokens(model: Any, outputs: Any) -> torch.Tensor:
@@ -90,7 +91,7 @@ class DistillationTrainer(TokenPruneTrainer):
             teacher_model = copy.deepcopy(self.accelerator.unwrap_model(self.model))
             self.teacher_plans_off = True
         if teacher_model is not None:
-            labels, teacher_labels = _config_of(self.model).num_labels, _config_of(teacher_model).num_labels
+            labels, teacher_labels = config_of(self.model).num_labels, config_of(teacher_model).num_labels
             if labels != teacher_labels:
                 raise ValueError(f"teacher_model has {teacher_labels} labels but the model has {labels}.")
             self.teacher_model = teacher_model.to(self.args.device).eval().requires_grad_(False)
@@ -185,7 +186,7 @@ class BackboneFreeze(TrainerCallback):
     optimizer steps (DynamicViT: the first 5 of 30 epochs); afterwards the scheduler's value applies again."""
 
     def __init__(self, freeze_fraction: float = DYNAMICVIT.backbone_frozen):
-        _check_fractions(0.0, freeze_fraction)
+        check_fractions(0.0, freeze_fraction)
         self.freeze_fraction = freeze_fraction
 
     def frozen(self, progress: float) -> bool:

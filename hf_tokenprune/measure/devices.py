@@ -1,0 +1,114 @@
+"""The machine a measurement runs on: devices and dtypes as the command line names them, waiting for a device,
+the CPU and accelerator names, library versions and how busy the machine is.
+
+No device name appears in the code that runs models: ``--device`` names are parsed here only.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .._lazy import LazyModule
+
+torch = LazyModule("torch")  # imported when first used: the CLI's help and bad-input errors need no torch
+
+
+def synchronize(device: torch.device) -> None:
+    """Waits for queued work on ``device``; a no-op on the CPU (no device name appears here)."""
+    if device.type == "cpu":
+        return
+    module = getattr(torch, device.type, None)
+    if module is not None and hasattr(module, "synchronize"):
+        module.synchronize(device)
+    else:
+        torch.accelerator.synchronize(device)
+
+
+DEVICES = ("auto", "cpu", "cuda", "npu")
+DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}  # --dtype -> the torch dtype's name
+
+
+def _import_torch_npu() -> bool:
+    try:
+        import torch_npu  # noqa: F401  (registers the Ascend backend with torch)
+    except ImportError:
+        return False
+    return True
+
+
+def parse_device(name: str) -> torch.device:
+    """The torch device for the ``--device`` option; ``auto`` prefers an available accelerator."""
+    if name not in DEVICES:
+        raise ValueError(f"--device {name!r} is not supported; allowed: {list(DEVICES)}.")
+    if name in ("auto", "npu"):
+        has_npu = _import_torch_npu()
+        if name == "npu" and not has_npu:
+            raise ValueError("--device npu needs torch_npu (Ascend), which is not installed.")
+    if name == "auto":
+        accelerator = torch.accelerator.current_accelerator(check_available=True)
+        return accelerator if accelerator is not None else torch.device("cpu")
+    if name != "cpu":
+        module = getattr(torch, name, None)
+        if module is None or not module.is_available():
+            raise ValueError(f"--device {name} was asked for, but no {name} device is available here.")
+    return torch.device(name)
+
+
+def parse_dtype(name: str) -> torch.dtype:
+    if name not in DTYPES:
+        raise ValueError(f"--dtype {name!r} is not supported; allowed: {list(DTYPES)}.")
+    return getattr(torch, DTYPES[name])
+
+
+def cpu_name() -> str:
+    """The CPU model, e.g. "AMD EPYC" (from /proc/cpuinfo on Linux, else `platform`)."""
+    import platform
+
+    try:
+        with open("/proc/cpuinfo") as file:
+            for line in file:
+                if line.lower().startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown CPU"
+
+
+def device_name(device: torch.device) -> str:
+    """A readable name: the CPU model and its core count, or the accelerator's name."""
+    import os
+
+    if device.type == "cpu":
+        return f"{cpu_name()} ({os.cpu_count()} cores, {torch.get_num_threads()} threads)"
+    module = getattr(torch, device.type, None)
+    if module is not None and hasattr(module, "get_device_name"):
+        return str(module.get_device_name(device))
+    return str(device)
+
+
+def machine_info(device: torch.device | None = None) -> dict[str, Any]:
+    """The machine a measurement ran on: CPU model, cores, device name and library versions."""
+    import os
+    import platform
+
+    import transformers
+
+    return {
+        "cpu": cpu_name(),
+        "cores": os.cpu_count(),
+        "threads": torch.get_num_threads(),
+        "device": device_name(device if device is not None else torch.device("cpu")),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+    }
+
+
+def machine_load() -> float | None:
+    """The 1-minute load average per core (None where the system does not report it)."""
+    import os
+
+    try:
+        return os.getloadavg()[0] / (os.cpu_count() or 1)
+    except (AttributeError, OSError):
+        return None
