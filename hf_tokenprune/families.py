@@ -44,9 +44,9 @@ class Family:
         title: how cards and messages name it.
         hub_tag: the Hub tag of the stock family.
         model_type: our config's ``model_type`` (a test holds it equal to the config class's).
-        config: our config class, in ``models/configuration_tokenprune_<island>.py``.
-        island: the stem of the family's config file.
-        modules: the stems of the modeling files (``models/modeling_tokenprune_<stem>.py``) holding its classes.
+        config: our config class, in ``config_module``.
+        config_module: the module of the config class, in ``package``.
+        modules: the modules of ``package`` holding the family's model classes.
         stock_config: the transformers config class of the stock family.
         stock: the stock transformers class the tools pair ``model`` with (same weights).
         model: our class the tools build, time and export.
@@ -62,7 +62,7 @@ class Family:
     hub_tag: str
     model_type: str
     config: str
-    island: str
+    config_module: str
     modules: tuple[str, ...]
     stock_config: str
     stock: str
@@ -72,11 +72,14 @@ class Family:
     head_inputs: int = 1
     architectures: dict[str, dict[str, Any]] = field(default_factory=dict)
     gaps: dict[str, str] = field(default_factory=dict)
+    package: str = ISLAND  # where the modules are: the island, or a package of a family defined outside
+
+    def _modules(self) -> list[Any]:
+        return [importlib.import_module(f"{self.package}.{name}") for name in (self.config_module, *self.modules)]
 
     def load(self, name: str) -> Any:
         """One of the family's classes (or other public names) by name, from its island files."""
-        for stem in (f"configuration_tokenprune_{self.island}", *(f"modeling_tokenprune_{m}" for m in self.modules)):
-            module = importlib.import_module(f"{ISLAND}.{stem}")
+        for module in self._modules():
             if name in getattr(module, "__all__", ()):
                 return getattr(module, name)
         raise AttributeError(f"{name!r} is not a public name of the {self.title} family's island files.")
@@ -95,18 +98,14 @@ class Family:
 
     def public_names(self) -> dict[str, str]:
         """Every public name of the family's island files -> the module that defines it."""
-        names = {}
-        for stem in (f"configuration_tokenprune_{self.island}", *(f"modeling_tokenprune_{m}" for m in self.modules)):
-            module = importlib.import_module(f"{ISLAND}.{stem}")
-            names.update({name: module.__name__ for name in module.__all__})
-        return names
+        return {name: module.__name__ for module in self._modules() for name in module.__all__}
 
     def auto_mapping(self) -> dict[str, type]:
         """Auto class name -> our model class, for this family's config: what its model classes write into a saved
         folder's ``auto_map`` (their ``auto_classes``), so an installed package serves the same classes."""
         mapping: dict[str, type] = {}
         config_class = self.config_class()
-        for module in (importlib.import_module(f"{ISLAND}.modeling_tokenprune_{m}") for m in self.modules):
+        for module in self._modules()[1:]:
             for name in module.__all__:
                 cls = getattr(module, name)
                 if getattr(cls, "config_class", None) is not config_class:
@@ -144,8 +143,11 @@ FAMILY_ROWS = (
         hub_tag="vit",
         model_type="tokenprune_vit",
         config="TokenPruneViTConfig",
-        island="vit",
-        modules=("vit", "vit_dense"),
+        config_module="configuration_tokenprune_vit",
+        modules=(
+            "modeling_tokenprune_vit",
+            "modeling_tokenprune_vit_dense",
+        ),
         stock_config="ViTConfig",
         stock="ViTForImageClassification",
         model="TokenPruneViTForImageClassification",
@@ -162,8 +164,8 @@ FAMILY_ROWS = (
         hub_tag="deit",
         model_type="tokenprune_deit",
         config="TokenPruneDeiTConfig",
-        island="deit",
-        modules=("deit",),
+        config_module="configuration_tokenprune_deit",
+        modules=("modeling_tokenprune_deit",),
         stock_config="DeiTConfig",
         stock="DeiTForImageClassificationWithTeacher",
         model="TokenPruneDeiTForImageClassificationWithTeacher",
@@ -181,8 +183,8 @@ FAMILY_ROWS = (
         hub_tag="dinov2",
         model_type="tokenprune_dinov2",
         config="TokenPruneDinov2Config",
-        island="dinov2",
-        modules=("dinov2",),
+        config_module="configuration_tokenprune_dinov2",
+        modules=("modeling_tokenprune_dinov2",),
         stock_config="Dinov2Config",
         stock="Dinov2ForImageClassification",
         model="TokenPruneDinov2ForImageClassification",
@@ -209,8 +211,8 @@ FAMILY_ROWS = (
         hub_tag="dinov2",
         model_type="tokenprune_dinov2_with_registers",
         config="TokenPruneDinov2WithRegistersConfig",
-        island="dinov2",
-        modules=("dinov2",),
+        config_module="configuration_tokenprune_dinov2",
+        modules=("modeling_tokenprune_dinov2",),
         stock_config="Dinov2WithRegistersConfig",
         stock="Dinov2WithRegistersForImageClassification",
         model="TokenPruneDinov2WithRegistersForImageClassification",
@@ -227,8 +229,8 @@ FAMILY_ROWS = (
         hub_tag="clip",
         model_type="tokenprune_clip_vision_model",
         config="TokenPruneCLIPVisionConfig",
-        island="clip",
-        modules=("clip",),
+        config_module="configuration_tokenprune_clip",
+        modules=("modeling_tokenprune_clip",),
         stock_config="CLIPVisionConfig",
         stock="CLIPVisionModelWithProjection",
         model="TokenPruneCLIPVisionModelWithProjection",
@@ -258,8 +260,8 @@ FAMILY_ROWS = (
         hub_tag="clip",
         model_type="tokenprune_clip",
         config="TokenPruneCLIPConfig",
-        island="clip",
-        modules=("clip",),
+        config_module="configuration_tokenprune_clip",
+        modules=("modeling_tokenprune_clip",),
         stock_config="CLIPConfig",
         stock="CLIPModel",
         model="TokenPruneCLIPModel",
@@ -280,8 +282,8 @@ FAMILY_ROWS = (
         hub_tag="siglip",
         model_type="tokenprune_siglip_vision_model",
         config="TokenPruneSiglipVisionConfig",
-        island="siglip",
-        modules=("siglip",),
+        config_module="configuration_tokenprune_siglip",
+        modules=("modeling_tokenprune_siglip",),
         stock_config="SiglipVisionConfig",
         stock="SiglipVisionModel",
         model="TokenPruneSiglipVisionModel",
@@ -301,8 +303,8 @@ FAMILY_ROWS = (
         hub_tag="siglip2",
         model_type="tokenprune_siglip2_vision_model",
         config="TokenPruneSiglip2VisionConfig",
-        island="siglip2",
-        modules=("siglip2",),
+        config_module="configuration_tokenprune_siglip2",
+        modules=("modeling_tokenprune_siglip2",),
         stock_config="Siglip2VisionConfig",
         stock="Siglip2VisionModel",
         model="TokenPruneSiglip2VisionModel",

@@ -1,7 +1,9 @@
 """Shared tiny models and the per-method test matrix.
 
-Every registered token-reduction method must appear in ``REDUCING_PLANS`` and ``KEEP_ALL_PLANS``: the matrix test
-fails otherwise, so a new method is tested by adding its rows here.
+The matrix comes from the method registry: every registered method is tested at its headline operating point
+(``headline_plan``) and at its keep-all plan (``keep_all_plan``), as its class declares them, so a new method is
+tested by registering it. A throwaway method and a throwaway family defined outside the package
+(``tests/extensions/``) are registered here, so the method and family matrices run on them too.
 """
 
 import os
@@ -13,8 +15,14 @@ from transformers import ViTConfig, ViTForImageClassification
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+from extensions import random_keep, vit_msn_family  # noqa: E402,F401  (registers the throwaway method)
+
 import hf_tokenprune  # noqa: E402
 from hf_tokenprune import TokenPruneViTConfig, TokenPruneViTForImageClassification  # noqa: E402
+from hf_tokenprune.families import register_family  # noqa: E402
+
+register_family(vit_msn_family.ROW)
+hf_tokenprune.register()  # its Auto classes too
 
 # Tiny ViT: 32x32 images, 4x4 patches (64 patches), 4 layers, odd MLP width.
 TINY = dict(
@@ -26,33 +34,25 @@ TINY = dict(
     intermediate_size=75,
     num_labels=5,
 )
+METHODS = dict(sorted(hf_tokenprune.REDUCTION_METHODS.items()))
+BUILT_IN = {name for name, cls in METHODS.items() if cls.__module__.startswith("hf_tokenprune.")}
 
-# A plan that really removes tokens, per method (4-layer model).
-REDUCING_PLANS = {
-    "evit": {"method": "evit", "layers": [1, 2], "keep_rate": 0.6, "fuse": True},
-    "skipvit": {"method": "skipvit", "drop_layer": 1, "rejoin_layer": 3, "keep_rate": 0.5},
-    "evo_vit": {"method": "evo_vit", "layers": [1, 3], "keep_rate": 0.5, "placeholder_update": "representative"},
-    "tome": {"method": "tome", "r": 6},
-    "supervit": {"method": "supervit", "layers": [1, 2], "keep_rate": 0.5},
-    "cropr": {"method": "cropr", "tokens_per_layer": 8, "last_layer_fusion": True},
-    "dynamicvit": {"method": "dynamicvit", "layers": [1, 2], "keep_rate": 0.7},
-}
+# A plan that really removes tokens, per method: its headline operating point (4-layer model).
+REDUCING_PLANS = {name: {"method": name, **cls.headline_plan} for name, cls in METHODS.items()}
 
 # The same methods with nothing removed: must reproduce stock ViT.
-KEEP_ALL_PLANS = {
-    "evit": {"method": "evit", "layers": [1, 2], "keep_rate": 1.0},
-    "skipvit": {"method": "skipvit", "drop_layer": 1, "keep_rate": 1.0},
-    "evo_vit": {"method": "evo_vit", "keep_rate": 1.0, "placeholder_update": "representative"},
-    "tome": {"method": "tome", "r": 0},
-    "supervit": {"method": "supervit", "keep_rate": 1.0},
-    "cropr": {"method": "cropr", "tokens_per_layer": 0},
-    "dynamicvit": {"method": "dynamicvit", "layers": [1, 2], "keep_rate": 1.0},
-}
+KEEP_ALL_PLANS = {name: {"method": name, **cls.keep_all_plan} for name, cls in METHODS.items()}
 
 # More variants that must also behave (counts, restore, compile).
 VARIANT_PLANS = {
     "evit-drop": {"method": "evit", "layers": [0, 2], "keep_rate": 0.5, "fuse": False},
     "skipvit-rejoin-at-end": {"method": "skipvit", "drop_layer": 2, "rejoin_layer": 4, "keep_rate": 0.4},
+    "evo_vit-representative": {
+        "method": "evo_vit",
+        "layers": [1, 3],
+        "keep_rate": 0.5,
+        "placeholder_update": "representative",
+    },
     "evo_vit-none": {"method": "evo_vit", "stages": [[1, 3]], "keep_rate": 0.3, "placeholder_update": "none"},
     "tome-ramp": {"method": "tome", "r": (8, 0.5)},
     "tome-list": {"method": "tome", "r": [10, 0, 6, 4], "proportional_attention": False},
@@ -60,7 +60,6 @@ VARIANT_PLANS = {
     "cropr-no-fusion": {"method": "cropr", "tokens_per_layer": [10, 8, 6], "last_layer_fusion": False},
     "cropr-projected": {"method": "cropr", "tokens_per_layer": 8, "scorer": "projected", "last_layer_fusion": False},
 }
-
 # Attention reuse alone and combined with a reduction that starts after the reused layers.
 REUSE_PLANS = {
     "skipat": {"attention_reuse": {"method": "skipat", "layers": [1, 2]}},
@@ -112,10 +111,6 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
-
-
-def registered_methods() -> set[str]:
-    return set(hf_tokenprune.REDUCTION_METHODS)
 
 
 @pytest.fixture(autouse=True)

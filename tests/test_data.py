@@ -1,9 +1,18 @@
-"""The embedded cluttered-digits data: deterministic, real digits, mostly empty patches, clear errors."""
+"""The embedded data: cluttered digits and digit segmentation, deterministic, real digits, mostly empty patches,
+clear errors."""
 
 import numpy as np
 import pytest
 
-from hf_tokenprune.data import CLASS_NAMES, cluttered_digits_arrays, default_scale, load_cluttered_digits
+from hf_tokenprune.data import (
+    CLASS_NAMES,
+    SEGMENTATION_CLASS_NAMES,
+    cluttered_digits_arrays,
+    default_scale,
+    digit_segmentation_arrays,
+    load_cluttered_digits,
+    load_digit_segmentation,
+)
 
 
 @pytest.fixture(scope="module")
@@ -79,3 +88,55 @@ def test_validation_digits_render_eval_copies_times_and_leave_training_alone():
     assert not np.array_equal(four["validation"][0][:digits], four["validation"][0][digits : 2 * digits])
     with pytest.raises(ValueError, match="eval_copies = 0 must be a positive integer"):
         cluttered_digits_arrays(eval_copies=0)
+
+
+@pytest.fixture(scope="module")
+def segmentation_arrays():
+    return digit_segmentation_arrays(seed=0, canvas_size=32, digits_per_image=1)
+
+
+def test_same_seed_same_set_other_seed_other_set(segmentation_arrays):
+    again = digit_segmentation_arrays(seed=0, canvas_size=32, digits_per_image=1)
+    other = digit_segmentation_arrays(seed=1, canvas_size=32, digits_per_image=1)
+    for split in ("train", "validation"):
+        np.testing.assert_array_equal(again[split][0], segmentation_arrays[split][0])
+        np.testing.assert_array_equal(again[split][1], segmentation_arrays[split][1])
+    assert not np.array_equal(other["train"][1], segmentation_arrays["train"][1])
+
+
+def test_masks_label_digit_strokes_and_leave_clutter_as_background(segmentation_arrays):
+    images, masks = segmentation_arrays["train"]
+    assert images.shape == masks.shape == (1438, 32, 32) and masks.dtype == np.uint8
+    assert set(np.unique(masks).tolist()) == set(range(len(SEGMENTATION_CLASS_NAMES)))
+    # One digit per image: exactly one digit class besides background, on bright pixels.
+    for image, mask in zip(images[:50], masks[:50]):
+        classes = set(np.unique(mask).tolist()) - {0}
+        assert len(classes) == 1
+        assert image[mask > 0].min() >= 0.5 - 0.15  # strokes (threshold 0.5) plus a little noise
+    # Clutter is faint (at most 0.45 bright) and background: some background pixels are bright-ish.
+    assert (images[masks == 0] > 0.2).any()
+
+
+def test_two_digits_per_image_do_not_overlap():
+    images, masks = digit_segmentation_arrays(seed=0)["validation"]
+    assert images.shape == (359, 64, 64)
+    counts = [len(set(np.unique(m).tolist()) - {0}) for m in masks]
+    assert max(counts) == 2 and np.mean(counts) > 1.7  # two digits, sometimes of the same class
+
+
+def test_dataset_has_image_and_label_columns():
+    data = load_digit_segmentation(canvas_size=32, digits_per_image=1)
+    example = data["validation"][0]
+    assert set(data["train"].column_names) == {"image", "label"}
+    assert example["image"].mode == "RGB" and example["image"].size == (32, 32)
+    assert example["label"].size == (32, 32)
+    np.testing.assert_array_equal(
+        np.array(example["label"]), digit_segmentation_arrays(canvas_size=32, digits_per_image=1)["validation"][1][0]
+    )
+
+
+def test_bad_arguments_fail_clearly():
+    with pytest.raises(ValueError, match="must fit on the 16-pixel canvas"):
+        digit_segmentation_arrays(canvas_size=16, scale=(3, 4))
+    with pytest.raises(ValueError, match="validation_fraction"):
+        digit_segmentation_arrays(validation_fraction=1.5)

@@ -238,14 +238,31 @@ def test_using_the_library_adds_no_hook_and_patches_no_class(tmp_path):
     assert report == {"changed": [], "hooks_same": True, "auto": "TokenPruneViTForImageClassification"}
 
 
-def test_importing_the_package_registers_nothing_until_a_name_is_used():
-    code = (
-        "import sys, hf_tokenprune\n"
-        "assert 'transformers' not in sys.modules and 'torch' not in sys.modules\n"
-        "import transformers\n"
-        "assert 'tokenprune_vit' not in transformers.CONFIG_MAPPING\n"
-        "hf_tokenprune.TokenPruneViTConfig\n"
-        "assert 'tokenprune_vit' in transformers.CONFIG_MAPPING\n"
+REGISTRATION = """
+import sys
+import hf_tokenprune
+assert 'transformers' not in sys.modules and 'torch' not in sys.modules  # importing the package is cheap
+import transformers
+assert 'tokenprune_vit' not in transformers.CONFIG_MAPPING  # and registers nothing by itself
+if sys.argv[2] == 'name':
+    hf_tokenprune.TokenPruneViTConfig  # the first use of a public name registers
+else:
+    hf_tokenprune.register()
+model = transformers.AutoModelForImageClassification.from_pretrained(sys.argv[1])  # no remote code needed
+print(type(model).__module__)
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("how", ["name", "register"])
+def test_the_auto_classes_are_served_after_a_public_name_is_used_or_register(tmp_path, how):
+    from conftest import REDUCING_PLANS, tiny_config
+
+    from hf_tokenprune import TokenPruneViTForImageClassification
+
+    TokenPruneViTForImageClassification(tiny_config(token_reduction=REDUCING_PLANS["evit"])).save_pretrained(tmp_path)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    process = subprocess.run(
+        [sys.executable, "-c", REGISTRATION, str(tmp_path), how], capture_output=True, text=True, env=env, timeout=120
     )
-    process = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert process.returncode == 0, process.stderr[-2000:]
+    assert process.stdout.split() == ["hf_tokenprune.models.modeling_tokenprune_vit"], process.stderr[-2000:]

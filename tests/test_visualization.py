@@ -1,4 +1,5 @@
-"""Kept-token pictures: token maps from the outputs' bookkeeping, painting, the PNG and the CLI."""
+"""Pictures: token maps from the outputs' bookkeeping, painting, the kept-token PNG with its legend and titles,
+merge groups' colours across layers, the speed-up plot's axes and colours, and the visualize command."""
 
 import numpy as np
 import pytest
@@ -10,11 +11,16 @@ from hf_tokenprune import TokenPruneViTForImageClassification
 from hf_tokenprune.commands.main import main as cli_main
 from hf_tokenprune.visualization import (
     DIM,
+    _colour_by,
     _group_colours,
+    _panel_title,
+    follow_groups,
     layers_to_show,
     paint,
     plot_kept_tokens,
+    plot_speedups,
     preprocess,
+    speedup_limits,
     token_maps,
 )
 
@@ -61,7 +67,7 @@ def test_merge_groups_follow_token_owner():
 
 @pytest.mark.parametrize(
     "name, expected",
-    [("evit", [1, 2]), ("skipvit", [1, 3]), ("tome", [0, 1, 2, 3])],
+    [("evit", [1, 2, 3]), ("skipvit", [1, 3]), ("tome", [0, 1, 2, 3])],  # EViT: 3, 6, 9 of 12 layers
 )
 def test_layers_to_show_are_the_layers_that_change(name, expected):
     maps = token_maps(_outputs(REDUCING_PLANS[name])[0])
@@ -113,3 +119,84 @@ def test_cli_visualize(tmp_path, capsys):
     assert "no plan" in capsys.readouterr().err
     both = ["visualize", "--model", str(folder), "--image", str(output), "--sample", "china"]
     assert cli_main(both) == 2 and "not both" in capsys.readouterr().err
+
+
+def test_kept_token_titles_count_tokens_as_plan_does():
+    from hf_tokenprune.flops import count_flops
+
+    torch.manual_seed(0)
+    config = tiny_config(token_reduction=REDUCING_PLANS["evit"])
+    model = TokenPruneViTForImageClassification(config).eval()
+    pixel_values, _ = preprocess("china", config)
+    with torch.no_grad():
+        maps = token_maps(model(pixel_values))
+    report = count_flops(config)
+    for index in layers_to_show(maps):
+        title = _panel_title(index, maps[index])
+        assert title.startswith(f"after layer {index}: {report.layers[index].mlp_tokens} tokens")
+        assert "CLS" in title
+
+
+def test_the_kept_token_picture_has_a_legend(tmp_path, monkeypatch):
+    import matplotlib.figure
+
+    labels = []
+    original = matplotlib.figure.Figure.supxlabel
+
+    def supxlabel(self, text, **kwargs):
+        labels.append(text)
+        return original(self, text, **kwargs)
+
+    monkeypatch.setattr(matplotlib.figure.Figure, "supxlabel", supxlabel)
+    torch.manual_seed(0)
+    model = TokenPruneViTForImageClassification(tiny_config(token_reduction=REDUCING_PLANS["tome"])).eval()
+    plot_kept_tokens(model, "flower", str(tmp_path / "kept.png"))
+    assert len(labels) == 1 and "dimmed" in labels[0] and "coloured" in labels[0] and "CLS" in labels[0]
+
+
+def test_a_merge_group_keeps_its_colour_across_layers():
+    first = {"groups": np.array([[0, 0, 1], [2, 3, 3]])}
+    second = {"groups": np.array([[0, 0, 0], [1, 0, 0]])}  # {0,1} absorbs {2} and {4,5}; {3} stays alone
+    maps = follow_groups([first, second])
+    colours = [_group_colours(m["groups"], m["keys"]) for m in maps]
+    assert np.allclose(colours[1][0, 0], colours[0][0, 0])  # the big group keeps the colour of its largest part
+    assert np.isnan(colours[1][1, 0]).all()  # a single patch is not tinted
+
+    torch.manual_seed(0)
+    model = TokenPruneViTForImageClassification(tiny_config(token_reduction=REDUCING_PLANS["tome"])).eval()
+    with torch.no_grad():
+        maps = follow_groups(token_maps(model(preprocess("china", model.config)[0])))
+    for before, after in zip(maps, maps[1:]):
+        for group in np.unique(after["groups"]):
+            inside = after["groups"] == group
+            parts, sizes = np.unique(before["groups"][inside], return_counts=True)
+            biggest = {before["keys"][before["groups"] == part][0] for part in parts[sizes == sizes.max()]}
+            assert np.unique(after["keys"][inside]).size == 1 and after["keys"][inside][0] in biggest
+
+
+def _speed_rows(spread_factor: float) -> list[dict]:
+    rows = []
+    for index, label in enumerate(["no reduction", "evit", "tome", "skipvit", "a", "b", "c", "d", "e", "f", "g"]):
+        ideal = 1.0 + 0.1 * index
+        for mode in ("inference", "latency"):
+            measured = ideal * 0.95
+            spread = [measured / spread_factor, measured * spread_factor]
+            rows.append({"label": label, "mode": mode, "ideal_speedup": ideal, "measured_speedup": measured,
+                         "spread": spread, "noisy": spread_factor > 1.2})  # fmt: skip
+    return rows
+
+
+def test_speedup_axes_fit_the_medians_not_the_whiskers(tmp_path):
+    rows = _speed_rows(spread_factor=37.0)
+    low, high = speedup_limits(rows)
+    assert low <= 0.95 and 2.0 <= high < 2.5  # the 37x whiskers do not stretch the axes
+    path = plot_speedups(rows, str(tmp_path / "benchmark.png"))
+    assert Image.open(path).size[0] > 500
+
+
+def test_every_plan_gets_its_own_colour_and_none_is_the_markers_grey():
+    labels = [f"plan {k}" for k in range(14)]
+    colour = _colour_by(labels)
+    colours = [tuple(np.round(colour(label)[:3], 3)) for label in labels]
+    assert len(set(colours)) == len(labels)
+    assert all(not (abs(r - g) < 0.02 and abs(g - b) < 0.02) for r, g, b in colours)  # no grey

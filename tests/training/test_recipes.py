@@ -1,0 +1,143 @@
+"""The official recipes: EViT's and DynamicViT's fine-tune as Trainer arguments (the learning-rate schedule the
+Trainer builds from them), and DynamicViT's whole recipe as `DynamicViTTrainer` (parameter groups, the frozen
+backbone, the loss terms, the teacher)."""
+
+import pytest
+import torch
+from conftest import tiny_config
+from trainer_support import DYNAMICVIT_PLAN, TinyImages, model_with_plan, training_args
+from transformers import Trainer, TrainingArguments
+
+from hf_tokenprune import TokenPruneViTForImageClassification
+from hf_tokenprune.training import distillation_loss
+from hf_tokenprune.training.distillation import (
+    DistillationTrainer,
+    DynamicViTTrainer,
+    final_tokens,
+    recipe_parameter_groups,
+    token_distillation_loss,
+)
+from hf_tokenprune.training.recipes import OFFICIAL_FINETUNES, trainer_arguments
+
+
+def schedule(tmp_path, method: str, base_learning_rate: float, steps: int = 30) -> list[float]:
+    """The learning rate of each of ``steps`` optimizer steps of a Trainer built with the recipe's arguments."""
+    model = TokenPruneViTForImageClassification(tiny_config())
+    arguments = TrainingArguments(
+        output_dir=str(tmp_path), report_to=[], max_steps=steps, **trainer_arguments(method, base_learning_rate)
+    )
+    trainer = Trainer(model=model, args=arguments)
+    trainer.create_optimizer_and_scheduler(num_training_steps=steps)
+    rates = []
+    for _ in range(steps):
+        rates.append(trainer.lr_scheduler.get_last_lr()[0])
+        trainer.optimizer.step()
+        trainer.lr_scheduler.step()
+    return rates
+
+
+def test_evit_fine_tunes_at_a_twenty_fifth_of_the_base_rate_down_to_its_floor(tmp_path):
+    rates = schedule(tmp_path, "evit", 1e-3)
+    assert rates[0] == pytest.approx(4e-5)  # no warm-up: the peak at once
+    assert all(a >= b for a, b in zip(rates, rates[1:]))  # cosine, falling
+    assert rates[-1] == pytest.approx(4e-5 * 0.025, rel=0.15)  # ends near the floor, never under it
+    assert min(rates) >= 4e-5 * 0.025 * (1 - 1e-9)
+
+
+def test_dynamicvit_warms_up_over_five_of_thirty_parts(tmp_path):
+    rates = schedule(tmp_path, "dynamicvit", 1e-3)
+    peak = rates.index(max(rates))
+    assert max(rates) == pytest.approx(1e-3) and peak == 5  # 5 of 30 steps of linear warm-up
+    assert all(a < b for a, b in zip(rates[:peak], rates[1 : peak + 1]))
+    assert OFFICIAL_FINETUNES["dynamicvit"].backbone_lr_scale == 0.01  # DynamicViTTrainer's own default, the same
+    assert torch.isfinite(torch.tensor(rates)).all()
+
+
+def test_unknown_method_and_bad_rate_are_refused():
+    with pytest.raises(ValueError, match="has no official fine-tune recipe here; methods with one: \\['dynamicvit'"):
+        trainer_arguments("tome", 1e-3)
+    with pytest.raises(ValueError, match="base_learning_rate = 0 must be positive"):
+        trainer_arguments("evit", 0)
+
+
+def test_parameter_groups_split_the_methods_modules_from_the_backbone():
+    model = model_with_plan()
+    groups = recipe_parameter_groups(model, 1e-3, backbone_lr_scale=0.01, weight_decay=0.05)
+    names = {id(p): n for n, p in model.named_parameters()}
+    for group in groups:
+        group_names = [names[id(p)] for p in group["params"]]
+        assert all((".token_reduction." not in n) == group["backbone"] for n in group_names)
+        assert group["lr"] == pytest.approx(1e-5 if group["backbone"] else 1e-3)
+        assert all((group["weight_decay"] > 0) == (p.dim() > 1) for p in group["params"])
+    grouped = {names[id(p)] for group in groups for p in group["params"]}
+    assert grouped == set(names.values()) - {"vit.embeddings.cls_token", "vit.embeddings.position_embeddings"}
+
+
+def test_trainer_freezes_the_backbone_and_distils_from_a_frozen_unpruned_snapshot(tmp_path):
+    model = model_with_plan()
+    start = {name: p.detach().clone() for name, p in model.named_parameters()}
+    args = training_args(tmp_path, max_steps=3, learning_rate=1e-2)
+    trainer = DynamicViTTrainer(model=model, args=args, train_dataset=TinyImages(12), freeze_fraction=1.0)
+    assert trainer.teacher_model is not model and not trainer.teacher_model.training
+    assert not any(p.requires_grad for p in trainer.teacher_model.parameters())
+    trainer.train()
+    for name, parameter in model.named_parameters():
+        moved = not torch.equal(parameter.detach(), start[name])
+        assert moved == (".token_reduction." in name), name  # only the predictors train while frozen
+    for name, parameter in trainer.teacher_model.named_parameters():
+        assert torch.equal(parameter, start[name])  # the teacher stays the pretrained model
+
+
+def test_backbone_trains_at_a_fraction_of_the_rate_after_the_freeze(tmp_path):
+    model = model_with_plan()
+    args = training_args(tmp_path, max_steps=2, learning_rate=1e-2, lr_scheduler_type="constant")
+    trainer = DynamicViTTrainer(model=model, args=args, train_dataset=TinyImages(8), freeze_fraction=0.0)
+    trainer.train()
+    rates = {group["backbone"]: group["lr"] for group in trainer.optimizer.param_groups}
+    assert rates == {True: pytest.approx(1e-4), False: pytest.approx(1e-2)}
+
+
+def test_loss_is_ce_ratio_and_half_kl_and_half_token_mse(tmp_path):
+    model = model_with_plan().train()
+    trainer = DynamicViTTrainer(model=model, args=training_args(tmp_path))
+    batch = {"pixel_values": TinyImages(4).pixels, "labels": TinyImages(4).labels}
+    torch.manual_seed(5)
+    loss = trainer.compute_loss(model, dict(batch))
+    teacher = trainer.teacher_model
+    with torch.no_grad():
+        reference = teacher(batch["pixel_values"], disable_plans=True, output_hidden_states=True)
+        torch.manual_seed(5)  # the same Gumbel draws
+        student = model(**batch, output_hidden_states=True)
+    assert student.token_policy is not None and student.aux_loss > 0  # masked training, ratio loss inside loss
+    tokens = token_distillation_loss(final_tokens(model, student), student, final_tokens(teacher, reference))
+    expected = student.loss + 0.5 * distillation_loss(student.logits, reference.logits) + 0.5 * tokens
+    torch.testing.assert_close(loss, expected)
+
+
+def test_token_loss_compares_the_kept_tokens_with_the_teachers_at_their_positions():
+    teacher_tokens = torch.randn(1, 5, 3)
+
+    class Outputs:
+        token_policy = None
+        token_positions = (torch.tensor([[0, 3, -1]]),)  # CLS, patch 2, a made-up token
+
+    student = torch.stack([teacher_tokens[0, 0], teacher_tokens[0, 3] + 1.0, torch.zeros(3)])[None]
+    assert token_distillation_loss(student, Outputs(), teacher_tokens).item() == pytest.approx(1.0)
+    Outputs.token_policy = torch.tensor([[1.0, 0.0, 1.0, 0.0, 0.0]])  # masked training: patch 1 kept
+    full = teacher_tokens.clone()
+    full[0, 2] += 2.0
+    full[0, 1] += 5.0  # dropped: not compared
+    assert token_distillation_loss(full, Outputs(), teacher_tokens).item() == pytest.approx(4.0)
+
+
+def test_distillation_arguments_are_checked(tmp_path):
+    args = training_args(tmp_path)
+    with pytest.raises(ValueError, match="loss_mixing = 'sum' is not allowed"):
+        DistillationTrainer(model=model_with_plan(), args=args, loss_mixing="sum")
+    with pytest.raises(ValueError, match="token_weight = 0.5 needs loss_mixing='additive'"):
+        DistillationTrainer(model=model_with_plan(), args=args, token_weight=0.5)
+
+
+def test_gather_training_was_removed():
+    with pytest.raises(ValueError, match=r"train_mode'\] = 'gather' was removed.*allowed: \['mask'\]"):
+        tiny_config(token_reduction={**DYNAMICVIT_PLAN, "train_mode": "gather"})
