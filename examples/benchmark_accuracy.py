@@ -185,58 +185,50 @@ def evaluate(model, data, batch_size: int = 256) -> float:
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def _amounts(recipe: Recipe, strengths: list[float]) -> list[float]:
-    """The first ``recipe.operating_points`` strengths, mildest first, keeping the strongest."""
-    count = recipe.operating_points
-    return strengths if count >= len(strengths) else strengths[len(strengths) - count :]
+def spread(strengths: tuple, count: int) -> list:
+    """``count`` of a method's operating points, evenly spread from its mildest to its strongest (both kept)."""
+    if count >= len(strengths):
+        return list(strengths)
+    if count == 1:
+        return [strengths[-1]]
+    step = (len(strengths) - 1) / (count - 1)
+    return [strengths[round(index * step)] for index in range(count)]
 
 
 # Variants of a method worth their own line (another training mode or module), by method: {line: plan options}.
 VARIANTS: dict[str, dict[str, dict]] = {}
 
 
+def method_points(cls, recipe: Recipe, config) -> list[dict]:
+    """A method's plans: three of its own operating points (its class's ``operating_points``) evenly spread from its
+    mildest to its strongest, of which the strongest ``recipe.operating_points`` (fewer with --tiny), without
+    repeats; its defaults if it declares none."""
+    if not cls.operating_points:
+        return [{"method": cls.method}]
+    strengths = spread(cls.operating_points[1], 3)[-recipe.operating_points :]
+    plans = [cls.operating_point(strength, config) for strength in strengths]
+    return [plan for index, plan in enumerate(plans) if plan not in plans[:index]]
+
+
 def operating_points(recipe: Recipe) -> list[tuple[str, str, dict]]:
-    """(method, operating point, wrapped plan entry) for every registered method and attention-reuse method.
+    """(method, operating point, wrapped plan entry) for every registered method and attention-reuse method, at the
+    operating points each method's class declares (a new method shows up with its own)."""
+    from hf_tokenprune.models.methods import ATTENTION_REUSE_METHODS
 
-    Methods this script does not know are run with their defaults (one point), so a new method shows up anyway.
-    """
-    from hf_tokenprune.models.attention_reuse import ATTENTION_REUSE_METHODS
-
-    patches = (recipe.canvas_size // recipe.patch_size) ** 2
-    depth = recipe.num_hidden_layers
-    keep = _amounts(recipe, [0.9, 0.7, 0.5])
-    known = {
-        "evit": [{"keep_rate": k} for k in keep],
-        "supervit": [{"keep_rate": k} for k in keep],
-        "dynamicvit": [{"keep_rate": k} for k in keep],
-        "evo_vit": [{"keep_rate": k} for k in _amounts(recipe, [0.7, 0.5, 0.3])],
-        "skipvit": [{"keep_rate": k} for k in _amounts(recipe, [0.7, 0.45, 0.3])],
-        # ToMe: merge 25%, 45%, 60% of the patches over the depth; Cropr: prune 50%, 70%, 90% by the last modules.
-        "tome": [{"r": max(1, round(f * patches / depth))} for f in _amounts(recipe, [0.25, 0.45, 0.6])],
-        "cropr": [{"tokens_per_layer": max(1, round(f * patches / max(1, depth - 2)))}
-                  for f in _amounts(recipe, [0.5, 0.7, 0.9])],
-    }  # fmt: skip
+    config = base_config(recipe)
     points = []
-    for method in sorted(REDUCTION_METHODS):
+    for method, cls in sorted(REDUCTION_METHODS.items()):
         lines = {method: {}, **VARIANTS.get(method, {})}  # a variant (another training mode) is its own line
         for line, extra in lines.items():
-            for options in known.get(method, [{}]):
+            for plan in method_points(cls, recipe, config):
+                options = {key: value for key, value in plan.items() if key != "method"}
                 name = " ".join(f"{k}={v}" for k, v in options.items()) or "defaults"
-                points.append((line, name, {"token_reduction": {"method": method, **options, **extra}}))
-    if "skipat" in ATTENTION_REUSE_METHODS:
-        for layers in skipat_spans(depth, _amounts(recipe, [0.25, 0.5])):
-            plan = {"method": "skipat", "layers": layers}
-            points.append(("skipat", f"layers={layers}", {"token_reduction": None, "attention_reuse": plan}))
+                points.append((line, name, {"token_reduction": {**plan, **extra}}))
+    for method, cls in sorted(ATTENTION_REUSE_METHODS.items()):
+        for plan in method_points(cls, recipe, config):
+            options = " ".join(f"{k}={v}" for k, v in plan.items() if k != "method") or "defaults"
+            points.append((method, options, {"token_reduction": None, "attention_reuse": plan}))
     return points
-
-
-def skipat_spans(depth: int, fractions: list[float]) -> list[list[int]]:
-    """SkipAt's reused layers in proportion to the depth, placed as the paper places them: at 12 layers it reuses
-    blocks 3-8 (half the depth, from the end of the first quarter on) and, milder, 3-5 (a quarter). At 4 layers
-    that is [1, 2] and [1]: rounding the 12-layer indices instead would give [1, 2, 3] (three quarters) and [1, 2]."""
-    start = min(depth - 1, max(1, round(depth / 4)))
-    spans = [list(range(start, min(depth, start + max(1, round(f * depth))))) for f in fractions]
-    return [span for i, span in enumerate(spans) if span not in spans[:i]]
 
 
 def plan_model(recipe: Recipe, entry: dict, weights: dict, seed: int) -> TokenPruneViTForImageClassification:

@@ -242,6 +242,8 @@ def test_remote_code_loads_in_a_clean_offline_process(tmp_path, stock, clip_fold
         expected[str(folder)] = type(AutoModel.from_pretrained(folder)).__name__  # what the package would give
 
     for name, family in FAMILIES.items():
+        if not family.in_island:  # a family defined outside the package imports it: its checkpoints need it
+            continue
         stock_model, _ = stock(name)
         for method in (m for m in ("tome", "evit", "dynamicvit") if fits(name, REDUCING_PLANS[m])):
             model = ours(name, stock_model, token_reduction=REDUCING_PLANS[method])
@@ -276,7 +278,9 @@ def test_remote_code_loads_in_a_clean_offline_process(tmp_path, stock, clip_fold
         assert report[folder]["scores"] == pytest.approx(scores, abs=1e-6)
 
 
-COMPILED = [("deit", "evit"), ("deit", "tome"), ("dinov2-registers", "tome"), ("clip", "tome"), ("siglip", "tome")]
+# One plan per layer layout the ViT compile tests (tests/models/test_compile.py) do not cover: DINOv2's (layer scale,
+# registers ahead of the patches) and CLIP's (SigLIP's tower, which has no CLS token); DeiT's layers are ViT's.
+COMPILED = [("dinov2-registers", "tome"), ("siglip", "tome")]
 
 
 @pytest.mark.slow

@@ -230,3 +230,19 @@ def test_attention_reuse_works_on_a_non_square_grid(stock_model):
         out = model(torch.randn(2, 3, 40, 48), interpolate_pos_encoding=True)
     assert out.patch_grid == (10, 12)
     assert list(out.token_counts) == model.config.token_counts(image_size=(40, 48))
+
+
+@pytest.mark.parametrize(
+    "depth, spans",
+    [(12, [[3, 4, 5], [3, 4, 5, 6, 7, 8]]), (4, [[1], [1, 2]]), (6, [[2, 3], [2, 3, 4]]), (2, [[1], [1]])],
+)
+def test_skipat_operating_points_scale_the_papers_fraction_of_the_depth(depth, spans):
+    """At 12 layers SkipAt reuses blocks 3-8 (half the depth, from the end of the first quarter on) and, milder, 3-5;
+    other depths keep those fractions (rounding the 12-layer indices would give [1, 2, 3] at 4 layers), never
+    layer 0 (Phi needs an attention output to reuse)."""
+    from types import SimpleNamespace
+
+    from hf_tokenprune.models.attention_reuse import SkipAtPhi
+
+    config = SimpleNamespace(num_hidden_layers=depth)
+    assert [SkipAtPhi.operating_point(f, config)["layers"] for f in SkipAtPhi.operating_points[1]] == spans

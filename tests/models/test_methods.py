@@ -15,14 +15,26 @@ from conftest import (
 )
 from transformers import ViTConfig, ViTForImageClassification
 
+import hf_tokenprune
 from hf_tokenprune import TokenPruneViTForImageClassification, TokenPruneViTModel
 
 
 def test_the_matrix_is_the_registry_with_a_method_defined_outside_the_package():
-    import hf_tokenprune
-
     assert set(REDUCING_PLANS) == set(KEEP_ALL_PLANS) == set(hf_tokenprune.REDUCTION_METHODS)
     assert "random_keep" in REDUCING_PLANS and "random_keep" not in BUILT_IN  # tests/extensions/random_keep.py
+
+
+@pytest.mark.parametrize("method", sorted(REDUCING_PLANS))
+def test_each_methods_operating_points_are_plans_from_mildest_to_strongest(method):
+    """What a method's class declares for the tools (the tuner's grid, the accuracy benchmark's points): valid plans
+    on this model, each costing no more than the one before."""
+    from hf_tokenprune.flops import count_flops
+
+    cls = hf_tokenprune.REDUCTION_METHODS[method]
+    assert cls.paper is not None and cls.keep_all_plan is not None
+    plans = [cls.operating_point(strength, tiny_config()) for strength in cls.operating_points[1]]
+    costs = [count_flops(tiny_config(token_reduction=plan)).gflops for plan in plans]
+    assert len(plans) >= 2 and costs == sorted(costs, reverse=True) and costs[-1] < costs[0]
 
 
 def test_no_plan_is_stock_vit(stock_model, pixels):
