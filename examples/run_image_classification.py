@@ -528,6 +528,8 @@ def parse_args(argv: list[str] | None):
     given = {arg.split("=")[0][2:].replace("-", "_") for arg in argv if arg.startswith("--")}  # either spelling
     if launched_processes() > 1 and torch.accelerator.current_accelerator() is None and "use_cpu" not in given:
         argv += ["--use_cpu", "true"]  # several CPU processes: the Trainer runs DDP (gloo) only when told use_cpu
+    if torch.accelerator.current_accelerator() is None and "dataloader_pin_memory" not in given:
+        argv += ["--dataloader_pin_memory", "false"]  # no accelerator: pinned memory has no use (and torch warns)
     defaults = [
         item for key, value in MAIN_JOB_TRAINING_DEFAULTS.items() if key not in given for item in (f"--{key}", value)
     ]
@@ -542,7 +544,7 @@ def check_paths(model_args: ModelArguments, data_args: DataArguments, recipe: Re
     """Local paths that do not exist fail in one line that names them, before anything is loaded."""
     from hf_tokenprune.paths import check_input_folder, check_model_source
 
-    check_model_source(model_args.model_name_or_path, "--model_name_or_path")
+    check_model_source(model_args.model_name_or_path, "--model_name_or_path", config_file=True)
     check_model_source(recipe.teacher_model_name_or_path, "--teacher_model_name_or_path")
     what = "an imagefolder: one sub-folder of images per class"
     check_input_folder(data_args.train_dir, "--train_dir", what)

@@ -136,6 +136,7 @@ def pretrain_backbone(epochs: float, output_dir: str, max_samples: int | None = 
         output_dir=folder, num_train_epochs=epochs, learning_rate=1e-3, weight_decay=0.05, warmup_steps=0.1,
         lr_scheduler_type="cosine", per_device_train_batch_size=32, save_strategy="no", report_to="none",
         logging_steps=50, seed=seed, disable_tqdm=True,
+        dataloader_pin_memory=torch.accelerator.current_accelerator() is not None,  # on the CPU it only warns
     )  # fmt: skip
     Trainer(model=model, args=args, train_dataset=samples).train()
     model.save_pretrained(folder)
@@ -292,6 +293,8 @@ def parse_args(argv: list[str] | None):
     argv = [arg.replace("--token-reduction", "--token_reduction") for arg in argv]
     given = {arg.split("=")[0].lstrip("-") for arg in argv if arg.startswith("--")}
     defaults = [f"--{key}={value}" for key, value in DEFAULTS.items() if key not in given]
+    if torch.accelerator.current_accelerator() is None and "dataloader_pin_memory" not in given:
+        defaults.append("--dataloader_pin_memory=false")  # no accelerator: pinned memory has no use (torch warns)
     return parser.parse_args_into_dataclasses(args=defaults + argv)
 
 

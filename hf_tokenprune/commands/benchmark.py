@@ -6,7 +6,15 @@ from typing import Any
 
 from ..measure.devices import DEVICES, DTYPES
 from ..measure.report import MODES
-from .options import add_model_arguments, parse_json_option, set_threads
+from .options import (
+    add_model_arguments,
+    add_threads,
+    non_negative_int,
+    parse_json_option,
+    positive_int,
+    quiet_loading,
+    set_threads,
+)
 
 
 def add_parser(commands) -> None:
@@ -29,10 +37,16 @@ def add_parser(commands) -> None:
     )
     parser.add_argument("--device", default="auto", choices=DEVICES, help="default: an available accelerator")
     parser.add_argument("--dtype", default="fp32", choices=list(DTYPES))
-    parser.add_argument("--batch-size", type=int, default=16, help="batch of the inference and training modes")
-    parser.add_argument("--rounds", type=int, default=5, help="measured rounds (each model runs once per round)")
-    parser.add_argument("--latency-rounds", type=int, default=None, help="rounds at batch 1 (default 3 x rounds)")
-    parser.add_argument("--warmup", type=int, default=1, help="untimed calls per model first")
+    parser.add_argument(
+        "--batch-size", type=positive_int, default=16, help="batch of the inference and training modes"
+    )
+    parser.add_argument(
+        "--rounds", type=positive_int, default=5, help="measured rounds (each model runs once a round)"
+    )
+    parser.add_argument(
+        "--latency-rounds", type=positive_int, default=None, help="rounds at batch 1 (default 3 x rounds)"
+    )
+    parser.add_argument("--warmup", type=non_negative_int, default=1, help="untimed calls per model first")
     parser.add_argument(
         "--modes",
         default=None,
@@ -40,7 +54,7 @@ def add_parser(commands) -> None:
         "class has no training loss: DeiT with teacher, the CLIP and SigLIP towers)",
     )
     parser.add_argument("--compile", action="store_true", help="torch.compile every model")
-    parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")
+    add_threads(parser)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output-dir", default="benchmark-results", help="where the JSON, table and PNG go")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -106,15 +120,17 @@ def settings_from_args(args: Any, model_type: str = "tokenprune_vit") -> Any:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..paths import check_model_source
+
+    check_model_source(args.model)  # before torch is imported
     from ..measure.benchmark import load_base, run_benchmark
     from ..measure.devices import device_name
     from ..measure.report import describe_setup, format_table, noise_warnings, write_results
-    from ..paths import check_model_source
     from ..plans import parse_plans
 
-    check_model_source(args.model)
     settings_from_args(args)  # bad settings are refused before any loading
     set_threads(args.threads)
+    quiet_loading()
     base, state_dict = load_base(args.model, args.arch)
     settings = settings_from_args(args, base.model_type)
     plans = parse_plans(plans_from_args(args), base, keep_rate=args.keep_rate)  # every error before timing

@@ -45,19 +45,21 @@ def _load_benchmark(path: str | None) -> list | dict | None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..paths import check_input_folder, check_model_source, read_config
+
+    check_input_folder(args.folder, "FOLDER", "a folder written by save_pretrained")
+    check_model_source(args.folder, "FOLDER")  # before torch is imported
+    folder = Path(args.folder)
+    model_type = read_config(args.folder).get("model_type")
+    if not any(row.model_type == model_type for row in FAMILIES.values()):
+        known = ", ".join(row.model_type for row in FAMILIES.values())
+        raise ValueError(f"FOLDER '{folder}' holds a {model_type!r} model; cards are for {known}.")
     from transformers import AutoConfig
 
     from .. import register
-    from ..sharing.hub import EVAL_RESULTS_FILE, RESULTS_FILE, read_json, results_from_folder
+    from ..sharing.hub import EVAL_RESULTS_FILE, RESULTS_FILE, results_from_folder
     from ..sharing.model_card import CARD_NAME, write_model_card
 
-    folder = Path(args.folder)
-    if not (folder / "config.json").is_file():
-        raise ValueError(f"FOLDER = '{folder}' has no config.json; give a folder written by save_pretrained.")
-    model_type = read_json(folder / "config.json").get("model_type")
-    if not any(row.model_type == model_type for row in FAMILIES.values()):
-        known = ", ".join(row.model_type for row in FAMILIES.values())
-        raise ValueError(f"FOLDER = '{folder}' holds a {model_type!r} model; cards are for {known}.")
     register()
     config = AutoConfig.from_pretrained(folder)
     found = results_from_folder(folder, config)  # what the folder holds; the flags below win

@@ -3,7 +3,8 @@
 import argparse
 from pathlib import Path
 
-from ..sharing.export import FORMATS
+from ..sharing.export import FORMATS, SUFFIXES
+from .options import image_size_option, keep_rate_option, non_negative_float, positive_int, quiet_loading
 
 
 def add_parser(commands) -> None:
@@ -21,22 +22,32 @@ def add_parser(commands) -> None:
         "vision tower with projection or a SigLIP vision tower",
     )
     parser.add_argument("--format", default="onnx", choices=FORMATS, help="onnx (default) or torch-export (.pt2)")
-    parser.add_argument("--batch-size", type=int, default=1, help="batch checked (and fixed with --static-batch)")
+    parser.add_argument(
+        "--batch-size", type=positive_int, default=1, help="batch checked (and fixed with --static-batch)"
+    )
     parser.add_argument("--output", default=None, help="file to write (default: FOLDER/model.onnx or model.pt2)")
-    parser.add_argument("--image-size", type=int, default=None, help="input resolution (default: the model's)")
-    parser.add_argument("--keep-rate", type=float, default=None, help="runtime keep rate baked into the graph")
+    parser.add_argument("--image-size", type=image_size_option, default=None, help="input side (default: the model's)")
+    parser.add_argument(
+        "--keep-rate", type=keep_rate_option, default=None, help="runtime keep rate baked into the graph"
+    )
     parser.add_argument("--static-batch", action="store_true", help="fix the batch to --batch-size")
-    parser.add_argument("--atol", type=float, default=1e-4, help="largest allowed |output - PyTorch| (fp32)")
+    parser.add_argument("--atol", type=non_negative_float, default=1e-4, help="largest allowed |output - PyTorch|")
     parser.add_argument("--no-check", action="store_true", help="skip the comparison with PyTorch")
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..sharing.export import SUFFIXES, export_model, exported_class
+    from ..paths import check_model_source, check_output_file, read_config
 
     if not Path(args.folder).is_dir():
-        raise ValueError(f"FOLDER {args.folder!r} is not a checkpoint folder.")
-    output = args.output or str(Path(args.folder) / f"model{SUFFIXES.get(args.format, '')}")
+        raise ValueError(f"FOLDER '{args.folder}': no such folder; give a folder written by save_pretrained.")
+    check_model_source(args.folder, "FOLDER")
+    output = args.output or str(Path(args.folder) / f"model{SUFFIXES[args.format]}")
+    check_output_file(output, "--output", f"model{SUFFIXES[args.format]}")
+    check_size_fits_patch(args.image_size, read_config(args.folder))
+    from ..sharing.export import export_model, exported_class
+
+    quiet_loading()
     model = exported_class(Path(args.folder)).from_pretrained(args.folder, attn_implementation="sdpa")
     report = export_model(
         model,
@@ -50,3 +61,14 @@ def run(args: argparse.Namespace) -> int:
     )
     print(report.summary())
     return 0
+
+
+def check_size_fits_patch(image_size: int | None, config: dict) -> None:
+    """``--image-size`` must be a multiple of the checkpoint's patch size (read from its config.json)."""
+    patch = (config or {}).get("patch_size") or (config or {}).get("vision_config", {}).get("patch_size")
+    patch = patch[0] if isinstance(patch, (list, tuple)) else patch
+    if image_size is not None and isinstance(patch, int) and image_size % patch:
+        raise ValueError(
+            f"--image-size {image_size} cannot export: it must be a multiple of the patch size {patch} (the token "
+            "counts of every layer are fixed by the resolution)."
+        )

@@ -1,7 +1,10 @@
-"""Options and validators the verbs share, so that every verb reads the same option the same way."""
+"""Options and validators the verbs share, so that every verb reads the same option the same way: numbers are
+checked when the command line is parsed (argparse's one-line usage error, before anything loads), paths by
+`hf_tokenprune.paths` before torch is imported."""
 
 import argparse
 import json
+import math
 from typing import Any
 
 
@@ -24,6 +27,37 @@ def keep_rate_option(text: str) -> float:
     if not 0.0 < value <= 1.0:
         raise argparse.ArgumentTypeError(f"{text!r} is not a keep rate: give the fraction of tokens kept, in (0, 1]")
     return value
+
+
+def _number(text: str, kind: type, low: float, strict: bool, what: str):
+    try:
+        value = kind(text)
+    except ValueError:
+        value = None
+    if value is None or not math.isfinite(value) or value < low or (strict and value == low):
+        bound = f"{'above' if strict else 'at least'} {low:g}"
+        raise argparse.ArgumentTypeError(f"{text!r} is not {what}: give a number {bound}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    """A count of at least one (a batch size, rounds, threads, images)."""
+    return _number(text, int, 1, False, "a positive whole number")
+
+
+def non_negative_int(text: str) -> int:
+    """A count that may be zero (warm-up calls)."""
+    return _number(text, int, 0, False, "a whole number")
+
+
+def positive_float(text: str) -> float:
+    """A positive number (a speed-up or GFLOPs target)."""
+    return _number(text, float, 0.0, True, "a positive number")
+
+
+def non_negative_float(text: str) -> float:
+    """A number that may be zero (a time budget in seconds, an accuracy drop, a tolerance)."""
+    return _number(text, float, 0.0, False, "a number")
 
 
 def image_size_option(text: str) -> int:
@@ -51,12 +85,20 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def set_threads(threads: int | None) -> None:
-    """``--threads``: torch's CPU threads for the whole process (at least one)."""
-    if threads is None:
-        return
-    if threads < 1:
-        raise ValueError(f"--threads {threads} must be at least 1.")
-    import torch
+def add_threads(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--threads", type=positive_int, default=None, help="CPU threads for torch (default: torch's)")
 
-    torch.set_num_threads(threads)
+
+def set_threads(threads: int | None) -> None:
+    """``--threads``: torch's CPU threads for the whole process."""
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
+
+
+def quiet_loading() -> None:
+    """No progress bars from transformers' loading inside a command's output (its own lines are the record)."""
+    from transformers.utils import logging
+
+    logging.disable_progress_bar()

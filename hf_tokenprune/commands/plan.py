@@ -18,17 +18,17 @@ def add_parser(commands) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..families import build_config
-    from ..flops import count_flops, format_report
     from ..paths import check_model_source
 
-    check_model_source(args.model)
-    config = build_config(
-        args.model,
-        args.arch,
-        token_reduction=parse_json_option(args.token_reduction, "--token-reduction"),
-        attention_reuse=parse_json_option(args.attention_reuse, "--attention-reuse"),
-    )
+    check_model_source(args.model)  # before torch is imported
+    plans = {
+        "token_reduction": parse_json_option(args.token_reduction, "--token-reduction"),
+        "attention_reuse": parse_json_option(args.attention_reuse, "--attention-reuse"),
+    }
+    from ..families import build_config
+    from ..flops import count_flops, format_report
+
+    config = build_config(args.model, args.arch, **plans)
     report = count_flops(config, keep_rate=args.keep_rate, image_size=args.image_size)
     print(f"plan: {json.dumps(config.token_reduction)}")
     if config.attention_reuse:

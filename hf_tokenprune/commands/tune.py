@@ -1,10 +1,17 @@
 """``hf-tokenprune tune``: choose a plan for a checkpoint (`hf_tokenprune.measure.tune`)."""
 
 import argparse
-import os
 from typing import Any
 
-from .options import set_threads
+from .options import (
+    add_threads,
+    non_negative_float,
+    non_negative_int,
+    positive_float,
+    positive_int,
+    quiet_loading,
+    set_threads,
+)
 
 
 def add_parser(commands) -> None:
@@ -21,18 +28,23 @@ def add_parser(commands) -> None:
     parser.add_argument("--split", default=None, help="held-out split (default: validation, test, or the only one)")
     parser.add_argument("--image-column", default="image")
     parser.add_argument("--label-column", default="label")
-    parser.add_argument("--max-images", type=int, default=256, help="size of the seeded held-out subset")
-    parser.add_argument("--target-speedup", type=float, default=None, help="least measured speed-up vs stock")
-    parser.add_argument("--target-gflops", type=float, default=None, help="most GFLOPs per image")
-    parser.add_argument("--max-accuracy-drop", type=float, default=None, help="e.g. 0.01 for one point")
+    parser.add_argument("--max-images", type=positive_int, default=256, help="size of the seeded held-out subset")
+    parser.add_argument("--target-speedup", type=positive_float, default=None, help="least measured speed-up")
+    parser.add_argument("--target-gflops", type=positive_float, default=None, help="most GFLOPs per image")
+    parser.add_argument("--max-accuracy-drop", type=non_negative_float, default=None, help="0.01 for one point")
     parser.add_argument("--methods", default=None, help="comma-separated methods to try (default: every usable one)")
-    parser.add_argument("--batch-size", type=int, default=32, help="batch for accuracy and timing")
-    parser.add_argument("--rounds", type=int, default=5, help="paired timing rounds per candidate")
-    parser.add_argument("--warmup", type=int, default=1, help="untimed calls per model before timing")
+    parser.add_argument("--batch-size", type=positive_int, default=32, help="batch for accuracy and timing")
+    parser.add_argument("--rounds", type=positive_int, default=5, help="paired timing rounds per candidate")
+    parser.add_argument("--warmup", type=non_negative_int, default=1, help="untimed calls per model before timing")
     parser.add_argument("--device", default="auto", help="as for `benchmark` (default: an available accelerator)")
     parser.add_argument("--dtype", default="fp32", help="fp32, bf16 or fp16")
-    parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")
-    parser.add_argument("--time-budget", type=float, default=None, help="seconds; then no new candidate starts")
+    add_threads(parser)
+    parser.add_argument(
+        "--time-budget",
+        type=non_negative_float,
+        default=None,
+        help="seconds; then no new candidate starts (the mildest point of every method is tried anyway)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="chooses the held-out subset")
     parser.add_argument("--output", default=None, help="new folder: a copy of the checkpoint with the chosen plan")
     parser.add_argument("--results-dir", default="tune-results", help="where tune.json, tune.md and tune.png go")
@@ -41,16 +53,11 @@ def add_parser(commands) -> None:
 
 
 def check_paths(args: Any) -> None:
-    """Missing or clashing folders, named before anything slow runs."""
-    model = args.model
-    looks_local = os.path.isabs(model) or model.startswith((".", "~")) or model.count("/") != 1
-    if not os.path.isdir(model) and looks_local:
-        raise ValueError(f"--model {model}: no such checkpoint folder.")
-    if args.output is not None:
-        if os.path.exists(args.output) and (not os.path.isdir(args.output) or os.listdir(args.output)):
-            raise ValueError(f"--output {args.output} already exists and is not empty; give a new folder.")
-        if os.path.isdir(model) and os.path.abspath(args.output) == os.path.abspath(model):
-            raise ValueError("--output must differ from --model: the tuner writes a copy of the checkpoint.")
+    """Missing or clashing folders, named before torch is imported."""
+    from ..paths import check_model_source, check_new_folder
+
+    check_model_source(args.model)
+    check_new_folder(args.output, "--output", args.model)
 
 
 def target_from_args(args: Any) -> Any:
@@ -75,22 +82,23 @@ def settings_from_args(args: Any) -> Any:
         dtype=parse_dtype(args.dtype), seed=args.seed, time_budget=args.time_budget, progress=not args.no_progress,
     )  # fmt: skip
     settings.check()
-    if args.max_images < 1:
-        raise ValueError(f"--max-images {args.max_images} must be at least 1.")
     set_threads(args.threads)
     return settings
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..measure.heldout import check_data, held_out_images, load_split, processor_for
+    from ..measure.heldout import check_data
+
+    check_paths(args)  # before torch is imported
+    data_kind, data_argument = check_data(args.data)
+    from ..measure.heldout import held_out_images, load_split, processor_for
     from ..measure.tune import build_candidates, check_gflops_reachable, check_methods, load_checkpoint, search
 
     target = target_from_args(args)
     settings = settings_from_args(args)
-    data_kind, data_argument = check_data(args.data)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()] if args.methods else None
     check_methods(methods)
-    check_paths(args)
+    quiet_loading()
     config, state_dict = load_checkpoint(args.model)
     candidates, left_out = build_candidates(config, methods)
     if not candidates:

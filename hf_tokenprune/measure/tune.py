@@ -35,10 +35,11 @@ from .._lazy import LazyModule
 from ..families import FAMILIES
 from ..flops import count_flops
 from ..models.methods import ATTENTION_REUSE_METHODS, REDUCTION_METHODS, get_reduction_class, get_reuse_class
+from ..models.token_reduction import did_you_mean
 from ..plans import PlanEntry, plan_config, plan_label
 from .benchmark import BenchmarkSettings, build_models, measure_forward
 from .heldout import accuracy
-from .report import compact_counts
+from .report import compact_counts, noise_of
 
 torch = LazyModule("torch")  # imported on first use, so listing the CLI's subcommands stays fast
 
@@ -150,7 +151,8 @@ def check_methods(methods: list[str] | None) -> None:
     known = sorted(REDUCTION_METHODS) + sorted(ATTENTION_REUSE_METHODS)
     unknown = sorted(set(methods or []) - set(known))
     if unknown:
-        raise ValueError(f"--methods {unknown} are not registered methods; allowed: {known}.")
+        hint = did_you_mean(unknown[0], known)
+        raise ValueError(f"--methods {unknown} are not registered methods; allowed: {known}.{hint}")
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -202,7 +204,7 @@ def _row(entry: PlanEntry, config: Any, accuracy_value: float, stock_accuracy: f
         "accuracy": accuracy_value, "accuracy_drop": stock_accuracy - accuracy_value,
         "gflops": report.gflops, "stock_gflops": report.stock_gflops, "ideal_speedup": report.ideal_speedup,
         "measured_speedup": measured, "fraction_of_ideal": measured / report.ideal_speedup,
-        "spread": [min(ratios), max(ratios)], "round_speedups": list(ratios),
+        "spread": [min(ratios), max(ratios)], **noise_of(ratios), "round_speedups": list(ratios),
         "tokens_per_layer": [list(counts) for counts in report.token_counts],
     }  # fmt: skip
 
@@ -283,8 +285,21 @@ def _prepared_models(base: Any, candidates: list, state_dict: dict, settings: Se
     return stock, models
 
 
+def mildest_points(candidates: list) -> int:
+    """How many candidates a search evaluates whatever its time budget: up to the mildest point of every method
+    (the candidates interleave the methods, mildest points first), so no method goes untried."""
+    seen, floor = set(), 0
+    for index, (entry, _) in enumerate(candidates):
+        method = (entry.token_reduction or entry.attention_reuse)["method"]
+        if method not in seen:
+            seen.add(method)
+            floor = index + 1
+    return floor
+
+
 def search(config: Any, state_dict: dict, candidates: list, images: tuple, settings: SearchSettings) -> dict:
-    """Evaluates the candidates in order until they are done or the time budget is spent.
+    """Evaluates the candidates in order until they are done or the time budget is spent (the mildest point of
+    every method is evaluated whatever the budget: `mildest_points`).
 
     Args:
         config: the checkpoint's config; state_dict: its weights.
@@ -297,14 +312,15 @@ def search(config: Any, state_dict: dict, candidates: list, images: tuple, setti
     from tqdm.auto import tqdm
 
     settings.check()
-    start = time.monotonic()
+    start, floor = time.monotonic(), mildest_points(candidates)
     base = plan_config(config, PlanEntry("base"))
     stock, models = _prepared_models(base, candidates, state_dict, settings)
     stock_accuracy = accuracy(stock, *images, settings.batch_size)
     bench, rows, budget_reached = _bench_settings(settings), [], False
     bar = tqdm(candidates, desc="tuning", unit="plan", disable=not settings.progress)
     for entry, plan in bar:
-        if rows and settings.time_budget is not None and time.monotonic() - start > settings.time_budget:
+        spent = time.monotonic() - start
+        if len(rows) >= floor and settings.time_budget is not None and spent > settings.time_budget:
             budget_reached = True
             break
         model = models.pop(entry.label)
@@ -338,7 +354,8 @@ def format_front(result: dict, chosen: dict | None, everything: bool = False) ->
         mark = "" if row is not chosen else "**chosen**" + (" (off the front)" if off_front else "")
         lines.append(
             f"| {row['label']} | {row['accuracy']:.3f} | {row['accuracy'] - result['stock_accuracy']:+.3f} | "
-            f"{row['measured_speedup']:.2f}x ({low:.2f}-{high:.2f}) | {row['gflops']:.4g} | "
+            f"{row['measured_speedup']:.2f}x ({low:.2f}-{high:.2f}){' noisy' if row.get('noisy') else ''} | "
+            f"{row['gflops']:.4g} | "
             f"{row['ideal_speedup']:.2f}x | {compact_counts(row['tokens_per_layer'])} | {mark} |"
         )
     return "\n".join(lines)
@@ -354,6 +371,12 @@ def describe(result: dict, chosen: dict | None, target: Target) -> str:
         f"of {setup['rounds']} paired rounds against stock ViT with the same weights (batch {setup['batch_size']}, "
         f"{setup['dtype']}, {setup['device']}); {len(pareto_front(result['rows']))} plans on the front."
     )
+    noisy = [row["label"] for row in result["rows"] if row.get("noisy")]
+    if noisy:
+        text += (
+            f"\nnoisy: {len(noisy)} candidate(s) whose timed rounds spread over more than 30% of their median "
+            f"({', '.join(noisy)}); measure again with more --rounds or on a quieter machine before trusting them."
+        )
     if result["left_out"]:
         text += "\nleft out: " + "; ".join(f"{name} ({why})" for name, why in result["left_out"].items())
     choice = f"{chosen['label']}" if chosen else "none"

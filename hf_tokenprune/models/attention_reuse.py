@@ -24,7 +24,16 @@ import torch
 from torch import nn
 from transformers import initialization as init
 
-from .token_reduction import Paper, check_bool, check_choice, check_int, check_layers, check_options, scaled_layers
+from .token_reduction import (
+    Paper,
+    check_bool,
+    check_choice,
+    check_int,
+    check_layers,
+    check_options,
+    did_you_mean,
+    scaled_layers,
+)
 
 ATTENTION_REUSE_METHODS: dict[str, type] = {}
 IDENTITY_SHIFT = 8.0  # beta: Phi is the identity for |x| up to about beta - 2.5
@@ -48,6 +57,7 @@ def get_reuse_class(name: Any) -> type["AttentionReuse"]:
     if name not in ATTENTION_REUSE_METHODS:
         raise ValueError(
             f"attention_reuse['method'] = {name!r} is not a known method; allowed: {sorted(ATTENTION_REUSE_METHODS)}."
+            + did_you_mean(name, ATTENTION_REUSE_METHODS)
         )
     return ATTENTION_REUSE_METHODS[name]
 
@@ -60,6 +70,7 @@ def check_attention_reuse(value: Any, config: Any) -> dict | None:
         raise ValueError(
             f"attention_reuse = {value!r} must be None or a dict whose 'method' is one of "
             f"{sorted(ATTENTION_REUSE_METHODS)}."
+            + did_you_mean((value or {}).get("method") if isinstance(value, dict) else None, ATTENTION_REUSE_METHODS)
         )
     return ATTENTION_REUSE_METHODS[value["method"]].check_plan(value, config)
 

@@ -15,7 +15,7 @@ class TokenPruneCLIPVisionConfig(TokenPruneConfigMixin, CLIPVisionConfig):
     model_type = "tokenprune_clip_vision_model"
     stock_model_type = "clip_vision_model"
     base_config_key = "vision_config"
-    composite_model_types = ("clip",)
+    composite_model_types = ("clip", "tokenprune_clip")  # a full CLIP checkpoint, stock or ours
 
     token_reduction: dict | None = None
     attention_reuse: dict | None = None

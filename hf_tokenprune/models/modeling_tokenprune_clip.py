@@ -27,6 +27,8 @@ from transformers.models.clip.modeling_clip import (
     CLIPVisionModelOutput,
     CLIPVisionModelWithProjection,
 )
+from transformers.processing_utils import Unpack
+from transformers.utils import TransformersKwargs
 from transformers.utils.generic import can_return_tuple
 from transformers.utils.output_capturing import capture_outputs
 
@@ -145,7 +147,7 @@ class TokenPruneCLIPVisionModel(TokenPruneModelMixin, TokenPruneCLIPPreTrainedMo
         interpolate_pos_encoding: bool | None = False,
         keep_rate: float | None = None,
         disable_plans: bool = False,
-        **kwargs,
+        **kwargs: Unpack[TransformersKwargs],
     ) -> TokenPruneModelOutput:
         r"""
         keep_rate (`float`, *optional*):
@@ -183,7 +185,7 @@ class TokenPruneCLIPVisionModelWithProjection(TokenPruneCLIPPreTrainedModel, CLI
         interpolate_pos_encoding: bool = False,
         keep_rate: float | None = None,
         disable_plans: bool = False,
-        **kwargs,
+        **kwargs: Unpack[TransformersKwargs],
     ) -> TokenPruneCLIPVisionModelOutput:
         outputs = self.vision_model(
             pixel_values,

@@ -19,6 +19,8 @@ from transformers.masking_utils import create_bidirectional_mask
 from transformers.modeling_outputs import BaseModelOutputWithPooling, ImageClassifierOutput
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.models.vit.modeling_vit import eager_attention_forward
+from transformers.processing_utils import Unpack
+from transformers.utils import TransformersKwargs
 
 from .attention_backends import attention_with_key_bias, check_attention_backend
 from .configuration_tokenprune_common import TOKEN_BOOKKEEPING
@@ -136,7 +138,7 @@ class ProbedAttentionMixin:
         probe_keys=False,
         key_policy=None,
         key_bias=None,
-        **kwargs,
+        **kwargs: Unpack[TransformersKwargs],
     ):
         input_shape = hidden_states.shape[:-1]
         hidden_shape = (*input_shape, -1, self.head_dim)
@@ -241,6 +243,11 @@ class TokenPruneLayerMixin:
         return hidden_states, state, trace
 
     def _attend(self, hidden_states, attention_mask, state, reduction, **kwargs):
+        if attention_mask is not None and state.key_policy is not None:
+            raise ValueError(
+                "attention_mask cannot be combined with a plan that masks keys in training (DynamicViT): call "
+                "model.eval(), or train without an attention_mask."
+            )
         if not hasattr(self, self.attention_parts[0]):
             raise ValueError(
                 f"layer {self.layer_idx} reuses attention and this checkpoint dropped its own attention weights "
@@ -296,6 +303,24 @@ def check_pixel_values(pixel_values, config, interpolate_pos_encoding):
     return rows, columns
 
 
+def check_mask_fits(plan, reuse, num_layers: int, grid: tuple[int, int]) -> None:
+    """An attention mask describes the input sequence: it is refused, in one line, when the plans in force change
+    that sequence for this input (a reduction that removes or merges tokens, or attention reuse); a keep-all plan
+    or none leaves its meaning intact."""
+    if reuse is not None:
+        raise ValueError("attention_mask cannot be combined with attention_reuse: reused layers compute no attention.")
+    if plan is None:
+        return
+    full = grid[0] * grid[1] + 1
+    counts = get_reduction_class(plan["method"]).token_counts(plan, num_layers, grid[0] * grid[1])
+    if any(count != full for layer in counts for count in layer):
+        raise ValueError(
+            f"attention_mask cannot be combined with token_reduction ({plan['method']}) as it runs on this input: "
+            "the sequence changes length, so the mask would no longer match it; use a keep-all plan or "
+            "disable_plans=True."
+        )
+
+
 def _same_structure(plan, built_plan) -> bool:
     if plan is None or built_plan is None:
         return plan is built_plan
@@ -345,8 +370,8 @@ class TokenPruneModelMixin:
         plan = None if disable_plans else plan_in_force(self.config, self.built_plans, keep_rate)
         reuse = None if disable_plans else self.config.attention_reuse
         check_attention_backend(plan, self.config._attn_implementation)  # a runtime option may have added a bias
-        if attention_mask is not None and self.config.token_reduction is not None:
-            raise ValueError("attention_mask cannot be combined with token_reduction: the sequence changes length.")
+        if attention_mask is not None:
+            check_mask_fits(plan, reuse, self.config.num_hidden_layers, grid)
         expected_dtype = next(self.embeddings.parameters()).dtype
         return grid, plan, reuse, pixel_values.to(expected_dtype)
 

@@ -22,6 +22,8 @@ from transformers.models.deit.modeling_deit import (
     DeiTPooler,
     DeiTPreTrainedModel,
 )
+from transformers.processing_utils import Unpack
+from transformers.utils import TransformersKwargs
 from transformers.utils.generic import can_return_tuple
 
 from .configuration_tokenprune_deit import TokenPruneDeiTConfig
@@ -113,7 +115,7 @@ class TokenPruneDeiTForImageClassificationWithTeacher(
         attention_mask: torch.Tensor | None = None,
         keep_rate: float | None = None,
         disable_plans: bool = False,
-        **kwargs,
+        **kwargs: Unpack[TransformersKwargs],
     ) -> TokenPruneDeiTWithTeacherOutput:
         r"""
         distillation_labels (`torch.LongTensor`, *optional*):

@@ -31,6 +31,8 @@ from transformers.models.dinov2_with_registers.modeling_dinov2_with_registers im
     Dinov2WithRegistersModel,
     Dinov2WithRegistersPreTrainedModel,
 )
+from transformers.processing_utils import Unpack
+from transformers.utils import TransformersKwargs
 from transformers.utils.generic import can_return_tuple
 from transformers.utils.output_capturing import capture_outputs
 
@@ -134,7 +136,7 @@ class TokenPruneDinov2Model(TokenPruneModelMixin, TokenPruneDinov2PreTrainedMode
         attention_mask: torch.Tensor | None = None,
         keep_rate: float | None = None,
         disable_plans: bool = False,
-        **kwargs,
+        **kwargs: Unpack[TransformersKwargs],
     ) -> TokenPruneModelOutput:
         r"""
         keep_rate (`float`, *optional*):
@@ -168,7 +170,7 @@ class TokenPruneDinov2ClassifierMixin(TokenPruneClassifierMixin):
         attention_mask: torch.Tensor | None = None,
         keep_rate: float | None = None,
         disable_plans: bool = False,
-        **kwargs,
+        **kwargs: Unpack[TransformersKwargs],
     ):
         outputs = getattr(self, self.base_model_prefix)(
             pixel_values, attention_mask=attention_mask, keep_rate=keep_rate, disable_plans=disable_plans, **kwargs

@@ -20,6 +20,8 @@ from transformers.models.siglip.modeling_siglip import (
     SiglipVisionEmbeddings,
     SiglipVisionModel,
 )
+from transformers.processing_utils import Unpack
+from transformers.utils import TransformersKwargs
 from transformers.utils.output_capturing import capture_outputs
 
 from .configuration_tokenprune_siglip import TokenPruneSiglipVisionConfig
@@ -84,7 +86,7 @@ class TokenPruneSiglipVisionModel(TokenPruneModelMixin, TokenPruneSiglipPreTrain
         interpolate_pos_encoding: bool | None = False,
         keep_rate: float | None = None,
         disable_plans: bool = False,
-        **kwargs,
+        **kwargs: Unpack[TransformersKwargs],
     ) -> TokenPruneModelOutput:
         r"""
         keep_rate (`float`, *optional*):

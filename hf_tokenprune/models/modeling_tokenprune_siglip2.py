@@ -21,6 +21,8 @@ from transformers.models.siglip2.modeling_siglip2 import (
     Siglip2VisionEmbeddings,
     Siglip2VisionModel,
 )
+from transformers.processing_utils import Unpack
+from transformers.utils import TransformersKwargs
 from transformers.utils.output_capturing import capture_outputs
 
 from .attention_backends import BIAS_BACKENDS
@@ -115,7 +117,7 @@ class TokenPruneSiglip2VisionModel(TokenPruneModelMixin, TokenPruneSiglip2PreTra
         spatial_shapes: torch.LongTensor | None = None,
         keep_rate: float | None = None,
         disable_plans: bool = False,
-        **kwargs,
+        **kwargs: Unpack[TransformersKwargs],
     ) -> TokenPruneModelOutput:
         r"""
         pixel_attention_mask (`torch.Tensor` of shape `(batch_size, max_num_patches)`, *optional*):

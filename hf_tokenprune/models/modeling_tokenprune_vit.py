@@ -24,6 +24,8 @@ from transformers.models.vit.modeling_vit import (
     ViTPooler,
     ViTPreTrainedModel,
 )
+from transformers.processing_utils import Unpack
+from transformers.utils import TransformersKwargs
 from transformers.utils.generic import can_return_tuple
 from transformers.utils.output_capturing import capture_outputs
 
@@ -125,7 +127,7 @@ class TokenPruneViTModel(TokenPruneModelMixin, TokenPruneViTPreTrainedModel, ViT
         attention_mask: torch.Tensor | None = None,
         keep_rate: float | None = None,
         disable_plans: bool = False,
-        **kwargs,
+        **kwargs: Unpack[TransformersKwargs],
     ) -> TokenPruneViTModelOutput:
         r"""
         keep_rate (`float`, *optional*):
@@ -180,7 +182,7 @@ class TokenPruneViTForImageClassification(
         attention_mask: torch.Tensor | None = None,
         keep_rate: float | None = None,
         disable_plans: bool = False,
-        **kwargs,
+        **kwargs: Unpack[TransformersKwargs],
     ) -> TokenPruneViTImageClassifierOutput:
         r"""
         keep_rate (`float`, *optional*):
@@ -188,7 +190,8 @@ class TokenPruneViTForImageClassification(
         disable_plans (`bool`, *optional*, defaults to `False`):
             Runs every layer in full, as the stock ViT with the same weights (the unreduced teacher for distillation).
         """
-        wants_hidden_states = kwargs.pop("output_hidden_states", None)
+        wants_hidden_states = kwargs.pop("output_hidden_states", None)  # the call's, else the config's
+        wants_hidden_states = self.config.output_hidden_states if wants_hidden_states is None else wants_hidden_states
         two_heads = self.cls_classifier is not None  # the mean head needs the tokens before the final LayerNorm
         outputs = self.vit(
             pixel_values,
@@ -202,7 +205,7 @@ class TokenPruneViTForImageClassification(
         loss = None
         if two_heads:
             logits, loss = self._two_heads(outputs.hidden_states[-1], labels, **kwargs)
-            if not (wants_hidden_states or (wants_hidden_states is None and self.config.output_hidden_states)):
+            if not wants_hidden_states:
                 outputs.hidden_states = None
         else:
             logits = self.classifier(outputs.last_hidden_state[:, 0, :])

@@ -10,8 +10,10 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from transformers.backbone_utils import BackboneMixin
+from transformers.backbone_utils import BackboneMixin, filter_output_hidden_states
 from transformers.modeling_outputs import BackboneOutput, SemanticSegmenterOutput
+from transformers.processing_utils import Unpack
+from transformers.utils import TransformersKwargs
 from transformers.utils.generic import can_return_tuple
 
 from .modeling_tokenprune_common import passed_through
@@ -25,13 +27,11 @@ from .token_reduction import restore_full_length
 DEFAULT_IGNORE_INDEX = 255  # as transformers' segmentation configs (semantic_loss_ignore_index)
 
 
-def check_full_grid(config, owner: str) -> None:
-    """A dense model needs every removed token kept aside so the full grid can be rebuilt: ``restore_tokens``."""
-    if config.token_reduction is not None and not config.restore_tokens:
-        raise ValueError(
-            f"{owner} needs full-grid outputs, but token_reduction ({config.token_reduction['method']}) runs with "
-            "restore_tokens=False, which discards removed tokens; set restore_tokens=True in the config."
-        )
+def restore_every_token(config) -> None:
+    """A dense model needs every removed token kept aside so the full grid can be rebuilt: it turns on
+    ``restore_tokens`` itself (in its config, so a saved folder says so too)."""
+    if not config.restore_tokens:
+        config.restore_tokens = True
 
 
 def grid_features(hidden: torch.Tensor, state, grid: tuple[int, int], norm: nn.Module) -> torch.Tensor:
@@ -56,29 +56,29 @@ class TokenPruneViTBackbone(BackboneMixin, TokenPruneViTPreTrainedModel):
     ``config.out_features`` / ``out_indices`` choose the stages (``"stem"`` is the embeddings, ``"stageN"`` the
     output of layer N); each feature map is ``(batch, hidden_size, rows, columns)`` on the full patch grid, after
     the model's final LayerNorm. It plugs into `UperNetForSemanticSegmentation` through ``backbone_config``.
-    ``hidden_states``, when asked for, are the layers' outputs as computed (the reduced sequences).
+    ``hidden_states``, when asked for (the call's ``output_hidden_states``, else the config's), are the layers'
+    outputs as computed (the reduced sequences). It turns on ``restore_tokens`` in its config: the grid needs every
+    token a plan removes.
     """
 
     auto_classes = DENSE_AUTO_CLASSES
 
     def __init__(self, config):
         super().__init__(config)
-        check_full_grid(config, "TokenPruneViTBackbone")
+        restore_every_token(config)
         self.num_features = [config.hidden_size] * len(config.stage_names)
         self.vit = TokenPruneViTModel(config, add_pooling_layer=False)
         self.post_init()
 
     @can_return_tuple
+    @filter_output_hidden_states
     def forward(
         self,
         pixel_values: torch.Tensor,
-        output_hidden_states: bool | None = None,
-        output_attentions: bool | None = None,
-        return_dict: bool | None = None,
         interpolate_pos_encoding: bool | None = None,
         keep_rate: float | None = None,
         disable_plans: bool = False,
-        **kwargs,
+        **kwargs: Unpack[TransformersKwargs],
     ) -> BackboneOutput:
         r"""
         keep_rate (`float`, *optional*): overrides the plan's keep rate for this call.
@@ -89,9 +89,7 @@ class TokenPruneViTBackbone(BackboneMixin, TokenPruneViTPreTrainedModel):
             interpolate_pos_encoding=interpolate_pos_encoding,
             keep_rate=keep_rate,
             disable_plans=disable_plans,
-            output_hidden_states=True,
-            output_attentions=output_attentions,
-            **kwargs,
+            **kwargs,  # output_hidden_states=True (the feature maps read them) and the call's output_attentions
         )
         states = (None, *outputs.layer_states)  # hidden_states[0] is the embeddings, then one per layer
         stages = len(self.stage_names)
@@ -100,9 +98,7 @@ class TokenPruneViTBackbone(BackboneMixin, TokenPruneViTPreTrainedModel):
             for i in sorted(index % stages for index in self.out_indices)
         )
         return BackboneOutput(
-            feature_maps=feature_maps,
-            hidden_states=outputs.hidden_states if output_hidden_states else None,
-            attentions=outputs.attentions,
+            feature_maps=feature_maps, hidden_states=outputs.hidden_states, attentions=outputs.attentions
         )
 
 
@@ -146,7 +142,8 @@ class TokenPruneViTForSemanticSegmentation(TokenPruneViTPreTrainedModel):
     """A ViT with Segmenter's linear decoder: a linear classifier on every patch token of the full grid, upsampled
     bilinearly to the image. ``labels`` (batch, height, width) give a per-pixel cross-entropy that skips
     ``config.semantic_loss_ignore_index`` (default 255); auxiliary objectives of the plan (Cropr's per-query heads
-    on the patch grid, DynamicViT's ratio loss) are added to ``loss``, so the stock `Trainer` trains them."""
+    on the patch grid, DynamicViT's ratio loss) are added to ``loss``, so the stock `Trainer` trains them. Like
+    `TokenPruneViTBackbone`, it turns on ``restore_tokens`` in its config."""
 
     accepts_loss_kwargs = False  # a per-pixel mean loss
 
@@ -154,7 +151,7 @@ class TokenPruneViTForSemanticSegmentation(TokenPruneViTPreTrainedModel):
 
     def __init__(self, config):
         super().__init__(config)
-        check_full_grid(config, "TokenPruneViTForSemanticSegmentation")
+        restore_every_token(config)
         self.vit = TokenPruneViTModel(config, add_pooling_layer=False)
         self.segmentation_head = nn.Linear(config.hidden_size, config.num_labels)
         self.post_init()
@@ -171,7 +168,7 @@ class TokenPruneViTForSemanticSegmentation(TokenPruneViTPreTrainedModel):
         interpolate_pos_encoding: bool | None = None,
         keep_rate: float | None = None,
         disable_plans: bool = False,
-        **kwargs,
+        **kwargs: Unpack[TransformersKwargs],
     ) -> TokenPruneViTSemanticSegmenterOutput:
         r"""
         labels (`torch.LongTensor` of shape `(batch, height, width)`, *optional*): class index of every pixel.

@@ -18,6 +18,7 @@ Everything here is part of the remote-code island: it imports only the standard 
 """
 
 import dataclasses
+import difflib
 import math
 from typing import Any
 
@@ -87,10 +88,17 @@ def register_reduction(name: str):
     return wrap
 
 
+def did_you_mean(name: Any, choices: Any) -> str:
+    """`` Did you mean 'evit'?`` for a name close to one of ``choices`` (a typo), else an empty string."""
+    close = difflib.get_close_matches(str(name), [str(choice) for choice in choices], n=1, cutoff=0.6)
+    return f" Did you mean {close[0]!r}?" if close else ""
+
+
 def get_reduction_class(name: Any) -> type["TokenReduction"]:
     if name not in REDUCTION_METHODS:
         raise ValueError(
             f"token_reduction['method'] = {name!r} is not a known method; allowed: {sorted(REDUCTION_METHODS)}."
+            + did_you_mean(name, REDUCTION_METHODS)
         )
     return REDUCTION_METHODS[name]
 
@@ -131,7 +139,9 @@ def check_bool(value: Any, field: str) -> bool:
 
 def check_choice(value: Any, field: str, choices: tuple) -> Any:
     if value not in choices:
-        raise ValueError(f"{field} = {value!r} is not allowed; allowed: {list(choices)}.")
+        raise ValueError(
+            f"{field} = {value!r} is not allowed; allowed: {list(choices)}." + did_you_mean(value, choices)
+        )
     return value
 
 

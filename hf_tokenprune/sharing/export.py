@@ -16,8 +16,11 @@ and a TopK whose k is computed at run time (what a sort becomes; TensorRT refuse
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
+import logging
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -218,6 +221,22 @@ def _example(model: nn.Module, batch: int, size: tuple[int, int], seed: int = 0)
     return torch.randn(batch, model.config.num_channels, *size, generator=generator).to(dtype)
 
 
+@contextlib.contextmanager
+def quiet_exporter():
+    """Silences, for the export only, what is not the user's business: torch's ONNX exporter logs "torchvision is
+    not installed. Skipping torchvision::..." for each torchvision operator it knows (none is exported here), and
+    torch.export warns that its own ``LeafSpec`` is deprecated."""
+    logger = logging.getLogger("torch.onnx._internal.exporter._registration")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=r".*LeafSpec.*", category=FutureWarning)
+            yield
+    finally:
+        logger.setLevel(level)
+
+
 def _export(wrapper: nn.Module, example: torch.Tensor, fmt: str, output: Path, dynamic: bool) -> None:
     """Writes ``output``; the ONNX graph's input is ``pixel_values`` and its output the wrapper's output name."""
     dynamic_shapes = ({0: torch.export.Dim("batch", min=1, max=65536)},) if dynamic else None
@@ -243,7 +262,8 @@ def _export(wrapper: nn.Module, example: torch.Tensor, fmt: str, output: Path, d
 def run_exported(path: str | Path, fmt: str, pixel_values: torch.Tensor) -> torch.Tensor:
     """The output of an exported model: onnxruntime for ONNX, the loaded program for torch.export."""
     if fmt == "torch-export":
-        return torch.export.load(str(path)).module()(pixel_values)
+        with quiet_exporter():
+            return torch.export.load(str(path)).module()(pixel_values)
     _require("onnxruntime")
     import onnxruntime
 
@@ -280,7 +300,8 @@ def export_model(
     if implementation not in ("sdpa", "eager"):  # flex and the flash kernels do not export; the output is the same
         model.set_attn_implementation("sdpa")
     try:
-        return _export_and_check(model.eval(), output, fmt, batch_size, size, keep_rate, dynamic_batch, atol)
+        with quiet_exporter():
+            return _export_and_check(model.eval(), output, fmt, batch_size, size, keep_rate, dynamic_batch, atol)
     finally:
         if model.config._attn_implementation != implementation:
             model.set_attn_implementation(implementation)

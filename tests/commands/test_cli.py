@@ -225,3 +225,55 @@ def image_folder(tmp_path_factory) -> Path:
     make_image_folder(root)
     (root / "config.json").write_text(json.dumps(TINY_CONFIG))
     return root
+
+
+BAD_INPUT_PROBE = r"""
+import contextlib, io, json, sys
+from hf_tokenprune.commands.main import main
+
+results = []
+for argv in json.loads(sys.argv[1]):
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        try:
+            code = main(argv)
+        except SystemExit as exit_:  # argparse refuses a value as it parses
+            code = exit_.code
+    results.append({"argv": argv, "code": code, "error": err.getvalue().strip().splitlines()[-1:],
+                    "torch": "torch" in sys.modules})
+print(json.dumps(results))
+"""
+
+
+@pytest.mark.slow
+def test_every_verb_refuses_bad_paths_and_values_in_one_line_before_torch_is_imported(tmp_path):
+    """One rule for every verb: paths are checked (missing, not a model folder, an output folder that is not
+    there) and numbers validated before torch is imported or a model loads, in the same words everywhere."""
+    empty, folder = tmp_path / "empty", tmp_path / "model"
+    empty.mkdir()
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({"model_type": "tokenprune_vit", "patch_size": 16}))
+    cases = {
+        ("plan", "--model", "./no-such-folder"): "--model './no-such-folder': no such folder",
+        ("benchmark", "--model", "./no-such-folder"): "--model './no-such-folder': no such folder",
+        ("visualize", "--model", str(empty)): f"--model '{empty}' has no config.json",
+        ("tune", "--model", "NOT_A_MODEL", "--target-speedup", "1.5"): "--model 'NOT_A_MODEL': no such folder",
+        ("tune", "--model", str(empty), "--target-speedup", "1.5"): f"--model '{empty}' has no config.json",
+        ("card", str(empty)): "has no config.json",
+        ("export", str(empty)): f"FOLDER '{empty}' has no config.json",
+        ("export", str(folder), "--output", str(tmp_path / "no" / "model.onnx")): "does not exist; create it",
+        ("export", str(folder), "--image-size", "70"): "--image-size 70 cannot export: it must be a multiple of",
+        ("export", str(folder), "--keep-rate", "1.5"): "'1.5' is not a keep rate",
+        ("benchmark", "--rounds", "0"): "'0' is not a positive whole number",
+        ("tune", "--model", str(folder), "--max-images", "-3", "--target-speedup", "1"): "positive whole number",
+    }
+    argv = [list(case) for case in cases]
+    env = {"PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"}
+    process = subprocess.run(
+        [sys.executable, "-c", BAD_INPUT_PROBE, json.dumps(argv)], capture_output=True, text=True, env=env, timeout=120
+    )
+    assert process.returncode == 0, process.stderr[-2000:]
+    for result, expected in zip(json.loads(process.stdout.strip().splitlines()[-1]), cases.values()):
+        assert result["code"] == 2 and not result["torch"], result
+        assert len(result["error"]) == 1 and expected in result["error"][0], result
+    assert not (tmp_path / "no").exists()  # the output's folder was not created

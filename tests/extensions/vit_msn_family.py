@@ -17,6 +17,8 @@ from transformers.models.vit_msn.modeling_vit_msn import (
     ViTMSNModel,
     ViTMSNPreTrainedModel,
 )
+from transformers.processing_utils import Unpack
+from transformers.utils import TransformersKwargs
 from transformers.utils.generic import can_return_tuple
 from transformers.utils.output_capturing import capture_outputs
 
@@ -85,7 +87,7 @@ class TokenPruneViTMSNModel(TokenPruneModelMixin, TokenPruneViTMSNPreTrainedMode
         attention_mask: torch.Tensor | None = None,
         keep_rate: float | None = None,
         disable_plans: bool = False,
-        **kwargs,
+        **kwargs: Unpack[TransformersKwargs],
     ) -> TokenPruneModelOutput:
         grid, plan, reuse, pixel_values = self.start_plans(
             pixel_values, interpolate_pos_encoding, attention_mask, keep_rate, disable_plans
@@ -115,7 +117,9 @@ class TokenPruneViTMSNForImageClassification(
         self.post_init()
 
     @can_return_tuple
-    def forward(self, pixel_values=None, labels=None, keep_rate=None, disable_plans=False, **kwargs):
+    def forward(
+        self, pixel_values=None, labels=None, keep_rate=None, disable_plans=False, **kwargs: Unpack[TransformersKwargs]
+    ):
         outputs = self.vit(pixel_values, keep_rate=keep_rate, disable_plans=disable_plans, **kwargs)
         logits = self.classifier(outputs.last_hidden_state[:, 0])
         loss = aux_loss = None

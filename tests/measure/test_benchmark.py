@@ -296,12 +296,18 @@ def test_a_stock_family_folder_is_benchmarked_as_ours(stock, tmp_path):
     assert rows[1]["gflops"] < rows[0]["gflops"] == rows[0]["stock_gflops"]
 
 
-def test_a_full_clip_folder_is_benchmarked_by_its_vision_tower(tmp_path_factory, tmp_path):
+@pytest.mark.parametrize("ours", [False, True])
+def test_a_full_clip_folder_is_benchmarked_by_its_vision_tower(tmp_path_factory, tmp_path, ours):
     from family_matrix import clip_checkpoint
 
+    from hf_tokenprune import TokenPruneCLIPModel
+
     _, folder = clip_checkpoint(tmp_path_factory)  # a stock CLIPModel: the tower and its projection are measured
+    if ours:  # a full TokenPruneCLIPModel folder with its own plan
+        TokenPruneCLIPModel.from_pretrained(folder, token_reduction=REDUCING_PLANS["evit"]).save_pretrained(tmp_path)
+        folder = tmp_path
     plans = json.dumps([None, REDUCING_PLANS["tome"]])
-    rows = _benchmark(folder, tmp_path, "--plans", plans, "--modes", "inference")["rows"]
+    rows = _benchmark(folder, tmp_path / "out", "--plans", plans, "--modes", "inference")["rows"]
     assert [row["stock_class"] for row in rows] == ["CLIPVisionModelWithProjection"] * 2
     assert rows[1]["tokens_per_layer"][0][0] == 1 + (32 // FAMILIES["clip"].settings()["patch_size"]) ** 2
 

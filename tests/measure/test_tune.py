@@ -145,10 +145,26 @@ def test_seed_chooses_the_held_out_subset(checkpoint):
     assert subsets[0][0].shape == (20, 3, 32, 32)
 
 
-def test_time_budget_stops_after_the_first_candidate(checkpoint, tmp_path, capsys):
-    code, record, _ = _run(checkpoint, tmp_path, "--target-gflops", "1", "--time-budget", "0")
-    assert code == 0 and record["budget_reached"] and record["evaluated"] == len(record["rows"]) == 1
-    assert record["candidates"] > 1 and "time budget reached" in capsys.readouterr().out
+def test_a_time_budget_still_tries_the_mildest_point_of_every_method(checkpoint, tmp_path, capsys):
+    methods = "evit,tome"
+    code, record, _ = _run(checkpoint, tmp_path, "--target-gflops", "1", "--time-budget", "0", "--methods", methods)
+    assert code == 0 and record["budget_reached"] and record["evaluated"] == len(record["rows"]) == 2
+    assert [row["method"] for row in record["rows"]] == ["evit", "tome"]  # each one's mildest point, then stop
+    assert record["candidates"] > 2 and "time budget reached" in capsys.readouterr().out
+
+
+def test_a_candidate_whose_rounds_disagree_is_marked_noisy():
+    from hf_tokenprune.measure.tune import _row, describe, format_front
+
+    config = TokenPruneViTConfig(**TINY, token_reduction={"method": "tome", "r": 4})
+    entry = PlanEntry("tome r=4", config.token_reduction)
+    row = {**_row(entry, config, 0.5, 0.6, [0.96, 1.3, 4.08]), "source": "training-free"}
+    assert row["noisy"] and row["spread"] == [0.96, 4.08]
+    result = {"stock_accuracy": 0.6, "rows": [row], "evaluated": 1, "candidates": 1, "budget_reached": False,
+              "left_out": {}, "setup": {"images": 8, "data": "embedded", "rounds": 3, "batch_size": 4,
+                                        "dtype": "float32", "device": "cpu"}}  # fmt: skip
+    assert "(0.96-4.08) noisy" in format_front(result, None)
+    assert "noisy: 1 candidate(s)" in describe(result, None, Target("target_speedup", 2.0))
 
 
 def test_image_folder_data(checkpoint, tmp_path):

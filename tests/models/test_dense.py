@@ -200,9 +200,27 @@ def test_out_indices_outside_the_model_are_refused():
 
 
 @pytest.mark.parametrize("cls", [TokenPruneViTBackbone, TokenPruneViTForSemanticSegmentation])
-def test_a_plan_that_discards_tokens_is_refused(cls):
-    with pytest.raises(ValueError, match="needs full-grid outputs.*set restore_tokens=True"):
-        cls(tiny_config(token_reduction=REDUCING_PLANS["evit"]))
+def test_a_dense_class_turns_on_restore_tokens_itself(cls, pixels):
+    config = tiny_config(token_reduction=REDUCING_PLANS["evit"])  # restore_tokens not set
+    model = cls(config).eval()
+    assert model.config.restore_tokens  # the full grid needs every removed token
+    with torch.no_grad():
+        outputs = model(pixels)
+    maps = outputs.feature_maps if cls is TokenPruneViTBackbone else (outputs.logits,)
+    assert all(torch.isfinite(m).all() for m in maps)
+
+
+def test_the_backbone_honours_the_configs_output_flags_as_dinov2s_does(pixels):
+    config = tiny_config(token_reduction=REDUCING_PLANS["tome"], output_hidden_states=True, output_attentions=True)
+    model = TokenPruneViTBackbone(config).eval()
+    model.set_attn_implementation("eager")
+    with torch.no_grad():
+        outputs = model(pixels)
+        quiet = model(pixels, output_hidden_states=False, output_attentions=False)
+    assert len(outputs.hidden_states) == TINY["num_hidden_layers"] + 1
+    assert len(outputs.attentions) == TINY["num_hidden_layers"]
+    assert quiet.hidden_states is None and not quiet.attentions
+    assert len(quiet.feature_maps) == len(outputs.feature_maps)
 
 
 def test_a_pooled_auxiliary_head_is_refused_by_the_dense_model(pixels):

@@ -56,6 +56,7 @@ from hf_tokenprune import (
     TokenPruneSiglipVisionConfig,
     TokenPruneSiglipVisionModel,
 )
+from hf_tokenprune.families import FAMILIES as TABLE_ROWS
 from hf_tokenprune.flops import count_flops
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -278,20 +279,20 @@ def test_remote_code_loads_in_a_clean_offline_process(tmp_path, stock, clip_fold
         assert report[folder]["scores"] == pytest.approx(scores, abs=1e-6)
 
 
-# One plan per layer layout the ViT compile tests (tests/models/test_compile.py) do not cover: DINOv2's (layer scale,
-# registers ahead of the patches) and CLIP's (SigLIP's tower, which has no CLS token); DeiT's layers are ViT's.
-COMPILED = [("dinov2-registers", "tome"), ("siglip", "tome")]
+# Every case traces to one full graph with ToMe (merging, the prefix first) through aot_eager: cheap enough for all.
+COMPILED = [(name, "tome") for name in sorted(FAMILIES)]
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize(("name", "method"), [case for case in COMPILED if case[0] in FAMILIES])
 def test_compiles_with_fullgraph(stock, name, method):
-    """One plan per family layout (compiling a tiny model takes from seconds to minutes on a loaded CPU)."""
+    """One full graph per family (aot_eager: the default backend's code generation takes tens of seconds per model on
+    a 2-core machine and is tested on ViT, tests/models/test_compile.py)."""
     stock_model, _ = stock(name)
     model = ours(name, stock_model, token_reduction=REDUCING_PLANS[method])
     with torch.no_grad():
         expected = output_of(name, model(PIXELS))
-        compiled = torch.compile(model, fullgraph=True)
+        compiled = torch.compile(model, fullgraph=True, backend="aot_eager")  # one full graph (test_compile.py)
         torch.testing.assert_close(output_of(name, compiled(PIXELS)), expected, atol=1e-5, rtol=1e-4)
 
 
@@ -618,3 +619,34 @@ def test_stock_trainer_trains_clip_with_the_contrastive_loss(tmp_path, clip_fold
     result, changed = _train_two_steps(tmp_path, model, TinyBatches(captions=True))
     assert result.global_step == 2 and torch.isfinite(torch.tensor(result.training_loss))
     assert any(n.startswith("vision_model.encoder") for n in changed) and any(n.startswith("text_") for n in changed)
+
+
+@pytest.mark.parametrize("name", sorted(FAMILIES))
+def test_the_configs_output_flags_are_honoured_as_by_the_stock_class(stock, name):
+    """``config.output_hidden_states`` (set directly or as a from_pretrained keyword) gives hidden states as it does
+    on the stock class, and the call's flag wins over the config's."""
+    stock_model, folder = stock(name)
+    model = FAMILIES[name].model.from_pretrained(folder, output_hidden_states=True).eval()
+    stock_model.config.output_hidden_states = True
+    try:
+        with torch.no_grad():
+            ours_out, stock_out = model(PIXELS), stock_model(PIXELS)
+            quiet = model(PIXELS, output_hidden_states=False)
+    finally:
+        stock_model.config.output_hidden_states = False
+    assert stock_out.hidden_states is not None and len(ours_out.hidden_states) == len(stock_out.hidden_states)
+    assert quiet.hidden_states is None
+
+
+@pytest.mark.parametrize("name", sorted(TABLE_ROWS))
+def test_every_forward_takes_transformers_typed_keyword_arguments(name):
+    """transformers reads ``**kwargs: Unpack[TransformersKwargs]`` to know that a model can return attentions and
+    hidden states; a bare ``**kwargs`` makes its machinery conclude it cannot."""
+    import inspect
+
+    from transformers.utils import TransformersKwargs
+
+    row = TABLE_ROWS[name]
+    for cls in {row.model_class(), *row.auto_mapping().values()}:
+        keyword = next(p for p in inspect.signature(cls.forward).parameters.values() if p.kind is p.VAR_KEYWORD)
+        assert TransformersKwargs in getattr(keyword.annotation, "__args__", ()), f"{cls.__name__}.forward"

@@ -306,3 +306,49 @@ def test_disable_plans_runs_the_stock_model(stock_model, pixels, method):
         out = model(pixels, disable_plans=True)
     torch.testing.assert_close(out.logits, stock_model(pixels).logits, atol=1e-5, rtol=0)
     assert all(counts == (65, 65) for counts in out.token_counts)
+
+
+def _mask(batch: int) -> torch.Tensor:
+    mask = torch.ones(batch, 65, dtype=torch.long)
+    mask[:, 60:] = 0  # the last patches are padding
+    return mask
+
+
+@pytest.mark.parametrize("plan", [None, KEEP_ALL_PLANS["tome"], KEEP_ALL_PLANS["evit"]])
+def test_an_attention_mask_is_taken_where_the_plan_keeps_the_sequence(stock_model, pixels, plan):
+    """No plan, or a keep-all one: the sequence keeps its length and order, so a mask means what it does on the
+    stock model, and the logits are the stock ones with the same mask."""
+    model = pruned_model(stock_model, token_reduction=plan)
+    mask = _mask(pixels.shape[0])
+    with torch.no_grad():
+        expected = stock_model(pixels, attention_mask=mask).logits
+        torch.testing.assert_close(model(pixels, attention_mask=mask).logits, expected, atol=1e-5, rtol=0)
+        assert not torch.allclose(expected, stock_model(pixels).logits)  # the mask matters
+
+
+@pytest.mark.parametrize(
+    "plans, message",
+    [
+        ({"token_reduction": REDUCING_PLANS["evit"]}, "cannot be combined with token_reduction \\(evit\\)"),
+        ({"attention_reuse": {"method": "skipat", "layers": [1]}}, "cannot be combined with attention_reuse"),
+    ],
+)
+def test_an_attention_mask_is_refused_in_one_line_where_the_plan_changes_the_sequence(
+    stock_model, pixels, plans, message
+):
+    model = pruned_model(stock_model, **plans)
+    with pytest.raises(ValueError, match=message) as error:
+        model(pixels, attention_mask=_mask(pixels.shape[0]))
+    assert "\n" not in str(error.value)
+    with torch.no_grad():  # with the plans off, the mask is the stock model's again
+        expected = stock_model(pixels, attention_mask=_mask(3)).logits
+        torch.testing.assert_close(
+            model(pixels, attention_mask=_mask(3), disable_plans=True).logits, expected, atol=1e-5, rtol=0
+        )
+
+
+def test_a_typo_in_a_method_name_gets_a_suggestion():
+    with pytest.raises(ValueError, match="is not a known method; allowed: .* Did you mean 'dynamicvit'\\?"):
+        tiny_config(token_reduction={"method": "dynamic_vit"})
+    with pytest.raises(ValueError, match="Write it as \\{'method': 'tome'\\}"):
+        tiny_config(token_reduction="tome")

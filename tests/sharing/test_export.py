@@ -5,6 +5,8 @@ family that exports (its row's class and output); the classes that cannot export
 Each case is exported once per module (ONNX takes ten to twenty seconds on this machine); the exports are marked
 slow, the refusals and the graph audit run in the fast loop."""
 
+import warnings
+
 import pytest
 import torch
 from conftest import REDUCING_PLANS, pruned_model
@@ -101,15 +103,19 @@ def test_the_audit_catches_both_traps():
 
 
 @pytest.mark.slow
-def test_cli_exports_a_checkpoint_folder(stock_model, tmp_path, capsys):
+@pytest.mark.parametrize("fmt, suffix", [("torch-export", "pt2"), ("onnx", "onnx")])
+def test_cli_exports_a_checkpoint_folder_and_prints_only_its_own_lines(stock_model, tmp_path, capfd, fmt, suffix):
     pruned_model(stock_model, **CASES["evit"]).save_pretrained(tmp_path / "ckpt")
-    output = tmp_path / "evit.pt2"
-    code = main(
-        ["export", str(tmp_path / "ckpt"), "--format", "torch-export", "--batch-size", "3", "--output", str(output)]
-    )
+    output = tmp_path / f"evit.{suffix}"
+    capfd.readouterr()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        code = main(["export", str(tmp_path / "ckpt"), "--format", fmt, "--batch-size", "3", "--output", str(output)])
     assert code == 0 and output.is_file()
-    printed = capsys.readouterr().out
-    assert "dynamic batch" in printed and "batch 1:" in printed and "batch 3:" in printed
+    printed = capfd.readouterr()
+    assert "dynamic batch" in printed.out and "batch 1:" in printed.out and "batch 3:" in printed.out
+    assert "torchvision" not in printed.out + printed.err and "Loading weights" not in printed.out + printed.err
+    assert not [w for w in caught if "LeafSpec" in str(w.message)]
 
 
 @pytest.mark.parametrize(
