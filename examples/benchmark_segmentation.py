@@ -73,6 +73,7 @@ def train(model, data, output_dir: str, epochs: float, samples: int | None) -> N
         output_dir=output_dir, num_train_epochs=epochs, learning_rate=1e-3, weight_decay=0.05, warmup_steps=10,
         per_device_train_batch_size=16, save_strategy="no", report_to="none", remove_unused_columns=False,
         disable_tqdm=True, logging_steps=50, seed=0,
+        dataloader_pin_memory=torch.accelerator.current_accelerator() is not None,  # on the CPU it only warns
     )  # fmt: skip
     Trainer(model=model, args=args, train_dataset=train_set).train()
 

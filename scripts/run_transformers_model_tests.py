@@ -59,6 +59,7 @@ def adapt_version_gaps() -> None:
     """The one place where the test files (transformers 5.2.0.dev0, see SOURCE.md) meet the installed transformers:
     stand-ins for names the test files import and the installed version no longer has. Every setting, the stock
     control included, runs with exactly these; each is used by at most one test, named below."""
+    from transformers import PreTrainedConfig
     from transformers.integrations import tensor_parallel
     from transformers.models.siglip import modeling_siglip
 
@@ -74,6 +75,10 @@ def adapt_version_gaps() -> None:
         # Imported by the SigLIP test file for test_vision_transformer_get_set_input_embeddings (gets and sets the
         # patch embedding); later versions folded SiglipVisionTransformer into SiglipVisionModel.
         modeling_siglip.SiglipVisionTransformer = modeling_siglip.SiglipVisionModel
+    if not hasattr(PreTrainedConfig, "has_no_defaults_at_init"):
+        # Read by ConfigTester.check_config_can_be_init_without_params (test_config): whether `Config()` must raise.
+        # Later versions dropped the flag; False was its default, and every config here builds without arguments.
+        PreTrainedConfig.has_no_defaults_at_init = False
 
 
 def stock_test_module(row: Family) -> str:
@@ -218,25 +223,40 @@ def first_line(text: str | None) -> str:
     return lines[0][:300] if lines else ""
 
 
-def parse_junit(path: Path) -> dict:
-    """Counts and, for every failure or error, the test and the first line of its message."""
+def parse_junit(path: Path, output: str) -> dict:
+    """Counts and, for every failed test, the first line of each distinct error and the subtests that failed (the
+    junit XML has one <failure> per failed subtest but not its label: pytest's summary lines have it)."""
     counts = {"passed": 0, "failed": 0, "skipped": 0, "errors": 0}
     failures = []
+    subtests: dict[str, list[str]] = {}
+    for label, test in re.findall(r"^SUBFAILED(\S*) \S+::(test_\w+)", output, re.MULTILINE):
+        subtests.setdefault(test, []).append(label.strip("[]()"))
     for case in ET.parse(path).getroot().iter("testcase"):
-        outcomes = {child.tag: child for child in case if child.tag in ("failure", "error", "skipped")}
-        kind = next((tag for tag in ("failure", "error", "skipped") if tag in outcomes), None)
-        counts[{"failure": "failed", "error": "errors", "skipped": "skipped", None: "passed"}[kind]] += 1
-        if kind in ("failure", "error"):
-            element = outcomes[kind]
-            reason = first_line(element.get("message")) or first_line(element.text)
-            failures.append({"test": case.get("name"), "kind": kind, "reason": reason})
+        kinds = [child for child in case if child.tag in ("failure", "error")]
+        skipped = any(child.tag == "skipped" for child in case)
+        counts[
+            "errors"
+            if kinds and kinds[0].tag == "error"
+            else "failed"
+            if kinds
+            else "skipped"
+            if skipped
+            else "passed"
+        ] += 1
+        if kinds:
+            reasons = [first_line(child.get("message")) or first_line(child.text) for child in kinds]
+            failure = {"test": case.get("name"), "kind": kinds[0].tag, "reason": reasons[0]}
+            failure.update({"other_reasons": others} if (others := sorted(set(reasons) - {reasons[0]})) else {})
+            failure.update({"subtests": subtests[failure["test"]]} if failure["test"] in subtests else {})
+            failures.append(failure)
     return {**counts, "failures": failures}
 
 
 def run_one(row: Family, setting: str, tests_root: Path, timeout: int) -> dict:
     with tempfile.TemporaryDirectory(prefix="tp-conformance-") as tmp:
         tmp = Path(tmp)
-        (tmp / "pytest.ini").write_text("[pytest]\n")  # not this repository's settings
+        # Not this repository's settings; the test files use marks that transformers' own conftest registers.
+        (tmp / "pytest.ini").write_text("[pytest]\nfilterwarnings =\n    ignore::pytest.PytestUnknownMarkWarning\n")
         test_file = tmp / f"test_{row.name}_{setting.replace('-', '_')}.py"
         out = tmp / "run.json"
         scripts = str(Path(__file__).resolve().parent)
@@ -248,30 +268,37 @@ def run_one(row: Family, setting: str, tests_root: Path, timeout: int) -> dict:
         junit = tmp / "junit.xml"
         command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"--junitxml={junit}"]
         command += ["-c", str(tmp / "pytest.ini"), "--rootdir", str(tmp), str(test_file)]
-        env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONDONTWRITEBYTECODE": "1"}
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "COLUMNS": "400"}
         start = time.monotonic()
         try:
             process = subprocess.run(command, cwd=tmp, env=env, capture_output=True, text=True, timeout=timeout)
-            tail = (process.stdout + process.stderr).strip().splitlines()[-3:]
+            output = process.stdout + process.stderr
         except subprocess.TimeoutExpired:
-            tail = [f"timed out after {timeout} s"]
+            output = f"timed out after {timeout} s"
+        tail = output.strip().splitlines()[-3:]
         result = {"seconds": round(time.monotonic() - start, 1)}
         result.update(json.loads(out.read_text()) if out.exists() else {})
         if junit.exists():
-            result.update(parse_junit(junit))
+            result.update(parse_junit(junit, output))
         else:
             result.update(passed=0, failed=0, skipped=0, errors=1, failures=[{"test": "(run)", "reason": tail[-1]}])
         result["pytest_summary"] = tail[-1] if tail else ""
         return result
 
 
-def mark_new_failures(results: dict) -> None:
-    """For each setting of ours, the failures the stock control does not have (by test name)."""
+def compare_with_stock(results: dict) -> None:
+    """Marks each failure of our settings: ``new`` (the stock control passes or skips the test), ``same`` (it fails
+    there with the same first line, class names aside) or ``other`` (it fails there for another reason)."""
     for settings in results.values():
-        stock = {failure["test"] for failure in settings.get("stock", {}).get("failures", [])}
+        stock = {f["test"]: f["reason"] for f in settings.get("stock", {}).get("failures", [])}
         for setting, result in settings.items():
-            if setting != "stock":
-                result["new_failures"] = [f for f in result.get("failures", []) if f["test"] not in stock]
+            for failure in result.get("failures", []) if setting != "stock" else ():
+                reason = failure["reason"].replace("TokenPrune", "").replace("tokenprune_", "")
+                failure["vs_stock"] = (
+                    "new"
+                    if failure["test"] not in stock
+                    else ("same" if reason == stock[failure["test"]] else "other")
+                )
 
 
 def read_source(tests_root: Path) -> dict:
@@ -288,7 +315,8 @@ def cell(result: dict | None) -> str:
     if result is None:
         return "-"
     text = f"{result['passed']} / {result['failed']} / {result['skipped']}"
-    return text + (f" (+{result['errors']} errors)" if result["errors"] else "")
+    new = sum(failure.get("vs_stock") == "new" for failure in result.get("failures", []))
+    return text + (f" +{result['errors']} errors" if result["errors"] else "") + (f" ({new} new)" if new else "")
 
 
 def table(results: dict) -> list[str]:
@@ -306,25 +334,34 @@ def markdown(report: dict) -> str:
         f"Tests: {source.get('repository', '?')} at {source.get('commit', '?')} "
         f"(version {source.get('version', '?')}); "
         f"installed: transformers {report['installed']['transformers']}, torch {report['installed']['torch']}. "
-        "Written by `scripts/run_transformers_model_tests.py`, which says what each setting runs.",
+        "Written by `scripts/run_transformers_model_tests.py`, which says what each setting runs:",
         "",
-        "Each cell: passed / failed / skipped.",
+        *sorted({f"    {r['command']}" for settings in report["results"].values() for r in settings.values()}),
+        "",
+        "Each cell: passed / failed / skipped, and how many failures the stock control does not have (new).",
         "",
         *table(report["results"]),
         "",
         "## Failures",
         "",
-        "*stock* marks a test that fails in the stock control too.",
+        "**new**: the stock control passes or skips the test; *stock too*: it fails there with the same error (a gap",
+        "between the test files and the installed transformers, or a test the stock class fails as well); *stock too,",
+        "other error*: it fails there for the reason given after the arrow. [...]: the subtests that failed.",
     ]
+    marks = {"new": " **new**", "same": " *stock too*", "other": " *stock too, other error*"}
     for family, settings in report["results"].items():
+        stock = {f["test"]: f["reason"] for f in settings.get("stock", {}).get("failures", [])}
         for setting, result in settings.items():
             if not result.get("failures"):
                 continue
-            lines += ["", f"### {family}, {setting}", "", f"Command: `{result.get('command', '')}`", ""]
-            new = {f["test"] for f in result.get("new_failures", result["failures"])}
-            for failure in result["failures"]:
-                mark = "" if setting == "stock" or failure["test"] in new else " *stock*"
-                lines.append(f"- `{failure['test']}`{mark}: {failure['reason']}")
+            lines += ["", f"### {family}, {setting}", "", f"Plan: `{json.dumps(result.get('plan'))}`", ""]
+            order = {"new": 0, "other": 1, "same": 2, None: 3}
+            for failure in sorted(result["failures"], key=lambda f: order[f.get("vs_stock")]):
+                subtests = f" [{', '.join(failure['subtests'])}]" if failure.get("subtests") else ""
+                more = f" (+{len(failure['other_reasons'])} other errors)" if failure.get("other_reasons") else ""
+                stock_reason = f" → stock: {stock[failure['test']]}" if failure.get("vs_stock") == "other" else ""
+                mark = marks.get(failure.get("vs_stock"), "")
+                lines.append(f"- `{failure['test']}`{mark}{subtests}: {failure['reason']}{more}{stock_reason}")
     return "\n".join(lines) + "\n"
 
 
@@ -364,20 +401,20 @@ def main(argv: list[str] | None = None) -> None:
         },
     )
     command = " ".join(["python", *[a if " " not in a else repr(a) for a in sys.argv]])
+    args.output_dir.mkdir(parents=True, exist_ok=True)
     for row in present:
         start = time.monotonic()
         for setting in settings:
             result = run_one(row, setting, tests_root, args.timeout)
             result["command"] = command
             report["results"].setdefault(row.name, {})[setting] = result
+            compare_with_stock(report["results"])
             summary = result["pytest_summary"]
-            print(f"{row.name:24} {setting:18} {cell(result):24} {result['seconds']:7.1f} s  {summary}")
-        print(f"{row.name}: {time.monotonic() - start:.0f} s")
-    report["results"] = {name: report["results"][name] for name in FAMILIES if name in report["results"]}
-    mark_new_failures(report["results"])
-    args.output_dir.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(report, indent=2) + "\n")
-    (args.output_dir / "CONFORMANCE.md").write_text(markdown(report))
+            print(f"{row.name:24} {setting:18} {cell(result):32} {result['seconds']:7.1f} s  {summary}", flush=True)
+        print(f"{row.name}: {time.monotonic() - start:.0f} s", flush=True)
+        report["results"] = {name: report["results"][name] for name in FAMILIES if name in report["results"]}
+        path.write_text(json.dumps(report, indent=2) + "\n")  # after each family: a long run keeps what it did
+        (args.output_dir / "CONFORMANCE.md").write_text(markdown(report))
     print("\n".join(table(report["results"])))
 
 

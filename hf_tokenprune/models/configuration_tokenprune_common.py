@@ -11,7 +11,7 @@ from typing import Any
 
 from .attention_reuse import check_attention_reuse
 from .methods import ATTENTION_REUSE_METHODS, REDUCTION_METHODS, get_reduction_class, get_reuse_class
-from .token_reduction import FEATURES, check_fits, did_you_mean, grid_of
+from .token_reduction import FEATURES, check_fits, grid_of
 
 PLAN_FIELDS = ("token_reduction", "attention_reuse", "restore_tokens")
 
@@ -101,8 +101,8 @@ class TokenPruneConfigMixin:
                 f"allowed methods: {sorted(REDUCTION_METHODS)}."
                 + (
                     f" Write it as {{'method': {value!r}}}."
-                    if value in REDUCTION_METHODS
-                    else did_you_mean(value, REDUCTION_METHODS)
+                    if isinstance(value, str) and value in REDUCTION_METHODS
+                    else ""
                 )
             )
         method = get_reduction_class(value["method"])
