@@ -227,29 +227,24 @@ def parse_junit(path: Path, output: str) -> dict:
     """Counts and, for every failed test, the first line of each distinct error and the subtests that failed (the
     junit XML has one <failure> per failed subtest but not its label: pytest's summary lines have it)."""
     counts = {"passed": 0, "failed": 0, "skipped": 0, "errors": 0}
-    failures = []
+    failures, skips = [], {}
     subtests: dict[str, list[str]] = {}
     for label, test in re.findall(r"^SUBFAILED(\S*) \S+::(test_\w+)", output, re.MULTILINE):
         subtests.setdefault(test, []).append(label.strip("[]()"))
     for case in ET.parse(path).getroot().iter("testcase"):
         kinds = [child for child in case if child.tag in ("failure", "error")]
-        skipped = any(child.tag == "skipped" for child in case)
-        counts[
-            "errors"
-            if kinds and kinds[0].tag == "error"
-            else "failed"
-            if kinds
-            else "skipped"
-            if skipped
-            else "passed"
-        ] += 1
+        skipped = [first_line(child.get("message")) for child in case if child.tag == "skipped"]
+        outcome = ("errors" if kinds[0].tag == "error" else "failed") if kinds else "skipped" if skipped else "passed"
+        counts[outcome] += 1
+        if outcome == "skipped":
+            skips[case.get("name")] = skipped[0]
         if kinds:
             reasons = [first_line(child.get("message")) or first_line(child.text) for child in kinds]
             failure = {"test": case.get("name"), "kind": kinds[0].tag, "reason": reasons[0]}
             failure.update({"other_reasons": others} if (others := sorted(set(reasons) - {reasons[0]})) else {})
             failure.update({"subtests": subtests[failure["test"]]} if failure["test"] in subtests else {})
             failures.append(failure)
-    return {**counts, "failures": failures}
+    return {**counts, "failures": failures, "skips": skips}
 
 
 def run_one(row: Family, setting: str, tests_root: Path, timeout: int) -> dict:
@@ -288,10 +283,14 @@ def run_one(row: Family, setting: str, tests_root: Path, timeout: int) -> dict:
 
 def compare_with_stock(results: dict) -> None:
     """Marks each failure of our settings: ``new`` (the stock control passes or skips the test), ``same`` (it fails
-    there with the same first line, class names aside) or ``other`` (it fails there for another reason)."""
+    there with the same first line, class names aside) or ``other`` (it fails there for another reason); and lists
+    the tests skipped here that the stock control runs (``new_skips``)."""
     for settings in results.values():
         stock = {f["test"]: f["reason"] for f in settings.get("stock", {}).get("failures", [])}
+        stock_skips = settings.get("stock", {}).get("skips", {})
         for setting, result in settings.items():
+            if setting != "stock":
+                result["new_skips"] = {t: r for t, r in result.get("skips", {}).items() if t not in stock_skips}
             for failure in result.get("failures", []) if setting != "stock" else ():
                 reason = failure["reason"].replace("TokenPrune", "").replace("tokenprune_", "")
                 failure["vs_stock"] = (
@@ -352,9 +351,13 @@ def markdown(report: dict) -> str:
     for family, settings in report["results"].items():
         stock = {f["test"]: f["reason"] for f in settings.get("stock", {}).get("failures", [])}
         for setting, result in settings.items():
-            if not result.get("failures"):
+            if not result.get("failures") and not result.get("new_skips"):
                 continue
             lines += ["", f"### {family}, {setting}", "", f"Plan: `{json.dumps(result.get('plan'))}`", ""]
+            lines += [
+                f"- `{test}` **skipped** here, run by the stock control: {why}"
+                for test, why in result.get("new_skips", {}).items()
+            ]
             order = {"new": 0, "other": 1, "same": 2, None: 3}
             for failure in sorted(result["failures"], key=lambda f: order[f.get("vs_stock")]):
                 subtests = f" [{', '.join(failure['subtests'])}]" if failure.get("subtests") else ""

@@ -25,6 +25,7 @@ from torch import nn
 from transformers import initialization as init
 
 from .token_reduction import (
+    MethodDescription,
     Paper,
     check_bool,
     check_choice,
@@ -75,26 +76,12 @@ def check_attention_reuse(value: Any, config: Any) -> dict | None:
     return ATTENTION_REUSE_METHODS[value["method"]].check_plan(value, config)
 
 
-class AttentionReuse(nn.Module):
+class AttentionReuse(MethodDescription, nn.Module):
     """One reused layer's replacement of its self-attention. Like a token-reduction method, the class describes
     itself for the tools (`paper`, `headline_plan`, `operating_points`, `needs`) and its plan (`check_plan`,
     `check_with_reduction`, `macs`, `build`)."""
 
-    method: str = ""
     options: dict = {}
-    paper: Paper | None = None
-    headline_plan: dict = {}
-    operating_points: tuple = ()
-    needs: dict = {}
-
-    @classmethod
-    def plan_needs(cls, plan: dict) -> dict:
-        return dict(cls.needs)
-
-    @classmethod
-    def operating_point(cls, strength: Any, config: Any) -> dict:
-        option = cls.operating_points[0]
-        return {"method": cls.method, option: strength}
 
 
 class EfficientChannelAttention(nn.Module):

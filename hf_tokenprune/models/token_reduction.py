@@ -370,28 +370,12 @@ def restore_full_length(x: torch.Tensor, state: TokenState) -> torch.Tensor:
 # ----------------------------------------------------------------------------------------------------------------
 
 
-class TokenReduction(nn.Module):
-    """One method's work at one layer. The layer calls three hooks; each returns ``(hidden_states, state)``.
-
-    - ``before_block``: before the layer's attention (rejoin parked tokens, start a stage);
-    - ``after_attention``: after the attention residual and before the MLP (where EViT and ToMe act);
-    - ``after_block``: after the MLP residual (end a stage).
-
-    Class-level pure-Python helpers describe the plan: ``check_plan`` validates and fills defaults, ``token_counts``
-    simulates the token count each layer sees (used for validation, FLOPs and tests), ``build`` says whether a
-    layer needs a module at all.
-    """
+class MethodDescription:
+    """What a method (token reduction or attention reuse) is, for the tools: cards, the benchmark's default plans,
+    the tuner, the accuracy benchmark, support refusals and the test matrix read these class attributes; none of
+    them keeps a list of method names."""
 
     method: str = ""
-    options: dict = {}  # option name -> default
-    # Options that only set amounts: read from the plan in force at every forward, so a built model follows
-    # changes to them (keep-rate schedules, runtime overrides). The others are fixed when the model is built.
-    runtime_options: tuple = ()
-    uses_keep_rate: bool = False
-    # Submodules (relative to the method's module) needed only to train; an inference checkpoint leaves them out.
-    training_only_modules: tuple = ()
-
-    # What the method is, for the tools (cards, benchmark, tuner, support tables, the test matrix):
     paper: Paper | None = None
     headline_plan: dict = {}  # the options of its headline operating point (the others at their defaults)
     keep_all_plan: dict | None = None  # options under which it removes nothing (it must then equal the stock model)
@@ -400,15 +384,6 @@ class TokenReduction(nn.Module):
     operating_points: tuple = ()
     needs: dict = {}  # feature of `FEATURES` a family must provide -> why the method needs it
 
-    def __init__(self, plan: dict, config: Any, layer_idx: int):
-        super().__init__()
-        self.plan = plan
-        self.layer_idx = layer_idx
-        self.num_layers = config.num_hidden_layers
-        self.needs_cls_attention = False
-        self.needs_keys = False
-
-    # -- plan (class level, no tensors) --------------------------------------------------------------------------
     @classmethod
     def plan_needs(cls, plan: dict) -> dict:
         """What this plan needs from a family (`needs`, plus what its options add)."""
@@ -420,6 +395,36 @@ class TokenReduction(nn.Module):
         option = cls.operating_points[0]
         return {"method": cls.method, option: strength}
 
+
+class TokenReduction(MethodDescription, nn.Module):
+    """One method's work at one layer. The layer calls three hooks; each returns ``(hidden_states, state)``.
+
+    - ``before_block``: before the layer's attention (rejoin parked tokens, start a stage);
+    - ``after_attention``: after the attention residual and before the MLP (where EViT and ToMe act);
+    - ``after_block``: after the MLP residual (end a stage).
+
+    Class-level pure-Python helpers describe the plan: ``check_plan`` validates and fills defaults, ``token_counts``
+    simulates the token count each layer sees (used for validation, FLOPs and tests), ``build`` says whether a
+    layer needs a module at all.
+    """
+
+    options: dict = {}  # option name -> default
+    # Options that only set amounts: read from the plan in force at every forward, so a built model follows
+    # changes to them (keep-rate schedules, runtime overrides). The others are fixed when the model is built.
+    runtime_options: tuple = ()
+    uses_keep_rate: bool = False
+    # Submodules (relative to the method's module) needed only to train; an inference checkpoint leaves them out.
+    training_only_modules: tuple = ()
+
+    def __init__(self, plan: dict, config: Any, layer_idx: int):
+        super().__init__()
+        self.plan = plan
+        self.layer_idx = layer_idx
+        self.num_layers = config.num_hidden_layers
+        self.needs_cls_attention = False
+        self.needs_keys = False
+
+    # -- plan (class level, no tensors) --------------------------------------------------------------------------
     @classmethod
     def check_plan(cls, plan: dict, config: Any) -> dict:
         """Validates ``plan`` for ``config`` (depth, image and patch size) and fills its defaults."""

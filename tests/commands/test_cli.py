@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import REDUCING_PLANS, tiny_config
-from example_support import TINY_CONFIG, make_image_folder
 from huggingface_hub import ModelCard
 
 from hf_tokenprune import TokenPruneViTForImageClassification, __version__, visualization
@@ -217,14 +216,6 @@ def test_card_leaves_out_results_of_another_plan(evit_folder, tmp_path):
     _training_folder(folder, tiny_config(token_reduction=REDUCING_PLANS["evit"]))
     assert results_from_folder(folder, config) == {"accuracy": {"with_reduction": 0.5, "dataset": None,
                                                                 "split": "validation"}}  # fmt: skip
-
-
-@pytest.fixture(scope="module")
-def image_folder(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("images")
-    make_image_folder(root)
-    (root / "config.json").write_text(json.dumps(TINY_CONFIG))
-    return root
 
 
 BAD_INPUT_PROBE = r"""
