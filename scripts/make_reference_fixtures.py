@@ -5,7 +5,9 @@ model on small, fixed, *sharpened* random weights (attention is peaky and the se
 cannot flip a choice), runs fixed inputs in float64 and float32, and writes ``tests/fixtures/<name>.safetensors``
 per operating point: the weights under HF ViT names, the inputs, the official logits (float64 and float32) and what
 the official code kept (embedding positions of the kept patch tokens per pruning layer) or merged (ToMe: which
-output token holds each input token, per layer). Nothing of the official code is copied into this repository.
+output token holds each input token, per layer). For DynamicViT it also writes one training step of the official
+recipe (``tests/fixtures/training/``: the loss terms, the Gumbel decisions and the predictors' gradients). Nothing of
+the official code is copied into this repository.
 
 The official code needs an old timm and a few packages this project does not use; a separate environment works:
 
@@ -537,6 +539,63 @@ def make_fixture(method: str, repo: Path, name: str, plan: dict, commit: str, se
     return path
 
 
+# DynamicViT's training step (main.py for DeiT: DistillDiffPruningLoss_dynamic with clf_weight 1, ratio_weight 2,
+# distill_weight 0.5, mse_token; VisionTransformerTeacher on the same weights).
+TRAINING_STEP = ("dynamicvit_training_step", {"method": "dynamicvit", "layers": [3, 6, 9], "keep_rate": 0.7})
+
+
+def make_dynamicvit_training_step(repo: Path, commit: str, seed: int = 0) -> Path:
+    """One official training step on sharpened weights: the four loss terms, the decisions drawn after
+    ``torch.manual_seed(seed)`` and the predictors' gradients, in ``tests/fixtures/training/``."""
+    sys.path.insert(0, str(repo))
+    import losses
+    from models import dyvit
+
+    name, plan = TRAINING_STEP
+    layers, ratios = plan["layers"], [plan["keep_rate"] ** (stage + 1) for stage in range(len(plan["layers"]))]
+    torch.manual_seed(seed)
+    model = dyvit.VisionTransformerDiffPruning(
+        **TIMM_MODEL, qkv_bias=True, pruning_loc=layers, token_ratio=ratios, distill=True
+    )
+    sharpen(model, seed)
+    teacher = dyvit.VisionTransformerTeacher(**TIMM_MODEL, qkv_bias=True)
+    teacher.load_state_dict(model.state_dict(), strict=False)  # the backbone; no predictors
+    criterion = losses.DistillDiffPruningLoss_dynamic(
+        teacher.eval(), torch.nn.CrossEntropyLoss(), clf_weight=1.0, keep_ratio=ratios, mse_token=True,
+        ratio_weight=2.0, distill_weight=0.5,
+    )  # fmt: skip
+    pixels = inputs(seed)
+    labels = torch.arange(pixels.shape[0]) % TIMM_MODEL["num_classes"]
+    model.train()
+    torch.manual_seed(seed)
+    outputs = model(pixels)
+    loss, parts = criterion(pixels, outputs, labels)
+    loss.backward()
+    tensors = {f"weights.{key}": value for key, value in hf_weights(model.state_dict(), layers).items()}
+    gradients = {name: parameter.grad for name, parameter in model.named_parameters() if "score_predictor" in name}
+    gradients = hf_weights(gradients_in_place(model, gradients), layers)
+    tensors.update({f"grad.{key}": value for key, value in gradients.items() if ".token_reduction." in key})
+    tensors["pixel_values"], tensors["labels"] = pixels.contiguous(), labels.contiguous()
+    tensors["decisions"] = torch.stack(outputs[3], dim=1).contiguous()  # (B, stages, N) hard decisions
+    for part, value in zip(("cross_entropy", "ratio", "logits_kl", "token_mse"), parts):
+        tensors[f"loss.{part}"] = value.detach().reshape(())
+    tensors["loss.total"] = loss.detach().reshape(())
+    metadata = {
+        "method": "dynamicvit", "operating_point": name, "repository": REPOSITORIES["dynamicvit"], "commit": commit,
+        "config": json.dumps({**MODEL, "token_reduction": plan}), "seed": str(seed),
+        "loss": "cross_entropy + 2 * ratio / 3 + 0.5 * logits_kl + 0.5 * token_mse (losses.py, main.py for DeiT)",
+    }  # fmt: skip
+    path = FIXTURES / "training" / f"{name}.safetensors"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(path), metadata=metadata)
+    return path
+
+
+def gradients_in_place(model: torch.nn.Module, gradients: dict) -> dict:
+    """The model's state with each parameter in ``gradients`` replaced by its gradient (same names and layout)."""
+    return {key: gradients.get(key, value) for key, value in model.state_dict().items()}
+
+
 def repository_commit(repo: Path, given: str | None) -> str:
     if given:
         return given
@@ -564,6 +623,8 @@ def main(argv: list[str] | None = None) -> int:
     commit = repository_commit(repo, args.commit)
     for name, plan in POINTS[args.method]:
         print(f"wrote {make_fixture(args.method, repo, name, plan, commit)}")
+    if args.method == "dynamicvit":
+        print(f"wrote {make_dynamicvit_training_step(repo, commit)}")
     return 0
 
 

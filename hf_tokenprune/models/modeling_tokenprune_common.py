@@ -98,16 +98,27 @@ def cls_attention_row(query, key, attention_mask, scaling):
     return logits.softmax(dim=-1, dtype=dtype).mean(dim=1)[:, 0].to(query.dtype)
 
 
-def policy_attention(query, key, value, policy, scaling, eps=1e-6):
+def policy_attention(query, key, value, policy, scaling, eps=1e-6, gradient="bounded"):
     """DynamicViT's masked softmax: a key is visible if its policy is 1, and always to itself; gradients reach the
-    (straight-through) policy. Returns (B, N, H, d) like the attention interfaces."""
+    (straight-through) policy. Returns (B, N, H, d) like the attention interfaces.
+
+    The forward is the reference code's. ``gradient`` says what a hidden key's decision learns: ``"official"`` the
+    reference's derivative, ``exp(logit) / sum(visible exp(logits))``, which is unbounded when the query's strongest
+    key is hidden (a sharp attention then sends 1e4-1e6 to the predictor and swamps the keep-ratio loss);
+    ``"bounded"`` the same with the hidden key's strength capped at the strongest key the query sees, so the
+    decision learns at most what revealing an equally strong key would change."""
     logits = (query @ key.transpose(-1, -2)) * scaling  # (B, H, N, N)
     logits = logits - logits.amax(dim=-1, keepdim=True)
     length = logits.shape[-1]
     eye = torch.eye(length, device=logits.device, dtype=torch.float32)
     visible = policy[:, None, None, :].float()
     visible = visible + (1.0 - visible) * eye  # (B, 1, N, N)
-    weights = logits.float().exp() * visible
+    strength = logits.float().exp()
+    if gradient == "bounded":  # hidden keys are multiplied by 0 below: the forward does not change
+        seen = visible > 0.5
+        strongest = strength.masked_fill(~seen, 0.0).amax(dim=-1, keepdim=True).detach()
+        strength = torch.where(seen, strength, torch.minimum(strength, strongest))
+    weights = strength * visible
     weights = (weights + eps / length) / (weights.sum(dim=-1, keepdim=True) + eps)
     return (weights.to(value.dtype) @ value).transpose(1, 2)
 
@@ -138,6 +149,7 @@ class ProbedAttentionMixin:
         probe_keys=False,
         key_policy=None,
         key_bias=None,
+        policy_gradient="bounded",
         **kwargs: Unpack[TransformersKwargs],
     ):
         input_shape = hidden_states.shape[:-1]
@@ -149,7 +161,8 @@ class ProbedAttentionMixin:
         scaling = self.attention_scaling()
         options = {"dropout": self.attention_dropout_rate() if self.training else 0.0, "scaling": scaling}
         if key_policy is not None:
-            attn_output, attn_weights = policy_attention(query, key, value, key_policy, scaling), None
+            attn_output = policy_attention(query, key, value, key_policy, scaling, gradient=policy_gradient)
+            attn_weights = None
         elif key_bias is not None:
             attn_output, attn_weights = attention_with_key_bias(
                 self, query, key, value, attention_mask, key_bias, **options, **kwargs
@@ -259,6 +272,7 @@ class TokenPruneLayerMixin:
             probe_cls=reduction is not None and reduction.needs_cls_attention,
             probe_keys=reduction is not None and reduction.needs_keys,
             key_policy=state.key_policy,
+            policy_gradient=state.policy_gradient,
             # ToMe's proportional attention (log(size) added to each key's logits) and the input's padding keys
             key_bias=attention_key_bias(state, hidden_states.dtype),
             **kwargs,

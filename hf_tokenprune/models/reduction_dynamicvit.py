@@ -12,6 +12,12 @@ original ``N`` patch tokens remain (floor, as the reference code counts; at leas
   dropped tokens stay in the sequence but are masked out of every other token's attention, so gradients reach the
   predictor. A keep-ratio loss pulls the kept fraction of each stage towards its target. No training speed-up, and
   ``token_counts`` in training report the full sequence the layers really process.
+- ``policy_gradient``: what a hidden key's decision learns in the masked softmax (`policy_attention`). The forward
+  is the reference code's either way. ``"official"`` is the reference's derivative, unbounded when a query's
+  strongest key is hidden: on a sharp attention it sends hundreds to the predictor, the keep-ratio loss no longer
+  counts, and training keeps every token (the reference code and ours alike, step for step:
+  ``scripts/dynamicvit_official_training.py``). ``"bounded"`` (default) caps the hidden key's strength at the
+  strongest visible key's, and each stage's kept fraction stays at its target.
 - ``train_mode`` accepts only ``"mask"``. A former ``"gather"`` mode (Gumbel top-k and a gather in training, kept
   tokens scaled by ``1 + p - stop_gradient(p)``) was removed: that gradient only told the predictor whether a
   *larger* kept token helps, never whether keeping or dropping it does, and on the cluttered digits it learned to
@@ -43,6 +49,7 @@ from .token_reduction import (
 )
 
 TRAIN_MODES = ("mask",)
+POLICY_GRADIENTS = ("bounded", "official")
 PREDICTOR_EPS = 1e-5
 
 
@@ -106,7 +113,13 @@ def real_patches(state: TokenState, dtype: torch.dtype) -> torch.Tensor | None:
 
 @register_reduction("dynamicvit")
 class DynamicViTReduction(TokenReduction):
-    options = {"layers": None, "keep_rate": 0.7, "ratio_loss_weight": 2.0, "train_mode": "mask"}
+    options = {
+        "layers": None,
+        "keep_rate": 0.7,
+        "ratio_loss_weight": 2.0,
+        "train_mode": "mask",
+        "policy_gradient": "bounded",
+    }
     runtime_options = ("keep_rate", "ratio_loss_weight")
     uses_keep_rate = True
     paper = Paper(
@@ -137,6 +150,7 @@ class DynamicViTReduction(TokenReduction):
                 "background); allowed: ['mask'], the paper's masked training."
             )
         check_choice(plan["train_mode"], "token_reduction['train_mode']", TRAIN_MODES)
+        check_choice(plan["policy_gradient"], "token_reduction['policy_gradient']", POLICY_GRADIENTS)
         return plan
 
     @classmethod
@@ -205,4 +219,4 @@ class DynamicViTReduction(TokenReduction):
         ratio_loss = ratio_loss * state.plan["ratio_loss_weight"] / len(state.plan["layers"])
         policy = torch.cat([decision.new_ones(decision.shape[0], num_prefix), decision], dim=1)  # (B, T)
         aux_loss = ratio_loss if state.aux_loss is None else state.aux_loss + ratio_loss
-        return x, state.replace(key_policy=policy, aux_loss=aux_loss)
+        return x, state.replace(key_policy=policy, aux_loss=aux_loss, policy_gradient=state.plan["policy_gradient"])

@@ -207,6 +207,7 @@ class TokenState:
     key_bias: torch.Tensor | None = None  # (B, N_cur) added to every query's logit for each key (log of the size)
     # Read by the attention and the outputs:
     key_policy: torch.Tensor | None = None  # (B, N_cur) 0/1 keys the attention may use (masked training)
+    policy_gradient: str = "bounded"  # what the masked attention's backward sends to key_policy (policy_attention)
     # Training objectives, read by the heads:
     aux_logits: tuple = ()  # ((logits (B, labels), weight), ...) auxiliary predictions to train on the labels
     aux_loss: torch.Tensor | None = None  # an auxiliary loss that needs no labels, a batch mean

@@ -202,6 +202,37 @@ def test_dynamicvit_predictor_starts_at_the_planned_keep_rate(stock_model, tmp_p
     assert loaded.vit.layers[1].token_reduction.predictor.classify[-2].bias.tolist() == [3.0, -1.0]
 
 
+def test_bounded_policy_gradient_keeps_the_forward_and_caps_only_a_hidden_keys_strength():
+    """A query whose strongest key (key 1, logit 12) is hidden: the official derivative for that key's decision is
+    about exp(12); the bounded one counts the key at most as strong as the strongest key the query sees. Visible keys'
+    decisions get the same gradient either way, and so does everything when no hidden key outweighs them."""
+    from hf_tokenprune.models.modeling_tokenprune_common import policy_attention
+
+    query = torch.zeros(1, 1, 3, 2)
+    query[..., 0] = 1.0
+    key = torch.tensor([[[[0.0, 0.0], [12.0, 0.0], [1.0, 0.0]]]])
+    value = torch.randn(1, 1, 3, 2)
+
+    def run(policy, gradient):
+        policy = policy.clone().requires_grad_(True)
+        out = policy_attention(query, key, value, policy, 1.0, gradient=gradient)
+        out.sum().backward()
+        return out.detach(), policy.grad
+
+    hidden = torch.tensor([[1.0, 0.0, 1.0]])
+    (official, official_grad), (bounded, bounded_grad) = run(hidden, "official"), run(hidden, "bounded")
+    torch.testing.assert_close(bounded, official, rtol=0, atol=0)
+    assert official_grad[0, 1].abs() > 1e3 and bounded_grad[0, 1].abs() < 10
+    torch.testing.assert_close(bounded_grad[0, [0, 2]], official_grad[0, [0, 2]])
+    weak = torch.tensor([[1.0, 1.0, 0.0]])  # the hidden key is weaker than the visible ones: no cap applies
+    torch.testing.assert_close(run(weak, "bounded")[1], run(weak, "official")[1])
+
+
+def test_dynamicvit_policy_gradient_is_checked():
+    with pytest.raises(ValueError, match=r"policy_gradient'\] = 'exact' is not allowed.*'bounded', 'official'"):
+        tiny_config(token_reduction={"method": "dynamicvit", "policy_gradient": "exact"})
+
+
 def test_skipat_needs_at_least_hidden_ratio_two_for_the_identity_start():
     with pytest.raises(ValueError, match="identity' needs hidden_ratio >= 2"):
         tiny_config(attention_reuse={"method": "skipat", "hidden_ratio": 1})

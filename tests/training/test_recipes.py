@@ -1,14 +1,18 @@
 """The official recipes: EViT's and DynamicViT's fine-tune as Trainer arguments (the learning-rate schedule the
 Trainer builds from them), and DynamicViT's whole recipe as `DynamicViTTrainer` (parameter groups, the frozen
-backbone, the loss terms, the teacher)."""
+backbone, the loss terms, the teacher), down to one training step of the official code (a reference fixture)."""
+
+import json
+from pathlib import Path
 
 import pytest
 import torch
 from conftest import tiny_config
+from safetensors import safe_open
 from trainer_support import DYNAMICVIT_PLAN, TinyImages, model_with_plan, training_args
 from transformers import Trainer, TrainingArguments
 
-from hf_tokenprune import TokenPruneViTForImageClassification
+from hf_tokenprune import TokenPruneViTConfig, TokenPruneViTForImageClassification
 from hf_tokenprune.training import distillation_loss
 from hf_tokenprune.training.distillation import (
     DistillationTrainer,
@@ -141,3 +145,51 @@ def test_distillation_arguments_are_checked(tmp_path):
 def test_gather_training_was_removed():
     with pytest.raises(ValueError, match=r"train_mode'\] = 'gather' was removed.*allowed: \['mask'\]"):
         tiny_config(token_reduction={**DYNAMICVIT_PLAN, "train_mode": "gather"})
+
+
+# Written by scripts/make_reference_fixtures.py from raoyongming/DynamicViT: one training step of its DeiT recipe.
+TRAINING_STEP = Path(__file__).parents[1] / "fixtures" / "training" / "dynamicvit_training_step.safetensors"
+
+
+def official_training_step(tmp_path, policy_gradient: str):
+    """Our `DynamicViTTrainer` step on the fixture's weights and batch, with its Gumbel seed: (fixture tensors,
+    our loss, our outputs, our predictors' gradients under the fixture's names)."""
+    with safe_open(str(TRAINING_STEP), framework="pt") as file:
+        metadata, tensors = file.metadata(), {key: file.get_tensor(key) for key in file.keys()}
+    config = json.loads(metadata["config"])
+    config["token_reduction"]["policy_gradient"] = policy_gradient
+    model = TokenPruneViTForImageClassification(TokenPruneViTConfig(**config))
+    weights = {key.removeprefix("weights."): value for key, value in tensors.items() if key.startswith("weights.")}
+    model.load_state_dict(weights, strict=True)
+    trainer = DynamicViTTrainer(model=model.train(), args=training_args(tmp_path))
+    torch.manual_seed(int(metadata["seed"]))  # the official step's Gumbel draws
+    batch = {"pixel_values": tensors["pixel_values"], "labels": tensors["labels"]}
+    loss, outputs = trainer.compute_loss(model, batch, return_outputs=True)
+    loss.backward()
+    gradients = {f"grad.{name}": p.grad for name, p in model.named_parameters() if ".token_reduction." in name}
+    return tensors, loss, outputs, gradients
+
+
+def test_dynamicvit_training_step_is_the_official_one(tmp_path):
+    """The same decisions, the same loss (CE + 2 ratio / 3 + 0.5 KL + 0.5 token MSE) and, with the official
+    ``policy_gradient``, the same gradients in every predictor."""
+    official, loss, outputs, gradients = official_training_step(tmp_path, "official")
+    assert torch.equal(outputs.token_policy[:, 1:], official["decisions"][:, -1])
+    torch.testing.assert_close(loss.detach(), official["loss.total"], rtol=1e-5, atol=1e-6)
+    assert gradients.keys() == {key for key in official if key.startswith("grad.")}
+    for name, gradient in gradients.items():
+        # float32 through ratios of exponentials: gradients in the hundreds agree to about 3e-4 of their size
+        torch.testing.assert_close(gradient, official[name], rtol=1e-3, atol=1e-3 * official[name].abs().max())
+
+
+def test_bounded_policy_gradient_changes_only_what_the_predictors_learn(tmp_path):
+    """The default ``policy_gradient="bounded"``: the official forward, decisions and loss; in the backward a hidden
+    key counts at most as strongly as the strongest key its query sees, so the first predictor, whose hidden keys
+    dominate sharp attention rows, gets a far smaller gradient than the official hundreds."""
+    official, loss, outputs, gradients = official_training_step(tmp_path, "bounded")
+    assert torch.equal(outputs.token_policy[:, 1:], official["decisions"][:, -1])
+    torch.testing.assert_close(loss.detach(), official["loss.total"], rtol=1e-5, atol=1e-6)
+    for layer in (3, 6):
+        ours = torch.cat([g.flatten() for name, g in gradients.items() if f"layers.{layer}." in name]).norm()
+        theirs = torch.cat([official[name].flatten() for name in gradients if f"layers.{layer}." in name]).norm()
+        assert ours < 0.2 * theirs, (layer, ours, theirs)

@@ -1,6 +1,7 @@
 """The learned selectors learn to select: after a short training run on the cluttered digits, DynamicViT's predictor
-(its official recipe) and Cropr's scorer keep a larger share of digit patches than random selection would, and
-Cropr's segmentation scorer keeps digit patches on a one-digit segmentation set.
+(its official recipe, by hand and through the Trainers) and Cropr's scorer keep a larger share of digit patches than
+random selection would, DynamicViT's training keeps the planned fraction of tokens at each stage, and Cropr's
+segmentation scorer keeps digit patches on a one-digit segmentation set.
 
 A digit patch holds a pixel brighter than any clutter can be (clutter is drawn at half brightness at most), so the
 share of digit patches among all patches is what a random choice of the same count keeps on average."""
@@ -10,6 +11,7 @@ import copy
 import numpy as np
 import pytest
 import torch
+from transformers import TrainerCallback, TrainingArguments
 
 from hf_tokenprune import (
     TokenPruneViTConfig,
@@ -17,7 +19,13 @@ from hf_tokenprune import (
     TokenPruneViTForSemanticSegmentation,
 )
 from hf_tokenprune.data import cluttered_digits_arrays, digit_segmentation_arrays
-from hf_tokenprune.training import distillation_loss, init_sincos_position_embeddings
+from hf_tokenprune.training import (
+    DynamicViTTrainer,
+    TokenPruneTrainer,
+    distillation_loss,
+    init_sincos_position_embeddings,
+    trainer_arguments,
+)
 from hf_tokenprune.training.distillation import final_tokens, recipe_parameter_groups, token_distillation_loss
 
 MODEL = dict(
@@ -25,6 +33,7 @@ MODEL = dict(
     num_labels=10,
 )  # fmt: skip
 BRIGHTER_THAN_CLUTTER = 0.6
+BASE_EPOCHS, BASE_LEARNING_RATE = 20, 2e-3  # about 0.43 validation accuracy (ten classes)
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +69,7 @@ def base(digits):
     model = TokenPruneViTForImageClassification(TokenPruneViTConfig(**MODEL))
     init_sincos_position_embeddings(model)
     plain = lambda m, x, y: m(pixel_values=x, labels=y).loss  # noqa: E731
-    return train(model, digits["train"], 2, model.parameters(), plain, 2e-3)
+    return train(model, digits["train"], BASE_EPOCHS, model.parameters(), plain, BASE_LEARNING_RATE)
 
 
 def selector(base, plan):
@@ -95,6 +104,59 @@ def test_dynamicvit_official_recipe_learns_to_keep_the_digit(digits, base):
     train(model, digits["train"], 2, groups, recipe_loss, 1e-3)
     after, _ = digit_share(model, digits["validation"])
     assert after > random_share + 0.15, (before, after, random_share)
+
+
+class StageFractions(TrainerCallback):
+    """The kept fraction of each DynamicViT stage in masked training, on a fixed batch, after the last step."""
+
+    def __init__(self, model, pixels):
+        self.pixels, self.kept = pixels, {}
+        for layer, module in enumerate(model.vit.layers):
+            if module.token_reduction is not None:
+                self._watch(module.token_reduction, layer)
+
+    def _watch(self, reduction, layer):
+        masked = reduction._mask
+
+        def record(x, state, target):
+            x, state = masked(x, state, target)
+            self.kept[layer] = state.key_policy[:, 1:].mean().item()
+            return x, state
+
+        reduction._mask = record
+
+    def on_train_end(self, args, state, control, model=None, **kwargs):
+        model.train()
+        torch.manual_seed(1)
+        with torch.no_grad():
+            model(pixel_values=self.pixels)
+        model.eval()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("trainer_class", [DynamicViTTrainer, TokenPruneTrainer], ids=lambda c: c.__name__)
+def test_dynamicvit_trains_to_its_keep_ratio_through_the_trainer(digits, base, trainer_class, tmp_path, one_thread):
+    """A few hundred Trainer steps: the official recipe (`DynamicViTTrainer`, 270 steps), or the plain
+    `TokenPruneTrainer` at a quarter of the base rate (540 steps: the whole model moves, and the kept fraction
+    overshoots while the rate is high). Each stage's kept fraction ends within 0.05 of its target, and the
+    inference-time selection keeps more digit patches than a random choice."""
+    plan = {"method": "dynamicvit", "layers": [1, 2], "keep_rate": 0.7}
+    model = selector(base, plan)
+    pixels, labels, _ = digits["train"]
+    dataset = [{"pixel_values": p, "labels": int(label)} for p, label in zip(pixels, labels)]
+    common = dict(output_dir=str(tmp_path), per_device_train_batch_size=32, report_to="none", save_strategy="no",
+                  disable_tqdm=True, dataloader_pin_memory=False, use_cpu=True, seed=0)  # fmt: skip
+    if trainer_class is DynamicViTTrainer:
+        args = TrainingArguments(num_train_epochs=6, **trainer_arguments("dynamicvit", BASE_LEARNING_RATE), **common)
+    else:
+        args = TrainingArguments(num_train_epochs=12, learning_rate=BASE_LEARNING_RATE / 4, **common)
+    stages = StageFractions(model, digits["validation"][0])
+    trainer_class(model=model, args=args, train_dataset=dataset, callbacks=[stages]).train()
+    targets = {1: 0.7, 2: 0.49}
+    assert stages.kept.keys() == targets.keys()
+    assert all(abs(stages.kept[layer] - target) <= 0.05 for layer, target in targets.items()), stages.kept
+    share, random_share = digit_share(model, digits["validation"])
+    assert share > random_share + 0.15, (share, random_share)
 
 
 @pytest.mark.slow
