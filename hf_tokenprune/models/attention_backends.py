@@ -1,3 +1,4 @@
+# Copyright 2026 The hf_tokenprune authors. Licensed under the Apache License, Version 2.0.
 """Attention backends: which of them can take the per-key bias a plan adds to the attention logits, and how.
 
 ToMe's proportional attention adds ``log(size)`` of each key to every query's logits. ``eager`` and ``sdpa`` take it

@@ -1,3 +1,4 @@
+# Copyright 2026 The hf_tokenprune authors. Licensed under the Apache License, Version 2.0.
 """Attention reuse: layers that skip self-attention and derive their attention output from an earlier layer's.
 
 SkipAt: Venkataramanan et al., "Skip-Attention: Improving Vision Transformers by Paying Less Attention", ICLR 2024

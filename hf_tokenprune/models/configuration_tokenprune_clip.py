@@ -1,3 +1,4 @@
+# Copyright 2026 The hf_tokenprune authors. Licensed under the Apache License, Version 2.0.
 """TokenPruneCLIPVisionConfig and TokenPruneCLIPConfig: CLIP's configs with the plan fields of every TokenPrune
 config (for `TokenPruneCLIPConfig`, those of its vision tower)."""
 

@@ -1,3 +1,4 @@
+# Copyright 2026 The hf_tokenprune authors. Licensed under the Apache License, Version 2.0.
 """What every TokenPrune config adds to its HF family config: the plan fields, their validation and token counts.
 
 A family config is ``class TokenPrune<Family>Config(TokenPruneConfigMixin, <Family>Config)`` that declares the three

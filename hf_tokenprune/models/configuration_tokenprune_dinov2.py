@@ -1,3 +1,4 @@
+# Copyright 2026 The hf_tokenprune authors. Licensed under the Apache License, Version 2.0.
 """TokenPruneDinov2Config and TokenPruneDinov2WithRegistersConfig: the DINOv2 configs with the plan fields of every
 TokenPrune config."""
 

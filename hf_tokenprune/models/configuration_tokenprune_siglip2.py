@@ -1,3 +1,4 @@
+# Copyright 2026 The hf_tokenprune authors. Licensed under the Apache License, Version 2.0.
 """TokenPruneSiglip2VisionConfig: SigLIP 2's vision config with the plan fields of every TokenPrune config."""
 
 from transformers import Siglip2VisionConfig

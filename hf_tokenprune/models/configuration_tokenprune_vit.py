@@ -1,3 +1,4 @@
+# Copyright 2026 The hf_tokenprune authors. Licensed under the Apache License, Version 2.0.
 """TokenPruneViTConfig: a ViTConfig with a token-reduction plan and an attention-reuse plan."""
 
 from transformers import ViTConfig

@@ -1,3 +1,4 @@
+# Copyright 2026 The hf_tokenprune authors. Licensed under the Apache License, Version 2.0.
 """The built-in methods, imported in this one place so that every one of them registers itself: the config and
 modeling files import this file, and ``save_pretrained`` copies every file it imports, so the registries are
 complete inside a checkpoint too. A new built-in method is one file next to this one and one line here.

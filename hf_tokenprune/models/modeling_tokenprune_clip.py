@@ -1,3 +1,4 @@
+# Copyright 2026 The hf_tokenprune authors. Licensed under the Apache License, Version 2.0.
 """TokenPruneCLIP: HF CLIP whose vision tower follows a token-reduction plan.
 
 Only the difference from ``transformers.models.clip.modeling_clip`` is written here: the layout of a CLIP encoder

@@ -1,3 +1,4 @@
+# Copyright 2026 The hf_tokenprune authors. Licensed under the Apache License, Version 2.0.
 """What every TokenPrune family shares: the probed attention, the layer that runs a plan's hooks, the loop that
 threads a `TokenState` through the layers, and the pretrained-model plumbing (loading, initialisation, inference
 checkpoints, saving).

@@ -1,3 +1,4 @@
+# Copyright 2026 The hf_tokenprune authors. Licensed under the Apache License, Version 2.0.
 """TokenPruneDeiT: HF DeiT (with its distillation token) whose layers follow a token-reduction plan.
 
 Only the difference from ``transformers.models.deit.modeling_deit`` is written here. A DeiT layer is a ViT layer

@@ -1,3 +1,4 @@
+# Copyright 2026 The hf_tokenprune authors. Licensed under the Apache License, Version 2.0.
 """TokenPruneDinov2: HF DINOv2 (and DINOv2 with registers) whose layers follow a token-reduction plan.
 
 Only the difference from ``transformers.models.dinov2`` and ``dinov2_with_registers`` is written here: the layout

@@ -1,3 +1,4 @@
+# Copyright 2026 The hf_tokenprune authors. Licensed under the Apache License, Version 2.0.
 """TokenPruneSiglip: HF SigLIP's vision tower following a token-reduction plan.
 
 Only the difference from ``transformers.models.siglip.modeling_siglip`` is written here. A SigLIP encoder layer

@@ -1,3 +1,4 @@
+# Copyright 2026 The hf_tokenprune authors. Licensed under the Apache License, Version 2.0.
 """TokenPruneSiglip2: HF SigLIP 2's vision tower (NaFlex inputs) following a token-reduction plan.
 
 Only the difference from ``transformers.models.siglip2.modeling_siglip2`` is written here. The layer is SigLIP's

@@ -1,3 +1,4 @@
+# Copyright 2026 The hf_tokenprune authors. Licensed under the Apache License, Version 2.0.
 """TokenPruneViT: HF ViT whose layers can reduce tokens between attention and MLP.
 
 Only the difference from ``transformers.models.vit.modeling_vit`` is written here: the layout of a ViT layer (which

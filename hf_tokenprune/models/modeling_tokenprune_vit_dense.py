@@ -1,3 +1,4 @@
+# Copyright 2026 The hf_tokenprune authors. Licensed under the Apache License, Version 2.0.
 """Dense prediction on TokenPruneViT: a transformers backbone and a light semantic-segmentation model.
 
 Both read the full patch grid whatever the plan: each layer's output is put back in patch order with the shared

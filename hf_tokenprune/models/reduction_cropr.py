@@ -1,3 +1,4 @@
+# Copyright 2026 The hf_tokenprune authors. Licensed under the Apache License, Version 2.0.
 """Token Cropr: learned, task-specific token pruning with auxiliary heads.
 
 Bergner, Lippert, Mahendran, "Token Cropr: Faster ViTs for Quite a Few Tasks", arXiv 2412.00965, 2024;

@@ -1,3 +1,4 @@
+# Copyright 2026 The hf_tokenprune authors. Licensed under the Apache License, Version 2.0.
 """EViT: keep the attentive tokens, fuse the inattentive ones.
 
 Liang et al., "Not All Patches are What You Need: Expediting Vision Transformers via Token Reorganizations",

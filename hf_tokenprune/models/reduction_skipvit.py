@@ -1,3 +1,4 @@
+# Copyright 2026 The hf_tokenprune authors. Licensed under the Apache License, Version 2.0.
 """SkipViT: a token-level skip connection.
 
 Ataiefard et al., "SkipViT: Speeding Up Vision Transformers with a Token-Level Skip Connection",

@@ -1,3 +1,4 @@
+# Copyright 2026 The hf_tokenprune authors. Licensed under the Apache License, Version 2.0.
 """SuperViT: one model, many operating points (keep rates and resolutions chosen at call time).
 
 Lin et al., "Super Vision Transformer", IJCV 2023 (arXiv 2205.11397); reference code lmbxmu/SuperViT.

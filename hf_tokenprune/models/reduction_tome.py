@@ -1,3 +1,4 @@
+# Copyright 2026 The hf_tokenprune authors. Licensed under the Apache License, Version 2.0.
 """ToMe: token merging by bipartite soft matching.
 
 Bolya et al., "Token Merging: Your ViT But Faster", ICLR 2023 (arXiv 2210.09461); reference code

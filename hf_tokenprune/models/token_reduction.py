@@ -1,3 +1,4 @@
+# Copyright 2026 The hf_tokenprune authors. Licensed under the Apache License, Version 2.0.
 """Token reduction: the per-forward bookkeeping, the registry and the shared decide-then-apply helpers.
 
 A method *decides* (which tokens to keep, which pairs to merge, which tokens to park) and the helpers here *apply*
