@@ -65,9 +65,13 @@ globals().update(harness.test_classes({family!r}, {setting!r}, {out!r}))
 
 def adapt_version_gaps() -> None:
     """The one place where the test files (transformers 5.2.0.dev0, see SOURCE.md) meet the installed transformers:
-    stand-ins for names the test files import and the installed version no longer has. Every setting, the stock
-    control included, runs with exactly these; each is used by at most one test, named below."""
-    from transformers import PreTrainedConfig
+    stand-ins for names the test files import and the installed version no longer has, and the test helpers whose
+    patch no longer fits the installed signature. Every setting, the stock control included, runs with exactly
+    these; each is used by the tests named below."""
+    import contextlib
+    import inspect
+
+    from transformers import PreTrainedConfig, PreTrainedModel, set_seed
     from transformers.integrations import tensor_parallel
     from transformers.models.siglip import modeling_siglip
 
@@ -87,6 +91,28 @@ def adapt_version_gaps() -> None:
         # Read by ConfigTester.check_config_can_be_init_without_params (test_config): whether `Config()` must raise.
         # Later versions dropped the flag; False was its default, and every config here builds without arguments.
         PreTrainedConfig.has_no_defaults_at_init = False
+    if len(inspect.signature(PreTrainedModel._initialize_weights).parameters) > 2:
+        # seeded_weight_init and skip_weight_init (test_can_init_all_missing_weights, test_init_weights_can_init_
+        # buffers) patch _initialize_weights(self, module); later versions pass is_custom_code too. The same patches,
+        # passing it on.
+        import tests.test_modeling_common as common
+
+        def patched(replacement):
+            @contextlib.contextmanager
+            def patch():
+                original = PreTrainedModel._initialize_weights
+                PreTrainedModel._initialize_weights = lambda self, module, *a, **k: replacement(
+                    original, self, module, *a, **k
+                )
+                try:
+                    yield
+                finally:
+                    PreTrainedModel._initialize_weights = original
+
+            return patch
+
+        common.seeded_weight_init = patched(lambda original, *args, **kw: (set_seed(42), original(*args, **kw)))
+        common.skip_weight_init = patched(lambda original, *args, **kw: None)
 
 
 def stock_test_module(row: Family) -> str:
