@@ -22,6 +22,7 @@ Other data and checkpoints:
 
 import json
 import os
+import statistics
 import sys
 import time
 from dataclasses import dataclass, field
@@ -420,6 +421,8 @@ def compare_with_and_without(model, dataset, recipe: RecipeArguments) -> list[di
 
     from hf_tokenprune.flops import count_flops
     from hf_tokenprune.measure.benchmark import measure_paired, stock_config
+    from hf_tokenprune.measure.report import noise_of, unreliable_reasons
+    from hf_tokenprune.measure.timing import Speedups
 
     stock = ViTForImageClassification(stock_config(model.config)).to(next(model.parameters()).device).eval()
     missing, _ = stock.load_state_dict(model.state_dict(), strict=False)  # the plan's own modules stay out
@@ -436,7 +439,6 @@ def compare_with_and_without(model, dataset, recipe: RecipeArguments) -> list[di
         candidates, pixels, rounds=recipe.benchmark_rounds, desc="speed (paired)", progress=sys.stderr.isatty()
     )
     plan_flops, full_flops = count_flops(model.config), count_flops(stock.config)
-    reference = timings["stock HF ViT"].median_s
     stock_predictions, labels = predict(stock, dataset, size)
     rows = []
     for name, flops, predictions in (
@@ -444,19 +446,21 @@ def compare_with_and_without(model, dataset, recipe: RecipeArguments) -> list[di
         ("same weights, plan off", full_flops, predict(model, dataset, size, disable_plans=True)[0]),
         ("stock HF ViT", full_flops, stock_predictions),
     ):
-        stats = timings[name]
-        rows.append(
-            {
-                "model": name,
-                "accuracy": float((predictions == labels).float().mean()),
-                "agreement": float((predictions == stock_predictions).float().mean()),  # same answer as stock
-                "gflops": flops.gflops,
-                "speedup": reference / stats.median_s,
-                "speedup_range": [reference / stats.spread[1], reference / stats.spread[0]],
-                "ideal_speedup": full_flops.gflops / flops.gflops,
-                "median_ms": 1e3 * stats.median_s,
-            }
-        )
+        ratios = Speedups(timings["stock HF ViT"], timings[name])  # per round: stock time / this model's
+        row = {
+            "model": name,
+            "accuracy": float((predictions == labels).float().mean()),
+            "agreement": float((predictions == stock_predictions).float().mean()),  # same answer as stock
+            "gflops": flops.gflops,
+            "speedup": statistics.median(ratios),
+            "speedup_range": [min(ratios), max(ratios)],
+            "ideal_speedup": full_flops.gflops / flops.gflops,
+            "median_ms": 1e3 * timings[name].median_s,
+            "others_load": ratios.others_load,  # how busy other processes kept the CPU while it was timed
+            **noise_of(ratios),
+        }
+        reasons = unreliable_reasons({**row, "measured_speedup": row["speedup"], "spread": row["speedup_range"]})
+        rows.append({**row, "unreliable": reasons if name == "TokenPruneViT, plan" else []})
     return rows
 
 
@@ -487,25 +491,22 @@ def format_comparison(rows: list[dict[str, Any]]) -> str:
             f"{row['speedup']:>8.2f}x {f'{low:.2f}-{high:.2f}':>12} {row['ideal_speedup']:>5.2f}x"
         )
     lines.append("agrees: predictions equal to stock HF ViT's (same weights, no reduction).")
-    lines.append("speed-up: median time of stock HF ViT (same weights) over each model's, paired and interleaved.")
+    lines.append("speed-up: stock HF ViT's time (same weights) over each model's: median of paired rounds.")
+    others = rows[0].get("others_load")
+    if others is not None:
+        lines.append(f"while timing, other processes kept {others:.0%} of the CPU busy.")
     return "\n".join(lines)
 
 
 def comparison_warnings(rows: list[dict[str, Any]]) -> list[str]:
-    """A warning when the timed rounds disagree widely (a busy machine), as ``hf-tokenprune benchmark`` gives."""
-    from hf_tokenprune.measure.report import NOISY_SPREAD
-
-    noisy = [
-        row["model"]
-        for row in rows
-        if (row["speedup_range"][1] - row["speedup_range"][0]) > NOISY_SPREAD * row["speedup"]
-    ]
-    if not noisy:
+    """Why the plan's measured speed-up is unreliable (noisy rounds, other processes, slower than stock), by the rules
+    ``hf-tokenprune benchmark`` and the model card use, with what to do."""
+    reasons = [reason for row in rows for reason in row.get("unreliable", [])]
+    if not reasons:
         return []
     return [
-        f"the speed-ups are noisy: the rounds of {', '.join(noisy)} spread over more than {NOISY_SPREAD:.0%} of "
-        "their median (min-max above), so other processes were competing; measure again with more "
-        "--benchmark-rounds, or with hf-tokenprune benchmark --model OUTPUT_DIR --rounds 15 on a quieter machine."
+        "the plan's measured speed-up is unreliable: " + "; ".join(reasons) + ". Measure again on an idle machine: "
+        "hf-tokenprune benchmark --model OUTPUT_DIR --rounds 15 (the model card says it is unreliable)."
     ]
 
 

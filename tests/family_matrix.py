@@ -111,6 +111,10 @@ FAMILIES = {
 }
 if "vit_msn" in TABLE:  # the throwaway family of tests/extensions, registered by conftest
     FAMILIES["vit-msn"] = Family(TABLE["vit_msn"])
+# SigLIP 2's tiny tower (tests/models/test_siglip2.py and the Hub tests): a 4x4 position grid of 4-pixel patches.
+SIGLIP2_TINY = dict(
+    hidden_size=32, intermediate_size=64, num_hidden_layers=4, num_attention_heads=2, num_patches=16, patch_size=4
+)  # fmt: skip
 # Rows the image matrix does not take, and where they are tested.
 EXCLUDED = {
     "clip": "the full CLIP model takes text as well as images: tests/models/test_families.py tests it apart",

@@ -249,6 +249,7 @@ def _row(entry: PlanEntry, config: Any, mode: str, ratios: list[float], settings
         "spread": [min(ratios), max(ratios)],
         **noise_of(ratios),
         "load_before": info.get("load_before"),
+        "others_load": getattr(ratios, "others_load", None),
         "round_speedups": list(ratios),
         "best_of_rounds_speedup": getattr(ratios, "best", None),
         "device": info["device"],

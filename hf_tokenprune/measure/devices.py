@@ -112,3 +112,56 @@ def machine_load() -> float | None:
         return os.getloadavg()[0] / (os.cpu_count() or 1)
     except (AttributeError, OSError):
         return None
+
+
+def _busy_seconds() -> float | None:
+    """CPU seconds every process has used since boot (user, nice, system, irq, softirq and steal time: a VM's
+    stolen time is lost to us as well), from ``/proc/stat``; None where the system has no such file."""
+    import os
+
+    try:
+        with open("/proc/stat") as file:
+            fields = [int(value) for value in file.readline().split()[1:9]]
+    except (OSError, ValueError):
+        return None
+    user, nice, system, _idle, _iowait, irq, softirq, steal = fields + [0] * (8 - len(fields))
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
+class OthersLoad:
+    """How busy other processes kept the machine while a measurement ran: the CPU time every process used minus
+    this process's own, per second of wall clock and per core (0: nothing else ran; 0.5 on 2 cores: another process
+    kept one core busy throughout). ``value`` is None until `stop`, and where the system does not report CPU time.
+
+        load = OthersLoad().start()
+        ...  # the timed rounds
+        load.stop().value
+    """
+
+    def __init__(self):
+        self.value: float | None = None
+        self._start: tuple[float, float, float | None] | None = None
+
+    @staticmethod
+    def _now() -> tuple[float, float, float | None]:
+        import os
+        import time
+
+        times = os.times()
+        return time.monotonic(), times.user + times.system, _busy_seconds()
+
+    def start(self) -> OthersLoad:
+        self._start = self._now()
+        return self
+
+    def stop(self) -> OthersLoad:
+        import os
+
+        if self._start is None:
+            raise RuntimeError("OthersLoad.stop() before start().")
+        (wall0, own0, busy0), (wall1, own1, busy1) = self._start, self._now()
+        if busy0 is None or busy1 is None or wall1 <= wall0:
+            return self
+        others = (busy1 - busy0) - (own1 - own0)
+        self.value = max(0.0, others / (wall1 - wall0) / (os.cpu_count() or 1))
+        return self

@@ -10,6 +10,8 @@ MODES = ("inference", "latency", "training")  # what the benchmark measures, in 
 NOISY_SPREAD = 0.3  # per-round ratios spread over more than this fraction of their median: a noisy row
 MIN_ROUNDS = 3  # fewer rounds cannot show whether a row is noisy
 BUSY_LOAD = 0.5  # a 1-minute load average per core above this before the run: the machine was busy
+BUSY_OTHERS = 0.25  # other processes kept more than this fraction of the cores busy while the rounds ran
+SLOWER_THAN_STOCK = 1.05  # an ideal speed-up above this, measured below 1x: something else ran, or the plan is off
 
 
 def noise_of(ratios: list[float]) -> dict[str, Any]:
@@ -19,8 +21,35 @@ def noise_of(ratios: list[float]) -> dict[str, Any]:
     return {"relative_spread": relative, "noisy": relative > NOISY_SPREAD or len(ratios) < MIN_ROUNDS}
 
 
+def unreliable_reasons(row: dict[str, Any]) -> list[str]:
+    """Why a measured speed-up should not be read as the plan's speed, from what the row recorded (``noisy`` and
+    ``spread``, ``others_load``, ``load_before``, ``measured_speedup`` against ``ideal_speedup``); empty when nothing
+    is known against it. The benchmark, the tuner, the main job and the model card all judge by these rules."""
+
+    def number(value: Any) -> bool:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+    reasons = []
+    spread = row.get("spread")
+    if row.get("noisy") is True:
+        known = isinstance(spread, (list, tuple)) and len(spread) == 2 and all(number(v) for v in spread)
+        rounds = f" from {spread[0]:.2f}x to {spread[1]:.2f}x" if known else ""
+        reasons.append(f"its timed rounds spread{rounds} (more than {NOISY_SPREAD:.0%} of the median, or too few)")
+    others = row.get("others_load")
+    if number(others) and others > BUSY_OTHERS:
+        reasons.append(f"other processes kept {others:.0%} of the CPU busy while it was timed")
+    load = row.get("load_before")
+    if number(load) and load > BUSY_LOAD and not number(others):  # the load during the rounds says more
+        reasons.append(f"the machine was busy before the run (load {load:.2f} per core)")
+    measured, ideal = row.get("measured_speedup"), row.get("ideal_speedup")
+    if number(measured) and number(ideal) and ideal > SLOWER_THAN_STOCK and measured < 1.0:
+        reasons.append(f"it measured slower than stock ({measured:.2f}x) although its FLOPs are {ideal:.2f}x lower")
+    return reasons
+
+
 def noise_warnings(rows: list[dict[str, Any]]) -> list[str]:
-    """What makes these numbers shaky (noisy rows, a busy machine), each with what to do about it."""
+    """What makes these numbers shaky (noisy rows, other processes, a busy machine, plans slower than stock),
+    each with what to do about it."""
     warnings = []
     noisy = [row for row in rows if row.get("noisy")]
     if noisy:
@@ -31,11 +60,24 @@ def noise_warnings(rows: list[dict[str, Any]]) -> list[str]:
             f"{worst['mode']}, {worst['spread'][0]:.2f}-{worst['spread'][1]:.2f}x). Measure again with more --rounds "
             "(e.g. 15), on a quieter machine, or with --threads set below the number of free cores."
         )
+    others = [row["others_load"] for row in rows if row.get("others_load") is not None]
+    if others and max(others) > BUSY_OTHERS:
+        warnings.append(
+            f"other processes kept up to {max(others):.0%} of the CPU busy while the rounds ran: the speed-ups "
+            "are unreliable; measure again when the machine is idle."
+        )
     load = next((row.get("load_before") for row in rows if row.get("load_before") is not None), None)
     if load is not None and load > BUSY_LOAD:
         warnings.append(
             f"the machine was busy before the run (load {load:.2f} per core): other processes share it, so "
             "speed-ups may be off; compare rows of this run only, or measure again when it is idle."
+        )
+    slower = [row for row in rows if any("slower than stock" in reason for reason in unreliable_reasons(row))]
+    if slower:
+        labels = ", ".join(sorted({f"{row['label']} ({row['mode']})" for row in slower}))
+        warnings.append(
+            f"{labels} measured slower than stock although the FLOPs are lower: on a busy machine that is noise; on "
+            "an idle one, the model may be too small for the plan's bookkeeping to pay (see the fraction of ideal)."
         )
     return warnings
 
@@ -82,11 +124,13 @@ def describe_setup(rows: list[dict[str, Any]]) -> str:
     batch = next((r["batch_size"] for r in rows if r["mode"] != "latency"), row["batch_size"])
     rounds = ", ".join(f"{mode} {count}" for mode, count in {r["mode"]: r["rounds"] for r in rows}.items())
     against = f"against stock {row['stock_class']}; " if row.get("stock_class") else ""  # older rows lack it
+    others = [r["others_load"] for r in rows if r.get("others_load") is not None]
+    load = f"; other processes used at most {max(others):.0%} of the CPU while timing" if others else ""
     return (
         f"{against}device: {row['device']}; dtype {row['dtype']}; batch {batch}; rounds: {rounds}; "
         f"image {row['image_size'][0]}; compile {row['compile']}; stock GFLOPs {row['stock_gflops']:.4g}; "
         "speed-ups are medians of paired rounds (stock time / plan time, same process, interleaved); "
-        "(of ideal) = measured / ideal"
+        f"(of ideal) = measured / ideal{load}"
     )
 
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .._lazy import LazyModule
-from .devices import synchronize
+from .devices import OthersLoad, synchronize
 
 torch = LazyModule("torch")
 
@@ -21,6 +21,7 @@ class TimingStats:
     """Wall-clock times of one candidate over the measured rounds."""
 
     times: list[float] = field(default_factory=list)  # seconds, one per round
+    others_load: float | None = None  # how busy other processes kept the machine during the rounds (`OthersLoad`)
 
     @property
     def median_s(self) -> float:
@@ -64,7 +65,7 @@ def measure_paired(
         desc: the progress bar's label.
 
     Returns:
-        name -> `TimingStats` with one time per round.
+        name -> `TimingStats` with one time per round and the load other processes put on the machine meanwhile.
     """
     if not candidates:
         raise ValueError("candidates is empty: give at least one name -> callable.")
@@ -78,31 +79,38 @@ def measure_paired(
     collecting = gc.isenabled()
     gc.collect()
     gc.disable()  # no garbage-collector pause inside a timed call
+    load = OthersLoad()
     try:
         with torch.inference_mode():
             for name in names:
                 for _ in range(warmup):
                     _timed(candidates[name], pixel_values)
                     bar.update()
+            load.start()
             for round_index in range(rounds):
                 shift = round_index % len(names)
                 for name in names[shift:] + names[:shift]:
                     stats[name].times.append(_timed(candidates[name], pixel_values))
                     bar.update()
+            load.stop()
     finally:
         if collecting:
             gc.enable()
         bar.close()
+    for timing in stats.values():
+        timing.others_load = load.value
     return stats
 
 
 class Speedups(list):
     """Per-round speed-ups (the stock model's time over the plan's, in the same round), with ``best``: the stock
-    model's fastest round over the plan's fastest, which interference from other processes can only lower."""
+    model's fastest round over the plan's fastest, which interference from other processes can only lower, and
+    ``others_load``: how busy other processes kept the machine meanwhile."""
 
     def __init__(self, stock: TimingStats, plan: TimingStats):
         super().__init__(s / p for s, p in zip(stock.times, plan.times))
         self.best = min(stock.times) / min(plan.times)
+        self.others_load = plan.others_load
 
 
 def _ratios(stock: TimingStats, plan: TimingStats) -> Speedups:

@@ -39,7 +39,7 @@ from ..models.token_reduction import did_you_mean
 from ..plans import PlanEntry, plan_config, plan_label
 from .benchmark import BenchmarkSettings, build_models, measure_forward
 from .heldout import accuracy
-from .report import compact_counts, noise_of
+from .report import BUSY_OTHERS, compact_counts, noise_of
 
 torch = LazyModule("torch")  # imported on first use, so listing the CLI's subcommands stays fast
 
@@ -205,6 +205,7 @@ def _row(entry: PlanEntry, config: Any, accuracy_value: float, stock_accuracy: f
         "gflops": report.gflops, "stock_gflops": report.stock_gflops, "ideal_speedup": report.ideal_speedup,
         "measured_speedup": measured, "fraction_of_ideal": measured / report.ideal_speedup,
         "spread": [min(ratios), max(ratios)], **noise_of(ratios), "round_speedups": list(ratios),
+        "others_load": getattr(ratios, "others_load", None),
         "tokens_per_layer": [list(counts) for counts in report.token_counts],
     }  # fmt: skip
 
@@ -376,6 +377,12 @@ def describe(result: dict, chosen: dict | None, target: Target) -> str:
         text += (
             f"\nnoisy: {len(noisy)} candidate(s) whose timed rounds spread over more than 30% of their median "
             f"({', '.join(noisy)}); measure again with more --rounds or on a quieter machine before trusting them."
+        )
+    others = [row["others_load"] for row in result["rows"] if row.get("others_load") is not None]
+    if others and max(others) > BUSY_OTHERS:
+        text += (
+            f"\nbusy: other processes kept up to {max(others):.0%} of the CPU busy while candidates were timed; the "
+            "measured speed-ups, and a choice that depends on them, are unreliable: tune again on an idle machine."
         )
     if result["left_out"]:
         text += "\nleft out: " + "; ".join(f"{name} ({why})" for name, why in result["left_out"].items())

@@ -226,6 +226,8 @@ def _comparison_speed(results: dict) -> list[dict]:
             "measured_speedup": row["speedup"],
             "ideal_speedup": row.get("ideal_speedup"),
             "spread": row.get("speedup_range"),
+            "noisy": row.get("noisy"),
+            "others_load": row.get("others_load"),
             "device": setup.get("device"),
             "dtype": setup.get("dtype"),
             "batch_size": setup.get("batch_size"),

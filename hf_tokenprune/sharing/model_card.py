@@ -23,6 +23,7 @@ from huggingface_hub.utils import validate_repo_id
 
 from ..families import FAMILIES, family_of, is_tokenprune
 from ..flops import count_flops, num_prefix_tokens
+from ..measure.report import unreliable_reasons
 from ..models.methods import ATTENTION_REUSE_METHODS, REDUCTION_METHODS, get_reduction_class
 from ..models.token_reduction import Paper
 
@@ -177,13 +178,15 @@ def _speed_row(row: Mapping, index: int) -> dict:
         value = row.get(key)
         return "–" if value is None else markdown_text(one_line(str(value), f"{field}[{key!r}]"))
 
+    reasons = unreliable_reasons({**row, "measured_speedup": measured, "ideal_speedup": ideal})
     return {
         "label": text("label"),
         "mode": text("mode"),
         "device": text("device"),
         "dtype": text("dtype"),
         "batch_size": text("batch_size"),
-        "measured": f"{measured:.2f}x" + _spread(row.get("spread")),
+        "measured": f"{measured:.2f}x" + _spread(row.get("spread")) + (", unreliable" if reasons else ""),
+        "unreliable": markdown_text("; ".join(reasons)),
         "ideal": "–" if ideal is None else f"{ideal:.2f}x",
         "fraction": "–" if fraction is None else f"{fraction:.0%}",
     }

@@ -26,8 +26,8 @@ from hf_tokenprune.measure.benchmark import (
     run_benchmark,
     training_step,
 )
-from hf_tokenprune.measure.devices import parse_device, parse_dtype
-from hf_tokenprune.measure.report import compact_counts, write_results
+from hf_tokenprune.measure.devices import OthersLoad, parse_device, parse_dtype
+from hf_tokenprune.measure.report import compact_counts, noise_warnings, unreliable_reasons, write_results
 
 REQUIRED_KEYS = {
     "label", "plan", "attention_reuse", "mode", "tokens_per_layer", "gflops", "stock_gflops", "ideal_speedup",
@@ -59,6 +59,49 @@ def test_measure_paired_interleaves_and_rotates():
         assert len(timing.times) == 3 and all(t >= 0 for t in timing.times)
         low, high = timing.spread
         assert low <= timing.median_s <= high
+
+
+def test_others_load_counts_another_process_and_not_our_own_work():
+    """A busy child process shows in the load of others; this process's own busy loop does not."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    def busy(seconds):
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            pass
+
+    load = OthersLoad().start()
+    busy(0.6)
+    alone = load.stop().value
+    spin = "import time\nend = time.time() + 1.0\nwhile time.time() < end: pass"
+    child = subprocess.Popen([sys.executable, "-c", spin])
+    load = OthersLoad().start()
+    child.wait()
+    with_child = load.stop().value
+    if alone is None:
+        pytest.skip("this system does not report CPU time in /proc/stat")
+    assert with_child - alone > 0.5 / os.cpu_count(), (alone, with_child)  # the child kept one core busy
+    stats = measure_paired({"a": lambda x: busy(0.01)}, torch.zeros(1), rounds=2, progress=False)
+    assert 0.0 <= stats["a"].others_load <= 1.0
+
+
+def test_a_speed_is_unreliable_when_noisy_busy_or_slower_than_stock():
+    quiet = {"label": "evit", "mode": "inference", "measured_speedup": 1.4, "ideal_speedup": 1.5, "noisy": False,
+             "spread": [1.35, 1.45], "relative_spread": 0.07, "others_load": 0.02}  # fmt: skip
+    assert unreliable_reasons(quiet) == [] and noise_warnings([quiet]) == []
+    busy = {**quiet, "others_load": 0.6}
+    assert unreliable_reasons(busy) == ["other processes kept 60% of the CPU busy while it was timed"]
+    noisy = {**quiet, "noisy": True, "spread": [0.9, 2.1], "relative_spread": 0.86}
+    assert unreliable_reasons(noisy)[0].startswith("its timed rounds spread from 0.90x to 2.10x")
+    slower = {**quiet, "measured_speedup": 0.84}
+    assert "slower than stock (0.84x) although its FLOPs are 1.50x lower" in unreliable_reasons(slower)[0]
+    warnings = noise_warnings([busy, slower])
+    assert any("up to 60% of the CPU busy" in w for w in warnings)
+    assert any("evit (inference) measured slower than stock" in w for w in warnings)
+    assert unreliable_reasons({**quiet, "spread": "wide", "noisy": True, "others_load": "x"})  # odd input: no crash
 
 
 def test_measure_paired_rejects_bad_arguments():
@@ -157,6 +200,7 @@ def test_run_benchmark_rows():
         assert row["tokens_per_layer"] == [list(c) for c in config.token_counts()]
         assert row["ideal_speedup"] == pytest.approx(count_flops(config).ideal_speedup)
         assert row["dtype"] == "float32" and "cores" in row["device"]
+        assert row["others_load"] is None or 0.0 <= row["others_load"] <= 1.0
     no_reduction = [row for row in rows if row["label"] == "no reduction"]
     assert {row["mode"] for row in no_reduction} == set(MODES)
     assert all(row["ideal_speedup"] == pytest.approx(1.0) for row in no_reduction)

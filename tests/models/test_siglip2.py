@@ -10,6 +10,7 @@ import sys
 
 import pytest
 import torch
+from family_matrix import SIGLIP2_TINY
 from test_families import CLEAN_PROCESS
 from torch.utils.flop_counter import FlopCounterMode
 from transformers import AutoConfig, AutoModel, Siglip2VisionConfig, Siglip2VisionModel
@@ -20,9 +21,7 @@ from hf_tokenprune.models import reduction_cropr, reduction_dynamicvit, reductio
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-TINY = dict(
-    hidden_size=32, intermediate_size=64, num_hidden_layers=4, num_attention_heads=2, num_patches=16, patch_size=4
-)  # fmt: skip
+TINY = SIGLIP2_TINY
 SLOTS = 20  # the processor's max_num_patches: more slots than the position grid has patches, as NaFlex allows
 SHAPES = [(4, 4), (3, 5), (2, 3)]  # 16, 15 and 6 real patches: 4, 5 and 14 padding slots
 PLANS = {

@@ -158,6 +158,20 @@ def test_card_with_measurements_and_pictures(tmp_path, png):
     assert f'repo_id = "someone/evit-tiny"\nrevision = "{sha}"' in card.text
 
 
+def test_a_speed_measured_under_load_is_published_as_unreliable(tmp_path):
+    """The card says why a figure cannot be read as the plan's speed (the benchmark's own rules) instead of
+    publishing it bare: other processes busy, rounds that disagree, slower than stock at lower FLOPs."""
+    busy = {**SPEED_ROW, "others_load": 0.55, "measured_speedup": 0.84, "spread": [0.82, 0.88]}
+    model_card.write_model_card(tmp_path, evit_model(), speed=[busy])
+    card = ModelCard.load(tmp_path / "README.md")
+    (row,) = table_rows(card.text, "| Run |")
+    assert row[5] == "**0.84x (0.82–0.88), unreliable**"
+    assert "unreliable**, not this plan's speed: other processes kept 55% of the CPU busy" in card.text
+    assert r"measured slower than stock \(0\.84x\) although its FLOPs are 1\.46x lower" in card.text  # escaped
+    model_card.write_model_card(tmp_path, evit_model(), speed=[SPEED_ROW])
+    assert "unreliable" not in ModelCard.load(tmp_path / "README.md").text
+
+
 def test_hostile_text_cannot_break_the_front_matter_or_the_markdown(tmp_path):
     card = model_card.write_model_card(
         tmp_path, evit_model(), model_name=HOSTILE, description=HOSTILE + "\n\n# heading?\n- list?",
@@ -528,17 +542,19 @@ def test_model_push_to_hub_is_transformers_own_push_of_weights_and_remote_code(l
 
 
 def test_push_of_siglip2_uploads_its_card(loopback_hub):
-    from test_siglip2 import ISLAND
-    from test_siglip2 import TINY as SIGLIP2
+    from family_matrix import SIGLIP2_TINY as SIGLIP2
 
     from hf_tokenprune import TokenPruneSiglip2VisionConfig, TokenPruneSiglip2VisionModel
 
     torch.manual_seed(0)
     config = TokenPruneSiglip2VisionConfig(**SIGLIP2, token_reduction={"method": "tome", "r": 3})
     base = "google/siglip2-base-patch16-naflex"
-    hub.push_to_hub(TokenPruneSiglip2VisionModel(config).eval(), "someone/siglip2-tome", base_model=base)
+    model = TokenPruneSiglip2VisionModel(config).eval()
+    hub.push_to_hub(model, "someone/siglip2-tome", base_model=base)
     files = set(loopback_hub.files("someone/siglip2-tome"))
-    assert {"model.safetensors", "config.json", "README.md"} | ISLAND <= files
+    island = {path.name for path in island_files(model)}
+    assert {"modeling_tokenprune_siglip2.py", "modeling_tokenprune_clip.py", "token_reduction.py"} <= island
+    assert {"model.safetensors", "config.json", "README.md"} | island <= files
     card = ModelCard.load("someone/siglip2-tome")
     assert card.data.base_model == base and {"siglip2", "tome", "custom_code"} <= set(card.data.tags)
     summary = next(line for line in card.text.split("\n") if line.startswith("A "))
