@@ -10,6 +10,7 @@ are always interpolated, as in the stock models: a plan runs at any input size.
 
 import torch
 from torch import nn
+from transformers import initialization as init
 from transformers.conversion_mapping import (
     get_checkpoint_conversion_mapping,
     register_checkpoint_conversion_mapping,
@@ -222,6 +223,14 @@ class TokenPruneDinov2WithRegistersPreTrainedModel(TokenPrunePreTrainedMixin, Di
         "AutoModel": "TokenPruneDinov2WithRegistersModel",
         "AutoModelForImageClassification": "TokenPruneDinov2WithRegistersForImageClassification",
     }
+
+    @torch.no_grad()
+    def _init_weights(self, module) -> None:
+        """The stock initialisation, plus the layer scale of our layer (DINOv2's class, which the stock one of
+        DINOv2 with registers does not recognise)."""
+        super()._init_weights(module)
+        if isinstance(module, Dinov2LayerScale):
+            init.constant_(module.lambda1, self.config.layerscale_value)
 
 
 class TokenPruneDinov2WithRegistersModel(

@@ -650,3 +650,30 @@ def test_every_forward_takes_transformers_typed_keyword_arguments(name):
     for cls in {row.model_class(), *row.auto_mapping().values()}:
         keyword = next(p for p in inspect.signature(cls.forward).parameters.values() if p.kind is p.VAR_KEYWORD)
         assert TransformersKwargs in getattr(keyword.annotation, "__args__", ()), f"{cls.__name__}.forward"
+
+
+@pytest.mark.parametrize("name", sorted(FAMILIES))
+@pytest.mark.parametrize("plan", [None, "dynamicvit"], ids=["no-plan", "dynamicvit"])
+def test_weights_missing_from_a_checkpoint_are_initialised_as_by_the_constructor(name, plan):
+    """transformers' test_can_init_all_missing_weights: loading from an empty state dict initialises every weight
+    through ``_init_weights`` exactly as the constructor does (DINOv2 with registers once left its layer scales
+    uninitialised: our layer uses DINOv2's layer-scale class, which the stock initialisation there did not know)."""
+    from transformers import PreTrainedModel, set_seed
+
+    family = FAMILIES[name]
+    plans = {} if plan is None else {"token_reduction": REDUCING_PLANS[plan]}
+    config = family.config(**family.settings(), **plans)
+    original = PreTrainedModel._initialize_weights
+
+    def seeded(self, module, *args, **kwargs):
+        set_seed(42)
+        return original(self, module, *args, **kwargs)
+
+    PreTrainedModel._initialize_weights = seeded  # as transformers' own test does
+    try:
+        built = family.model(config).state_dict()
+        loaded = family.model.from_pretrained(None, config=config, state_dict={}).state_dict()
+    finally:
+        PreTrainedModel._initialize_weights = original
+    differ = [key for key in built if not torch.allclose(built[key].float(), loaded[key].float())]
+    assert not differ, differ
