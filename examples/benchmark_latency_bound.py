@@ -30,6 +30,7 @@ from transformers import ViTConfig, ViTForImageClassification
 from hf_tokenprune import TokenPruneViTConfig, TokenPruneViTForImageClassification
 from hf_tokenprune.flops import count_flops
 from hf_tokenprune.measure.benchmark import machine_info, measure_paired
+from hf_tokenprune.measure.devices import provenance
 from hf_tokenprune.plans import plan_label
 
 # The plans of issue 13's latency target.
@@ -158,7 +159,7 @@ def main(argv=None) -> list[dict]:
         "plan's token counts; speed-ups are medians of per-round ratios against stock ViTForImageClassification."
     )
     with open(os.path.join(args.output_dir, "latency_bound.json"), "w") as handle:
-        json.dump(dict(setup=setup, machine=info, results=results), handle, indent=1)
+        json.dump(dict(provenance(), setup=setup, results=results), handle, indent=1)
     table = markdown(results, setup)
     with open(os.path.join(args.output_dir, "LATENCY_BOUND.md"), "w") as handle:
         handle.write("# Batch-1 latency: measured, token-count bound and FLOPs ideal\n\n" + table)

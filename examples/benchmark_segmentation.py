@@ -31,8 +31,8 @@ import run_semantic_segmentation as example  # noqa: E402
 
 from hf_tokenprune import TokenPruneViTConfig, TokenPruneViTForSemanticSegmentation  # noqa: E402
 from hf_tokenprune.flops import count_flops  # noqa: E402
-from hf_tokenprune.measure.benchmark import BenchmarkSettings, machine_info, measure_forward, measure_paired
-from hf_tokenprune.measure.devices import machine_load
+from hf_tokenprune.measure.benchmark import BenchmarkSettings, measure_forward, measure_paired
+from hf_tokenprune.measure.devices import machine_load, provenance
 from hf_tokenprune.measure.report import noise_of
 from hf_tokenprune.training.metrics import segmentation_metrics
 
@@ -154,11 +154,12 @@ def run_speed(args) -> dict[str, Any]:
             "stock_gflops": flops.stock_gflops, "ideal_speedup": flops.ideal_speedup, "measured_speedup": measured,
             "fraction_of_ideal": measured / flops.ideal_speedup, "spread": [min(ratios[label]), max(ratios[label])],
             "round_speedups": list(ratios[label]), **noise_of(list(ratios[label])),
+            "others_load": ratios[label].others_load,
         })  # fmt: skip
         print(format_speed_row(rows[-1]), flush=True)
-    results = {"command": " ".join(sys.argv), "model": VIT_B_512, "batch_size": args.speed_batch_size,
+    results = {**provenance(), "model": VIT_B_512, "batch_size": args.speed_batch_size,
                "rounds": args.rounds, "threads": torch.get_num_threads(), "load_before": load_before,
-               **machine_info(torch.device("cpu")), "rows": rows}  # fmt: skip
+               "rows": rows}  # fmt: skip
     return write_speed(results, args.output_dir)
 
 
@@ -197,8 +198,9 @@ def format_row(row: dict[str, Any], reference: dict[str, Any]) -> str:
 
 
 def write(rows: list[dict[str, Any]], args) -> dict[str, Any]:
-    results = {"command": " ".join(sys.argv), "pretrain_epochs": args.pretrain_epochs, "epochs": args.epochs,
-               "finetune_epochs": args.finetune_epochs, "threads": torch.get_num_threads(), "rows": rows}  # fmt: skip
+    results = {**provenance(), "pretrain_epochs": args.pretrain_epochs, "epochs": args.epochs,
+               "finetune_epochs": args.finetune_epochs, "threads": torch.get_num_threads(), "rounds": args.rounds,
+               "rows": rows}  # fmt: skip
     with open(os.path.join(args.output_dir, "segmentation_benchmark.json"), "w") as handle:
         json.dump(results, handle, indent=2)
     write_table(results, args.rounds, args.output_dir)

@@ -4,9 +4,12 @@ rounds in one process, median ratios next to the ideal (the FLOPs ratio, every s
 
     python examples/benchmark_siglip2.py                 # SigLIP 2 B/16 size, 256 slots, batch 4, 8 rounds
     python examples/benchmark_siglip2.py --tiny --rounds 1   # a seconds-long check
+    python examples/benchmark_siglip2.py --output docs/results/siglip2/siglip2_speed.json   # saves the rows
 """
 
 import argparse
+import json
+import os
 import statistics
 
 import torch
@@ -15,6 +18,8 @@ from transformers import Siglip2VisionConfig, Siglip2VisionModel
 from hf_tokenprune import TokenPruneSiglip2VisionConfig, TokenPruneSiglip2VisionModel
 from hf_tokenprune.flops import count_flops
 from hf_tokenprune.measure.benchmark import Speedups, measure_paired
+from hf_tokenprune.measure.devices import provenance
+from hf_tokenprune.measure.report import noise_of, unreliable_reasons
 
 BASE = dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12, num_patches=256)
 TINY = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=4, num_attention_heads=2, num_patches=16)
@@ -54,11 +59,14 @@ def run(tiny: bool = False, rounds: int = 8, threads: int = 1, seed: int = 0) ->
     candidates["stock"] = lambda pixels: stock(pixel_values=pixels, **masks)
     times = measure_paired(candidates, inputs["pixel_values"], rounds=rounds, progress=False)
     ratios = {label: Speedups(times["stock"], times[label]) for label in models}
-    return [
+    rows = [
         {"plan": label, "ideal_speedup": count_flops(model.config).ideal_speedup,
-         "measured_speedup": statistics.median(ratios[label]), "range": (min(ratios[label]), max(ratios[label]))}
+         "measured_speedup": statistics.median(ratios[label]), "spread": [min(ratios[label]), max(ratios[label])],
+         "round_speedups": list(ratios[label]), "others_load": ratios[label].others_load,
+         **noise_of(list(ratios[label]))}
         for label, model in models.items()
     ]  # fmt: skip
+    return [{**row, "unreliable": unreliable_reasons(row)} for row in rows]
 
 
 def main(argv=None) -> int:
@@ -66,18 +74,29 @@ def main(argv=None) -> int:
     parser.add_argument("--tiny", action="store_true", help="a tiny tower (16 slots): a quick check")
     parser.add_argument("--rounds", type=int, default=8)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--output", default=None, help="a JSON file for the rows, the setup and where they come from")
     args = parser.parse_args(argv)
+    if args.output and not os.path.isdir(os.path.dirname(os.path.abspath(args.output))):
+        parser.error(f"--output {args.output}: its folder does not exist.")
     try:
         rows = run(args.tiny, args.rounds, args.threads)
     except ValueError as error:
         parser.error(str(error))
-    grids = ", ".join(f"{r}x{c}" for r, c in GRIDS[16 if args.tiny else 256])
-    print(f"SigLIP 2 NaFlex, images of {grids} patches in one batch, {args.threads} thread(s), {args.rounds} rounds")
+    grids = GRIDS[16 if args.tiny else 256]
+    shown = ", ".join(f"{r}x{c}" for r, c in grids)
+    print(f"SigLIP 2 NaFlex, images of {shown} patches in one batch, {args.threads} thread(s), {args.rounds} rounds")
     print("| plan | ideal | measured (range) |\n|---|---:|---:|")
     for row in rows:
-        low, high = row["range"]
+        low, high = row["spread"]
         measured = f"{row['measured_speedup']:.2f}x ({low:.2f}-{high:.2f})"
         print(f"| {row['plan']} | {row['ideal_speedup']:.2f}x | {measured} |")
+        for reason in row["unreliable"]:
+            print(f"warning: {row['plan']}: unreliable, {reason}")
+    if args.output:
+        setup = {"model": TINY if args.tiny else BASE, "grids": grids, "rounds": args.rounds, "threads": args.threads}
+        with open(args.output, "w") as handle:
+            json.dump({**provenance(), "setup": setup, "rows": rows}, handle, indent=2)
+        print(f"wrote {args.output}")
     return 0
 
 

@@ -35,6 +35,7 @@ from transformers.trainer_callback import PrinterCallback, ProgressCallback
 from transformers.utils import is_torchvision_available
 
 from hf_tokenprune import TokenPruneViTConfig, TokenPruneViTForImageClassification
+from hf_tokenprune.measure.devices import provenance
 from hf_tokenprune.training import (
     DistillationTrainer,
     DynamicViTTrainer,
@@ -594,6 +595,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         results.update(describe_run(model_args, data_args, recipe, model))
         plot_training(trainer.state.log_history, os.path.join(output_dir, "training_curve.png"))
         results["wall_time_s"] = time.perf_counter() - started
+        results.update(provenance())  # the command, the commit, the date and the machine (measure.devices)
         write_results(results, output_dir)
         write_card(model, dataset["validation"], data_args, output_dir)
         print(f"\nsaved to {output_dir} (results.json, README.md); wall time {results['wall_time_s']:.0f} s")

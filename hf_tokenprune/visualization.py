@@ -1,8 +1,9 @@
 """Pictures: which patches are still alive after each reduction layer, and speed-up plots.
 
 Everything is drawn from the outputs' token bookkeeping (``token_positions``, ``token_owner``, ``patch_grid``), so
-the pictures show what the model really did on that image: dropped or parked patches are dimmed, and patches that a
-merging method (ToMe) folded into one token share a colour.
+the pictures show what the model really did on that image: dropped or parked patches are dimmed and striped (so they
+differ from kept ones on a black image as on a white one), and patches that a merging method (ToMe) folded into one
+token share a colour.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ torch = LazyModule("torch")  # imported when first used: the CLI's help and bad-
 __all__ = [
     "load_image",
     "plot_kept_tokens",
+    "pareto",
     "plot_pareto",
     "plot_speedups",
     "preprocess",
@@ -28,6 +30,7 @@ __all__ = [
 
 SAMPLES = ("china", "flower")  # the photographs scikit-learn ships
 DIM = 0.22  # brightness of a patch that is no longer in the sequence
+STRIPE = 0.55  # grey of the stripes drawn over it, visible on dark and on bright images
 GOLDEN = 0.618033988749895
 
 
@@ -186,12 +189,16 @@ def _group_colours(groups: np.ndarray, keys: np.ndarray | None = None) -> np.nda
 
 
 def paint(image: np.ndarray, layer_map: dict[str, Any], tint: float = 0.5) -> np.ndarray:
-    """The image with dropped patches dimmed and merge groups tinted with their colour."""
+    """The image with dropped patches dimmed and striped, and merge groups tinted with their colour."""
     height, width = image.shape[:2]
     rows, columns = layer_map["alive"].shape
     block = (math.ceil(height / rows), math.ceil(width / columns))
     alive = np.kron(layer_map["alive"], np.ones(block))[:height, :width, None]
-    out = image * (DIM + (1.0 - DIM) * alive)
+    period = max(4, min(block) // 2)  # diagonal stripes, a few per patch
+    y, x = np.mgrid[:height, :width]
+    stripes = (((x + y) % period) < period / 3)[..., None]
+    gone = np.where(stripes, STRIPE, image * DIM)
+    out = np.where(alive > 0, image, gone)
     if layer_map["groups"] is not None:
         colours = _group_colours(layer_map["groups"], layer_map.get("keys"))
         colours = np.repeat(np.repeat(colours, block[0], axis=0), block[1], axis=1)[:height, :width]
@@ -201,16 +208,17 @@ def paint(image: np.ndarray, layer_map: dict[str, Any], tint: float = 0.5) -> np
 
 
 LEGEND = (
-    "dimmed: patch no longer in the sequence (dropped, parked or fused); coloured: patches merged into one token "
-    "(a group keeps its colour across layers); counts are the tokens entering the MLP, CLS and fused tokens "
-    "included, as hf-tokenprune plan prints them"
+    "dimmed and striped: patch no longer in the sequence (dropped, parked or fused); coloured: patches merged into "
+    "one token (a group keeps its colour across layers); counts are the tokens entering the MLP, CLS and fused "
+    "tokens included, as hf-tokenprune plan prints them"
 )
 
 
 def render_token_maps(
     image: np.ndarray, outputs: Any, path: str, layers: str = "changes", title: str = "", index: int = 0
 ) -> str:
-    """A PNG grid: the input, then the patches alive after each shown layer (dimmed: gone; tinted: merged), with
+    """A PNG grid: the input, then the patches alive after each shown layer (dimmed and striped: gone; tinted:
+    merged), with
     a legend under the panels."""
     import textwrap
 
@@ -317,48 +325,64 @@ def _colour_by(labels: list[str]):
 
 
 def speedup_limits(rows: list[dict[str, Any]]) -> tuple[float, float]:
-    """Axis limits (the same on both axes) that hold every ideal and measured (median) speed-up with a margin;
-    whiskers (the spread of the rounds) are not allowed to stretch them."""
+    """Axis limits that hold every ideal and measured (median) speed-up and 1x with a margin; whiskers (the spread of
+    the rounds) are not allowed to stretch them."""
     values = [row["ideal_speedup"] for row in rows] + [row["measured_speedup"] for row in rows] + [1.0]
     low, high = min(values), max(values)
     margin = 0.08 * (high - low) + 0.05
     return max(low - margin, 0.0), high + margin
 
 
-def plot_speedups(rows: list[dict[str, Any]], path: str, title: str = "") -> str:
-    """A PNG of measured (median) against ideal speed-up per plan (colour) and mode (marker), with the y = x line.
+MODE_TITLES = {"inference": "inference", "latency": "latency (batch 1)", "training": "training step"}
 
-    ``rows`` are `hf_tokenprune.benchmark` result rows. The axes fit the medians and ideals; the whiskers (the
-    min-max of the paired rounds) are clipped at the axes, an arrow marking a clipped end; noisy rows are hollow.
+
+def plot_speedups(rows: list[dict[str, Any]], path: str, title: str = "") -> str:
+    """A PNG with one panel per mode (inference, latency, training apart): per plan, a bar of the measured (median)
+    speed-up with the min-max of the rounds, and a black tick at the ideal (the FLOPs ratio).
+
+    ``rows`` are `hf_tokenprune.measure` benchmark rows. The axis fits the medians and ideals; whiskers are clipped at
+    it, an arrow marking a clipped end; an unreliable row (noisy, busy machine) is hatched and marked in its label.
     """
+    from .measure.report import unreliable_reasons
+
     plt = _pyplot()
-    markers = {"inference": "o", "latency": "s", "training": "^"}
-    colour = _colour_by(list(dict.fromkeys(row["label"] for row in rows)))
-    figure, axes = plt.subplots(figsize=(8, 6), dpi=120)
-    low, top = speedup_limits(rows)
-    clipped = False
-    for row in rows:
-        x = row["ideal_speedup"] + (list(markers).index(row["mode"]) - 1) * 0.01 * (top - low)  # side by side
-        y, (bottom, ceiling) = row["measured_speedup"], row["spread"]
-        ends = (max(bottom, low), min(ceiling, top))
-        axes.plot([x, x], ends, color=colour(row["label"]), linewidth=1)
-        for end, limit, arrow in ((bottom, low, "v"), (ceiling, top, "^")):
-            if end != min(max(end, low), top):
-                clipped = True
-                axes.plot([x], [limit], arrow, color=colour(row["label"]), markersize=5, clip_on=False)
-        face = "none" if row.get("noisy") else colour(row["label"])
-        axes.plot([x], [y], markers[row["mode"]], color=colour(row["label"]), markerfacecolor=face, markersize=7)
-    axes.plot([low, top], [low, top], "k--", linewidth=1, label="measured = ideal")
-    for label in dict.fromkeys(row["label"] for row in rows):
-        axes.plot([], [], "-", color=colour(label), linewidth=6, label=label)
-    for mode in dict.fromkeys(row["mode"] for row in rows):
-        axes.plot([], [], markers[mode], color="grey", label=mode)
-    if any(row.get("noisy") for row in rows):
-        axes.plot([], [], "o", color="grey", markerfacecolor="none", label="noisy (see the table)")
-    note = "points: median of the rounds; bars: min-max of the rounds" + (", clipped at the axes (arrows)" * clipped)
-    axes.set(xlim=(low, top), ylim=(low, top), xlabel=f"ideal speed-up (stock FLOPs / plan FLOPs)\n{note}")
-    axes.set(ylabel="measured speed-up vs stock ViT", title=title or "token reduction: measured vs ideal")
-    return _finish(plt, figure, axes, path)
+    modes = [mode for mode in MODE_TITLES if any(row["mode"] == mode for row in rows)]
+    labels = list(dict.fromkeys(row["label"] for row in rows))
+    colour = _colour_by(labels)
+    height = 1.0 + 0.38 * len(labels)
+    figure, panels = plt.subplots(1, len(modes), figsize=(5.2 * len(modes), height), dpi=120, squeeze=False,
+                                  sharey=True, layout="constrained")  # fmt: skip
+    for axes, mode in zip(panels[0], modes):
+        mine = {row["label"]: row for row in rows if row["mode"] == mode}
+        low, top = speedup_limits(list(mine.values()))
+        low = min(low, 0.8)
+        for position, label in enumerate(labels):
+            row = mine.get(label)
+            if row is None:
+                continue
+            y, measured = len(labels) - 1 - position, row["measured_speedup"]
+            unreliable = bool(unreliable_reasons(row))
+            axes.barh(y, measured - low, left=low, height=0.6, color=colour(label), alpha=0.85,
+                      hatch="//" if unreliable else None, edgecolor="white" if unreliable else None)  # fmt: skip
+            bottom, ceiling = row["spread"]
+            axes.plot([max(bottom, low), min(ceiling, top)], [y, y], color="black", linewidth=1)
+            for end, limit, arrow in ((bottom, low, "<"), (ceiling, top, ">")):
+                if end != min(max(end, low), top):
+                    axes.plot([limit], [y], arrow, color="black", markersize=4, clip_on=False)
+            axes.plot([row["ideal_speedup"]], [y], "|", color="black", markersize=14, markeredgewidth=2.5)
+            axes.text(top, y, f" {measured:.2f}x" + (" †" if unreliable else ""), va="center", fontsize=8)
+        axes.axvline(1.0, color="grey", linewidth=1, linestyle="--")
+        axes.set(xlim=(low, top), title=MODE_TITLES[mode], xlabel="speed-up vs stock (same weights)")
+        axes.grid(axis="x", alpha=0.3)
+    panels[0][0].set_yticks(range(len(labels)), labels[::-1], fontsize=8)
+    figure.suptitle(title or "token reduction: measured speed-up", fontsize=10)
+    figure.supxlabel(
+        "bar: median of the paired rounds; line: min-max of the rounds; black tick: ideal (FLOPs ratio); "
+        "† hatched: unreliable (see the table)", fontsize=7,
+    )  # fmt: skip
+    figure.savefig(path)
+    plt.close(figure)
+    return path
 
 
 def _finish(plt, figure, axes, path: str) -> str:
@@ -370,32 +394,68 @@ def _finish(plt, figure, axes, path: str) -> str:
     return path
 
 
+def pareto(points: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The points no other point beats on both measured speed-up and accuracy, from fastest to slowest."""
+    front, best = [], -math.inf
+    for point in sorted(points, key=lambda p: (-p["measured_speedup"], -p["accuracy"])):
+        if point["accuracy"] > best:
+            front.append(point)
+            best = point["accuracy"]
+    return front
+
+
 def plot_pareto(points: list[dict[str, Any]], path: str, title: str = "", reference: float | None = None) -> str:
-    """Accuracy against measured speed-up: one line per method and setting (zero-shot dashed, fine-tuned solid).
+    """Accuracy against measured speed-up, one panel per setting (zero-shot apart from fine-tuned, each with its own
+    accuracy axis): one colour per method, its operating points joined, the Pareto front of the panel drawn.
 
     Args:
         points: dicts with ``method``, ``setting`` (e.g. "zero-shot", "fine-tuned"), ``measured_speedup`` and
             ``accuracy``.
         path: where the PNG goes.
         title: the figure title.
-        reference: the stock model's accuracy, drawn as a star at speed-up 1.
+        reference: the stock model's accuracy, drawn as a star at speed-up 1 (a dict: per setting).
     """
     plt = _pyplot()
-    colour = _colour_by(sorted({p["method"] for p in points}))
-    figure, axes = plt.subplots(figsize=(8, 6), dpi=120)
-    styles = {"zero-shot": ("o", "--"), "fine-tuned": ("^", "-")}
-    for (method, setting), group in _grouped(points).items():
-        group = sorted(group, key=lambda p: p["measured_speedup"])
-        marker, line = styles.get(setting, ("s", ":"))
-        axes.plot(
-            [p["measured_speedup"] for p in group], [p["accuracy"] for p in group], marker=marker, linestyle=line,
-            color=colour(method), label=f"{method} ({setting})",
-        )  # fmt: skip
-    if reference is not None:
-        axes.plot([1.0], [reference], "k*", markersize=14, label="stock ViT")
-    axes.set(xlabel="measured speed-up vs stock ViT (inference)", ylabel="accuracy")
-    axes.set(title=title or "accuracy against measured speed-up")
-    return _finish(plt, figure, axes, path)
+    methods = sorted({p["method"] for p in points})
+    colour = _colour_by(methods)
+    settings = sorted(dict.fromkeys(p["setting"] for p in points), key=lambda s: s != "zero-shot")  # zero-shot first
+    figure, panels = plt.subplots(1, len(settings), figsize=(5.5 * len(settings), 4.8), dpi=120, squeeze=False,
+                                  layout="constrained")  # fmt: skip
+    for axes, setting in zip(panels[0], settings):
+        mine = [p for p in points if p["setting"] == setting]
+        stock = reference.get(setting) if isinstance(reference, dict) else reference
+        front = sorted(pareto(mine), key=lambda p: p["measured_speedup"])
+        # The accuracy axis holds the front, the stock model and most points; a point far below is drawn at the
+        # bottom edge as an arrow with its value, so one collapsed point cannot flatten the others.
+        kept = sorted(p["accuracy"] for p in mine)[len(mine) // 10 :] + [p["accuracy"] for p in front]
+        floor = min(kept + ([stock] if stock is not None else []))
+        top = max([p["accuracy"] for p in mine] + ([stock] if stock is not None else []))
+        bottom = floor - 0.08 * (top - floor + 1e-3)
+        for method in methods:
+            group = sorted((p for p in mine if p["method"] == method), key=lambda p: p["measured_speedup"])
+            xs, ys = [p["measured_speedup"] for p in group], [max(p["accuracy"], bottom) for p in group]
+            if group:
+                axes.plot(xs, ys, "o-", color=colour(method), markersize=5, linewidth=1.2, alpha=0.9)
+            for p in group:
+                if p["accuracy"] < bottom:
+                    axes.plot([p["measured_speedup"]], [bottom], "v", color=colour(method), markersize=9)
+                    axes.annotate(f"{p['accuracy']:.2f}", (p["measured_speedup"], bottom), xytext=(4, 4),
+                                  textcoords="offset points", fontsize=7, color=colour(method))  # fmt: skip
+        axes.step([p["measured_speedup"] for p in front], [p["accuracy"] for p in front], where="pre", color="black",
+                  linewidth=2, alpha=0.45, zorder=0)  # fmt: skip
+        if stock is not None:
+            axes.plot([1.0], [stock], "k*", markersize=13)
+        axes.set(title=setting, xlabel="measured speed-up vs stock (inference)", ylabel="accuracy")
+        axes.set_ylim(bottom - 0.01 * (top - bottom), top + 0.05 * (top - bottom))
+        axes.grid(alpha=0.3)
+    handles = [plt.Line2D([], [], color=colour(m), marker="o", label=m) for m in methods]
+    handles.append(plt.Line2D([], [], color="black", linewidth=2, alpha=0.45, label="Pareto front"))
+    handles.append(plt.Line2D([], [], color="black", marker="*", linestyle="", markersize=11, label="stock model"))
+    figure.legend(handles=handles, loc="outside right center", fontsize=8)
+    figure.suptitle(title or "accuracy against measured speed-up", fontsize=10)
+    figure.savefig(path)
+    plt.close(figure)
+    return path
 
 
 def _grouped(points: list[dict[str, Any]]) -> dict[tuple[str, str], list[dict[str, Any]]]:

@@ -11,6 +11,7 @@ from hf_tokenprune import TokenPruneViTForImageClassification
 from hf_tokenprune.commands.main import main as cli_main
 from hf_tokenprune.visualization import (
     DIM,
+    STRIPE,
     _colour_by,
     _group_colours,
     _panel_title,
@@ -77,11 +78,20 @@ def test_layers_to_show_are_the_layers_that_change(name, expected):
         layers_to_show(maps, "some")
 
 
-def test_paint_dims_dropped_patches_and_tints_groups():
-    image = np.full((8, 8, 3), 0.8, dtype=np.float32)
+@pytest.mark.parametrize("brightness", [0.0, 0.8, 1.0])
+def test_a_dropped_patch_looks_different_from_a_kept_one_whatever_the_image(brightness):
+    """Dimmed and striped: on a black canvas (where dimming alone shows nothing) as on a white one."""
+    image = np.full((16, 16, 3), brightness, dtype=np.float32)
     alive = np.array([[True, False], [True, True]])
     painted = paint(image, {"alive": alive, "groups": None})
-    assert np.allclose(painted[:4, :4], 0.8) and np.allclose(painted[:4, 4:], 0.8 * DIM)
+    kept, dropped = painted[:8, :8], painted[:8, 8:]
+    assert np.allclose(kept, brightness)
+    assert np.abs(dropped - brightness).max() > 0.4  # part of the patch differs clearly
+    assert np.allclose(np.unique(np.round(dropped, 4)), sorted({STRIPE, brightness * DIM}), atol=1e-3)  # stripes
+
+
+def test_paint_tints_merge_groups():
+    image = np.full((8, 8, 3), 0.8, dtype=np.float32)
     groups = np.array([[0, 0], [1, 2]])
     tinted = paint(image, {"alive": np.ones((2, 2), bool), "groups": groups})
     assert not np.allclose(tinted[:4, :4], 0.8)  # patches 0 and 1 share a token: coloured
@@ -191,7 +201,23 @@ def test_speedup_axes_fit_the_medians_not_the_whiskers(tmp_path):
     low, high = speedup_limits(rows)
     assert low <= 0.95 and 2.0 <= high < 2.5  # the 37x whiskers do not stretch the axes
     path = plot_speedups(rows, str(tmp_path / "benchmark.png"))
-    assert Image.open(path).size[0] > 500
+    width, height = Image.open(path).size
+    assert width > 2 * 500 and height > 11 * 30  # one panel per mode, a row per plan
+
+
+def test_the_pareto_front_and_settings_apart(tmp_path):
+    from hf_tokenprune.visualization import pareto, plot_pareto
+
+    points = [
+        {"method": "a", "setting": "fine-tuned", "measured_speedup": 1.2, "accuracy": 0.9},
+        {"method": "a", "setting": "fine-tuned", "measured_speedup": 1.5, "accuracy": 0.85},
+        {"method": "b", "setting": "fine-tuned", "measured_speedup": 1.4, "accuracy": 0.8},  # beaten by a at 1.5
+        {"method": "b", "setting": "zero-shot", "measured_speedup": 1.4, "accuracy": 0.1},
+    ]
+    front = pareto([p for p in points if p["setting"] == "fine-tuned"])
+    assert [(p["measured_speedup"], p["accuracy"]) for p in front] == [(1.5, 0.85), (1.2, 0.9)]
+    path = plot_pareto(points, str(tmp_path / "pareto.png"), reference={"fine-tuned": 0.9, "zero-shot": 0.9})
+    assert Image.open(path).size[0] > 2 * 500  # a panel per setting
 
 
 def test_every_plan_gets_its_own_colour_and_none_is_the_markers_grey():

@@ -10,7 +10,7 @@ from ..families import FAMILIES
 def add_parser(commands) -> None:
     card = commands.add_parser(
         "card",
-        help="(re)write the model card (README.md) of a saved TokenPruneViT folder",
+        help="(re)write the model card (README.md) of a saved TokenPrune model folder (any family)",
         description="Writes FOLDER/README.md. Accuracy, measured speed-up and pictures are read from the folder "
         "when it holds them (results.json of examples/run_image_classification.py, the Trainer's "
         "eval_results.json, kept_tokens.png, training_curve.png); the options below override them.",

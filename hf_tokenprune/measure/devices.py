@@ -165,3 +165,47 @@ class OthersLoad:
         others = (busy1 - busy0) - (own1 - own0)
         self.value = max(0.0, others / (wall1 - wall0) / (os.cpu_count() or 1))
         return self
+
+
+def code_version() -> str:
+    """The commit of this hf_tokenprune checkout (``git describe --always --dirty``), or the package version where
+    it is not a git checkout."""
+    import subprocess
+    from pathlib import Path
+
+    from .. import __version__
+
+    root = Path(__file__).resolve().parents[2]
+    if (root / ".git").exists():
+        try:
+            done = subprocess.run(
+                ["git", "-C", str(root), "describe", "--always", "--dirty"], capture_output=True, text=True, timeout=10
+            )
+            if done.returncode == 0 and done.stdout.strip():
+                return done.stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            pass
+    return f"hf_tokenprune {__version__}"
+
+
+def provenance(command: str | None = None) -> dict[str, Any]:
+    """Where a saved result comes from: the command (default: this process's), the code's commit, the UTC date and
+    time, and the machine; every file of measured numbers carries it, and the docs print it under each table."""
+    import datetime
+    import shlex
+    import sys
+    from pathlib import Path
+
+    if command is None:
+        argv = list(sys.argv)
+        if argv and argv[0].endswith(".py"):  # python examples/x.py ...
+            argv = ["python", argv[0], *argv[1:]]
+        elif argv:  # a console script: its name
+            argv[0] = Path(argv[0]).name
+        command = shlex.join(argv)
+    return {
+        "command": command,
+        "commit": code_version(),
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "machine": machine_info(),
+    }

@@ -4,7 +4,7 @@
 import statistics
 from typing import Any
 
-from .devices import machine_info
+from .devices import machine_info, provenance
 
 MODES = ("inference", "latency", "training")  # what the benchmark measures, in the order it reports them
 NOISY_SPREAD = 0.3  # per-round ratios spread over more than this fraction of their median: a noisy row
@@ -144,7 +144,8 @@ def write_results(rows: list[dict[str, Any]], output_dir: str, extra: dict | Non
     paths = {name: os.path.join(output_dir, f"benchmark.{name}") for name in ("json", "md", "png")}
     warnings = noise_warnings(rows)
     with open(paths["json"], "w") as file:
-        summary = {"machine": machine_info_from_rows(rows), **(extra or {}), "warnings": warnings}
+        origin = provenance((extra or {}).get("command"))
+        summary = {**origin, "machine": machine_info_from_rows(rows), **(extra or {}), "warnings": warnings}
         json.dump({**summary, "rows": rows}, file, indent=2)
     with open(paths["md"], "w") as file:
         command = f"\n\ncommand: `{extra['command']}`" if extra and extra.get("command") else ""
@@ -152,7 +153,12 @@ def write_results(rows: list[dict[str, Any]], output_dir: str, extra: dict | Non
         file.write(format_table(rows) + "\n\n" + describe_setup(rows) + command + notes + "\n")
     from ..visualization import plot_speedups
 
-    plot_speedups(rows, paths["png"], title=f"{rows[0]['device']}, {rows[0]['dtype']}")
+    row = rows[0]
+    batch = next((r["batch_size"] for r in rows if r["mode"] != "latency"), 1)
+    model = (extra or {}).get("model") or "model"
+    title = (f"{model}, {row['image_size'][0]} px, batch {batch} (latency: 1), {row['dtype']}, {row['device']}, "
+             f"{origin['date']}")  # fmt: skip
+    plot_speedups(rows, paths["png"], title=title)
     return paths
 
 

@@ -38,6 +38,7 @@ from ..models.methods import ATTENTION_REUSE_METHODS, REDUCTION_METHODS, get_red
 from ..models.token_reduction import did_you_mean
 from ..plans import PlanEntry, plan_config, plan_label
 from .benchmark import BenchmarkSettings, build_models, measure_forward
+from .devices import provenance
 from .heldout import accuracy
 from .report import BUSY_OTHERS, compact_counts, noise_of
 
@@ -428,7 +429,8 @@ def write_results(result: dict, chosen: dict | None, target: Target, results_dir
     paths = {kind: os.path.join(results_dir, f"tune.{kind}") for kind in ("json", "md", "png")}
     front = {row["label"] for row in pareto_front(result["rows"])}
     rows = [{**row, "on_front": row["label"] in front} for row in result["rows"]]
-    record = {**result, "rows": rows, "target": {target.kind: target.value}, "chosen": chosen}
+    record = {**provenance(result.get("command")), **result, "rows": rows, "target": {target.kind: target.value},
+              "chosen": chosen}  # fmt: skip
     with open(paths["json"], "w") as file:
         json.dump(record, file, indent=2)
     with open(paths["md"], "w") as file:
