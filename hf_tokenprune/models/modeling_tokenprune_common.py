@@ -18,7 +18,7 @@ from transformers.conversion_mapping import get_checkpoint_conversion_mapping
 from transformers.dynamic_module_utils import get_relative_import_files
 from transformers.masking_utils import create_bidirectional_mask
 from transformers.modeling_outputs import BaseModelOutputWithPooling, ImageClassifierOutput
-from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, PreTrainedModel
 from transformers.models.vit.modeling_vit import eager_attention_forward
 from transformers.processing_utils import Unpack
 from transformers.utils import TransformersKwargs
@@ -505,10 +505,23 @@ class TokenPrunePreTrainedMixin:
 
     @torch.no_grad()
     def initialize_weights(self):
-        """HF's initialisation, then the schemes of our methods' modules (``init_tokenprune_weights``), which use
-        the guarded ``transformers.initialization`` functions, so weights loaded from a checkpoint stay untouched.
-        (HF skips the per-module hook for remote-code modules without direct parameters, hence this pass.)"""
+        """HF's initialisation, then what its path for code outside transformers skips (it passes over every module
+        without parameters of its own): the stock `_init_weights` branches of such modules (CLIP's and SigLIP's
+        attention and MLP initialise their projections there; skipped, they keep the generic initialisation) and
+        our methods' modules (``init_tokenprune_weights``). Both use the guarded ``transformers.initialization``
+        functions, so weights loaded from a checkpoint stay untouched."""
         super().initialize_weights()
+
+        def visit(module: torch.nn.Module, owner: PreTrainedModel) -> None:
+            for child in module.children():
+                visit(child, child if isinstance(child, PreTrainedModel) else owner)
+            has_own = any(True for _ in module.parameters(recurse=False)) or any(
+                buffer is not None for buffer in module.buffers(recurse=False)
+            )
+            if not has_own:
+                owner._init_weights(module)
+
+        visit(self, self)
         std = getattr(self.config, "initializer_range", 0.02)
         for module in self.modules():
             init_own = getattr(module, "init_tokenprune_weights", None)
