@@ -341,10 +341,9 @@ def plot_speedups(rows: list[dict[str, Any]], path: str, title: str = "") -> str
     speed-up with the min-max of the rounds, and a black tick at the ideal (the FLOPs ratio).
 
     ``rows`` are `hf_tokenprune.measure` benchmark rows. The axis fits the medians and ideals; whiskers are clipped at
-    it, an arrow marking a clipped end; an unreliable row (noisy, busy machine) is hatched and marked in its label.
+    it, an arrow marking a clipped end; a row whose ``unreliable`` is true (`hf_tokenprune.measure.report` sets it
+    from a noisy or busy run) is hatched and marked in its label.
     """
-    from .measure.report import unreliable_reasons
-
     plt = _pyplot()
     modes = [mode for mode in MODE_TITLES if any(row["mode"] == mode for row in rows)]
     labels = list(dict.fromkeys(row["label"] for row in rows))
@@ -361,7 +360,7 @@ def plot_speedups(rows: list[dict[str, Any]], path: str, title: str = "") -> str
             if row is None:
                 continue
             y, measured = len(labels) - 1 - position, row["measured_speedup"]
-            unreliable = bool(unreliable_reasons(row))
+            unreliable = bool(row.get("unreliable"))
             axes.barh(y, measured - low, left=low, height=0.6, color=colour(label), alpha=0.85,
                       hatch="//" if unreliable else None, edgecolor="white" if unreliable else None)  # fmt: skip
             bottom, ceiling = row["spread"]

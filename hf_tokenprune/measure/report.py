@@ -158,7 +158,8 @@ def write_results(rows: list[dict[str, Any]], output_dir: str, extra: dict | Non
     model = (extra or {}).get("model") or "model"
     title = (f"{model}, {row['image_size'][0]} px, batch {batch} (latency: 1), {row['dtype']}, {row['device']}, "
              f"{origin['date']}")  # fmt: skip
-    plot_speedups(rows, paths["png"], title=title)
+    marked = [{**row, "unreliable": bool(unreliable_reasons(row))} for row in rows]
+    plot_speedups(marked, paths["png"], title=title)
     return paths
 
 
