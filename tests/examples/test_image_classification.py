@@ -54,8 +54,9 @@ def test_a_dataset_without_labels_is_refused(tmp_path):
         load_example().main(example_args(tmp_path, tmp_path / "out"))
 
 
+# `accelerate launch`, the launcher docs/training.md gives (it starts the processes through torch.distributed.run, so
+# torchrun's own start is the same path without the config file).
 LAUNCHERS = {
-    "torchrun": [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"],
     "accelerate": [
         sys.executable,
         "-m",
