@@ -9,6 +9,7 @@ import os
 
 import numpy as np
 
+from hf_tokenprune.measure.devices import provenance
 from hf_tokenprune.training.recipes import OFFICIAL_FINETUNES
 from hf_tokenprune.visualization import plot_pareto
 
@@ -67,12 +68,14 @@ def markdown(results: dict, command: str, picture: str) -> str:
         + ".",
         '- zero-shot: the trained weights with the plan switched on ("untrained selector": DynamicViT\'s predictor '
         "or Cropr's scorer is freshly initialised, so the row ranks tokens arbitrarily; it is left out of the "
-        f"picture); fine-tuned: then {recipe['finetune_epochs']} epoch(s) with the plan (lr "
-        f"{recipe['finetune_learning_rate']:g}, cosine; SkipAt's Φ starts as the identity), except the methods with "
+        f"picture); fine-tuned: then {recipe['finetune_epochs']} epoch(s) with the plan through the `Trainer` "
+        f"(`TokenPruneTrainer`, lr {recipe['finetune_learning_rate']:g}, cosine; SkipAt's Φ starts as the identity), "
+        "except the methods with "
         "an official fine-tune recipe (`hf_tokenprune.training.recipes`), its rates relative to the base's training "
         "rate "
         f"({recipe['learning_rate']:g}): EViT at 0.04 of it (its 2e-5 after DeiT's 5e-4), cosine to 0.025 of that, "
-        "weight decay 1e-6, no warm-up; DynamicViT's predictors at the base's rate and its backbone at 0.01 of it, "
+        "weight decay 1e-6, no warm-up; DynamicViT through `DynamicViTTrainer`: its predictors at the base's rate "
+        "and its backbone at 0.01 of it, "
         "frozen for the first 5/30 of the steps, with as many warming up, frozen base model as teacher, CE + 2 "
         "ratio + 0.5 KL + 0.5 token MSE. Δ accuracy is against the stock model in the same setting (fine-tuned: "
         "with the method's own recipe).",
@@ -199,7 +202,7 @@ def write_outputs(results: dict, output_dir: str, command: str) -> dict[str, str
     with open(paths["markdown"], "w") as file:
         file.write(markdown(results, command, os.path.basename(paths["png"])))
     with open(paths["json"], "w") as file:
-        json.dump(results, file, indent=2)
+        json.dump({**provenance(command), **results}, file, indent=2)
     return paths
 
 

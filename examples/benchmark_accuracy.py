@@ -2,21 +2,22 @@
 
 One command:
 
-    python examples/benchmark_accuracy.py                 # the full benchmark: docs/BENCHMARKS.md and PNGs
-    python examples/benchmark_accuracy.py --tiny --output-dir /tmp/acc    # a small version for CI (under a minute)
+    python examples/benchmark_accuracy.py --output-dir docs/results/accuracy   # the full benchmark
+    python examples/benchmark_accuracy.py --tiny --output-dir /tmp/acc         # a small version for CI
 
-The full run took 41 minutes with ``--threads 1`` on a shared 2-core CPU, the base ViT included (4-14 minutes to
-0.92 depending on the load; ``--base-cache FILE`` keeps it for reruns): two fine-tuning epochs for each of 23
-operating points, SkipAt's default point also trained from scratch, and four more seeds of the stock model,
-DynamicViT and EViT at keep 0.7; measure speed on an otherwise idle machine.
+The full run takes about 45 minutes on a 2-core CPU, the base ViT included (``--base-cache FILE`` keeps it for
+reruns); measure on an otherwise idle machine.
 
 It trains a small ViT from scratch on the cluttered digits (`hf_tokenprune.data`), then, for every registered
-method at two or three operating points (and SkipAt attention reuse, when registered), measures
+method at three of its operating points and the plan nearest 1.5x ideal speed-up (and SkipAt attention reuse,
+when registered), measures
 
 - the validation accuracy with the trained weights as they are (zero-shot) and after a short fine-tune with the
-  plan in place (cross-entropy plus whatever auxiliary loss the method adds to ``loss``; DynamicViT with its
-  official recipe, see `finetune`); zero-shot rows of freshly initialised selectors are marked untrained; SkipAt's
-  default point also trained from scratch as the base, its paper's protocol (`train_from_scratch`);
+  plan in place, through the `Trainer` a user builds (`TokenPruneTrainer`; `DynamicViTTrainer` and EViT's
+  `trainer_arguments` for the methods with an official recipe; see `trainer_for`), against the stock model
+  fine-tuned the same way; every training here, the base model's included, goes through that path, so the numbers
+  are the ones users get; zero-shot rows of freshly initialised selectors are marked untrained; SkipAt's default
+  point also trained from scratch as the base, its paper's protocol (`train_from_scratch`);
 - the FLOPs and ideal speed-up (`hf_tokenprune.flops`);
 - the measured inference speed-up against stock `ViTForImageClassification` with the same weights, paired and
   interleaved in one process (`hf_tokenprune.measure`).
@@ -27,7 +28,6 @@ picture) and ``accuracy_benchmark.json`` into ``--output-dir`` (default ``docs``
 
 import argparse
 import copy
-import functools
 import json
 import math
 import os
@@ -43,13 +43,7 @@ from hf_tokenprune.data import cluttered_digits_arrays
 from hf_tokenprune.flops import count_flops
 from hf_tokenprune.measure.benchmark import BenchmarkSettings, machine_info, run_benchmark
 from hf_tokenprune.measure.devices import parse_device
-from hf_tokenprune.training import distillation_loss, init_sincos_position_embeddings
-from hf_tokenprune.training.distillation import (
-    final_tokens,
-    freeze_backbone,
-    recipe_parameter_groups,
-    token_distillation_loss,
-)
+from hf_tokenprune.training import init_sincos_position_embeddings
 from hf_tokenprune.training.recipes import OFFICIAL_FINETUNES
 from hf_tokenprune.visualization import plot_kept_tokens
 
@@ -87,7 +81,7 @@ class Recipe:
     operating_points: int = 3
     bench_batch_size: int = 64
     bench_rounds: int = 5
-    target_seeds: int = 5  # fine-tunes (seeds) of stock, DynamicViT and EViT at keep 0.7, for their comparison
+    target_seeds: int = 3  # fine-tunes (seeds) of stock, DynamicViT and EViT at keep 0.7, for their comparison
 
 
 TINY = dict(
@@ -125,46 +119,58 @@ def base_config(recipe: Recipe, **plans: Any) -> TokenPruneViTConfig:
     )  # fmt: skip
 
 
-def model_loss(model, pixels, labels):
-    """The model's own loss (cross-entropy plus whatever auxiliary loss the method adds)."""
-    return model(pixel_values=pixels, labels=labels).loss
+class Examples(torch.utils.data.Dataset):
+    """(pixels, labels) tensors as the `Trainer`'s examples: ``{"pixel_values", "labels"}``."""
+
+    def __init__(self, pixels: torch.Tensor, labels: torch.Tensor):
+        self.pixels, self.labels = pixels, labels
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        return {"pixel_values": self.pixels[index], "labels": self.labels[index]}
 
 
-def train(model, data, epochs: int, learning_rate: float, batch_size: int, seed: int, desc: str, progress=True,
-          loss_fn=model_loss, parameters=None, freeze_fraction=0.0, warmup_fraction=0.1, min_lr_rate=0.0):  # fmt: skip
-    """AdamW with a cosine schedule (down to ``min_lr_rate`` of the peak) after a linear warm-up over
-    ``warmup_fraction`` of the steps;
-    ``loss_fn(model, pixels, labels)`` (the model's loss by default) on ``parameters`` (all, or optimizer groups);
-    groups marked ``"backbone"`` do not move during the first ``freeze_fraction`` of the steps (DynamicViT's
-    recipe)."""
-    from tqdm.auto import tqdm
-    from transformers import get_scheduler
+def trainer_for(model, data, recipe: Recipe, epochs: int, seed: int, output_dir: str, progress: bool = True,
+                method: str | None = None, learning_rate: float | None = None):  # fmt: skip
+    """The `Trainer` a user builds to train ``model`` on ``data`` (the path docs/training.md documents), not a loop
+    of our own: `TokenPruneTrainer` with AdamW (weight decay 0.05), a cosine schedule after a linear warm-up over a
+    tenth of the steps and gradients clipped at norm 1, at ``learning_rate`` (default: the recipe's fine-tune rate).
 
-    pixels, labels = data
-    steps_per_epoch = math.ceil(len(labels) / batch_size)
-    parameters = model.parameters() if parameters is None else parameters
-    optimizer = torch.optim.AdamW(parameters, lr=learning_rate, weight_decay=0.05)
-    total = steps_per_epoch * epochs
-    warmup = max(1, math.floor(total * warmup_fraction + 1e-9)) if warmup_fraction > 0 else 0
-    schedule = get_scheduler(
-        "cosine_with_min_lr", optimizer, warmup, total, scheduler_specific_kwargs={"min_lr_rate": min_lr_rate}
-    )
-    generator = torch.Generator().manual_seed(seed)
-    model.train()
-    step = 0
-    for _ in tqdm(range(epochs), desc=desc, leave=False, disable=not progress):
-        order = torch.randperm(len(labels), generator=generator)
-        for start in range(0, len(labels), batch_size):
-            batch = order[start : start + batch_size]
-            loss = loss_fn(model, pixels[batch], labels[batch])
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            if step < freeze_fraction * total:
-                freeze_backbone(optimizer)
-            optimizer.step()
-            schedule.step()
-            step += 1
+    ``method`` with an official fine-tune (`hf_tokenprune.training.recipes.OFFICIAL_FINETUNES`) takes its
+    `trainer_arguments`, rates relative to the base model's training rate: EViT at 0.04 of it (its 2e-5 after DeiT's
+    5e-4), cosine to 0.025 of that, weight decay 1e-6, no warm-up; DynamicViT through `DynamicViTTrainer` (predictors
+    at the base's rate, backbone at 0.01 of it and frozen for the first 5/30 of the steps, as many warming up, cosine
+    to 0.001 of the peak, the frozen model as teacher: CE + 2 ratio + 0.5 KL + 0.5 token MSE).
+    """
+    from transformers import TrainingArguments
+
+    from hf_tokenprune.training import DynamicViTTrainer, TokenPruneTrainer, trainer_arguments
+
+    official = OFFICIAL_FINETUNES.get(method)
+    schedule = {"learning_rate": learning_rate or recipe.finetune_learning_rate, "weight_decay": 0.05,
+                "warmup_steps": 0.1, "lr_scheduler_type": "cosine"}  # fmt: skip
+    if official is not None:
+        schedule = trainer_arguments(method, recipe.learning_rate)
+    args = TrainingArguments(
+        output_dir=output_dir, num_train_epochs=epochs, per_device_train_batch_size=recipe.batch_size, seed=seed,
+        data_seed=seed, max_grad_norm=1.0, report_to="none", save_strategy="no", logging_strategy="no",
+        disable_tqdm=not progress, use_cpu=True, dataloader_num_workers=0, **schedule,
+    )  # fmt: skip
+    trainer_class = DynamicViTTrainer if official is not None and official.distill else TokenPruneTrainer
+    return trainer_class(model=model, args=args, train_dataset=Examples(*data))
+
+
+def train(model, data, recipe: Recipe, epochs: int, seed: int, desc: str, progress: bool = True,
+          method: str | None = None, learning_rate: float | None = None) -> None:  # fmt: skip
+    """Trains ``model`` on ``data`` with `trainer_for`'s `Trainer` and leaves it in eval mode."""
+    import tempfile
+
+    if progress:
+        print(desc, flush=True)
+    with tempfile.TemporaryDirectory() as output_dir:
+        trainer_for(model, data, recipe, epochs, seed, output_dir, progress, method, learning_rate).train()
     model.eval()
 
 
@@ -199,14 +205,49 @@ def spread(strengths: tuple, count: int) -> list:
 VARIANTS: dict[str, dict[str, dict]] = {}
 
 
+TARGET_SPEEDUP = 1.5  # the column every method is compared at: the plan nearest this ideal speed-up
+STRENGTHS = [round(0.05 * step, 2) for step in range(2, 19)]  # 0.1 ... 0.9: where `near_target` looks
+
+
+def entry_of(cls, plan: dict) -> dict:
+    """The config keywords of a plan: a token-reduction plan, or an attention-reuse plan with no token reduction."""
+    if cls.method in REDUCTION_METHODS:
+        return {"token_reduction": plan}
+    return {"token_reduction": None, "attention_reuse": plan}
+
+
+def near_target(cls, recipe: Recipe, config) -> dict | None:
+    """The method's plan whose ideal speed-up on this model is nearest `TARGET_SPEEDUP` (in ratio), its strength
+    (the scale of its ``operating_points``) searched over `STRENGTHS`; an attention-reuse method over its own points
+    only (its paper reuses at most half the layers); None for a method without operating points. A shallow model
+    may not let a method get there: the row shows the ideal it reaches."""
+    if not cls.operating_points:
+        return None
+    best = None
+    for strength in STRENGTHS if cls.method in REDUCTION_METHODS else cls.operating_points[1]:
+        try:
+            plan = cls.operating_point(strength, config)
+            ideal = count_flops(base_config(recipe, **entry_of(cls, plan))).ideal_speedup
+        except ValueError:  # a strength this model cannot hold (ToMe merging more tokens than a layer has)
+            continue
+        distance = abs(math.log(ideal / TARGET_SPEEDUP))
+        if best is None or distance < best[0] - 1e-9:
+            best = (distance, plan)
+    return best and best[1]
+
+
 def method_points(cls, recipe: Recipe, config) -> list[dict]:
-    """A method's plans: three of its own operating points (its class's ``operating_points``) evenly spread from its
-    mildest to its strongest, of which the strongest ``recipe.operating_points`` (fewer with --tiny), without
-    repeats; its defaults if it declares none."""
+    """A method's plans, mildest to strongest: three of its own operating points (its class's
+    ``operating_points``) evenly spread from its mildest to its strongest, and the plan nearest `TARGET_SPEEDUP`
+    (`near_target`); with ``recipe.operating_points`` 2 (--tiny), the middle one and the one nearest the target;
+    with 1, that one. Its defaults if it declares none."""
     if not cls.operating_points:
         return [{"method": cls.method}]
-    strengths = spread(cls.operating_points[1], 3)[-recipe.operating_points :]
-    plans = [cls.operating_point(strength, config) for strength in strengths]
+    own = [cls.operating_point(strength, config) for strength in spread(cls.operating_points[1], 3)]
+    target = near_target(cls, recipe, config)
+    plans = {3: own + [target], 2: own[1:2] + [target], 1: [target]}[min(recipe.operating_points, 3)]
+    ideal = [count_flops(base_config(recipe, **entry_of(cls, plan))).ideal_speedup for plan in plans]
+    plans = [plans[index] for index in sorted(range(len(plans)), key=lambda index: ideal[index])]
     return [plan for index, plan in enumerate(plans) if plan not in plans[:index]]
 
 
@@ -246,45 +287,13 @@ def plan_model(recipe: Recipe, entry: dict, weights: dict, seed: int) -> TokenPr
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def finetune(model, recipe: Recipe, data, seed: int, desc: str, progress: bool = True, teacher=None,
+def finetune(model, recipe: Recipe, data, seed: int, desc: str, progress: bool = True,
              method: str | None = None) -> None:  # fmt: skip
-    """The same short fine-tune for every plan, except the methods with an official fine-tune recipe
-    (`hf_tokenprune.training.recipes.OFFICIAL_FINETUNES`), whose rates are set relative to the base model's training
-    rate:
-
-    - EViT: 0.04 of the base's rate (its 2e-5 after DeiT's 5e-4), cosine to 0.025 of that, weight decay 1e-6, no
-      warm-up;
-    - DynamicViT (`DynamicViTTrainer`'s pieces): the predictors at the base's rate, the backbone at 0.01 of it and
-      frozen for the first 5/30 of the steps, with as many warming up; cosine to 0.001 of the peak; ``teacher``
-      (the base model, frozen) distils logits (KL, 0.5) and kept tokens (MSE, 0.5) on top of CE + 2 * ratio; CLS
-      token and position embeddings stay frozen.
-
-    ``method`` fine-tunes a model (the stock one) with that method's recipe; by default the model's own plan's.
-    """
-    epochs = recipe.finetune_epochs
+    """The same short fine-tune for every plan (``recipe.finetune_epochs`` through the `Trainer`, `trainer_for`),
+    with the method's official recipe where it has one; ``method`` fine-tunes a model (the stock one) with that
+    method's recipe, by default the model's own plan's."""
     method = method or (model.config.token_reduction or {}).get("method")
-    official = OFFICIAL_FINETUNES.get(method)
-    if official is None:
-        train(model, data["train"], epochs, recipe.finetune_learning_rate, recipe.batch_size, seed, desc, progress)
-        return
-    lr = official.learning_rate * recipe.learning_rate
-    if official.backbone_lr_scale == 1.0:  # nothing set apart: every parameter (the embeddings too) at one rate
-        trainable = [p for p in model.parameters() if p.requires_grad]
-        groups = [{"params": trainable, "weight_decay": official.weight_decay}]
-    else:
-        groups = recipe_parameter_groups(model, lr, official.backbone_lr_scale, official.weight_decay)
-    loss_fn = functools.partial(dynamicvit_recipe_loss, teacher=teacher) if official.distill else model_loss
-    train(model, data["train"], epochs, lr, recipe.batch_size, seed, desc, progress, loss_fn, groups,
-          official.backbone_frozen, official.warmup, official.min_lr_rate)  # fmt: skip
-
-
-def dynamicvit_recipe_loss(model, pixels, labels, teacher):
-    """CE + 2 * ratio (the model's loss) + 0.5 * KL(teacher logits) + 0.5 * MSE(kept tokens, the teacher's)."""
-    with torch.no_grad():
-        reference = teacher(pixel_values=pixels, output_hidden_states=True)
-    out = model(pixel_values=pixels, labels=labels, output_hidden_states=True)
-    tokens = token_distillation_loss(final_tokens(model, out), out, final_tokens(teacher, reference))
-    return out.loss + 0.5 * distillation_loss(out.logits, reference.logits) + 0.5 * tokens
+    train(model, data["train"], recipe, recipe.finetune_epochs, seed, desc, progress, method)
 
 
 def train_base(recipe: Recipe, data, seed: int, progress: bool = True) -> tuple[dict, dict[str, float]]:
@@ -292,14 +301,13 @@ def train_base(recipe: Recipe, data, seed: int, progress: bool = True) -> tuple[
     torch.manual_seed(seed)
     base = TokenPruneViTForImageClassification(base_config(recipe))
     init_sincos_position_embeddings(base)  # from scratch, a 2-D sine-cosine start makes the small ViT learn faster
-    lr, epochs = recipe.learning_rate, recipe.epochs
-    train(base, data["train"], epochs, lr, recipe.batch_size, seed, "training the base ViT", progress)
+    train(base, data["train"], recipe, recipe.epochs, seed, "training the base ViT", progress,
+          learning_rate=recipe.learning_rate)  # fmt: skip
     stock = {"zero-shot": evaluate(base, data["validation"])}
     weights = copy.deepcopy(base.state_dict())
     for method in OFFICIAL_FINETUNES:  # the stock model fine-tuned as each recipe fine-tunes its method
         model = plan_model(recipe, {}, weights, seed)
-        teacher = plan_model(recipe, {}, weights, seed).requires_grad_(False)
-        finetune(model, recipe, data, seed, f"fine-tune stock ({method}'s recipe)", progress, teacher, method)
+        finetune(model, recipe, data, seed, f"fine-tune stock ({method}'s recipe)", progress, method)
         stock[f"fine-tuned {method}"] = evaluate(model, data["validation"])
     finetune(base, recipe, data, seed, "fine-tune stock", progress)
     stock["fine-tuned"] = evaluate(base, data["validation"])
@@ -340,8 +348,7 @@ def evaluate_point(
     untrained = untrained_selector(model, weights)
     accuracy = {"zero-shot": evaluate(model, data["validation"])}
     share = {"zero-shot": digit_share(model, data["validation"])}
-    teacher = plan_model(recipe, {}, weights, seed).requires_grad_(False)  # the base model, unpruned, frozen
-    finetune(model, recipe, data, seed, f"fine-tune {method} {point}", progress, teacher=teacher)
+    finetune(model, recipe, data, seed, f"fine-tune {method} {point}", progress)
     accuracy["fine-tuned"] = evaluate(model, data["validation"])
     share["fine-tuned"] = digit_share(model, data["validation"])
     if scratch:  # SkipAt's own protocol: trained from scratch like the base, against the base
@@ -369,7 +376,7 @@ def train_from_scratch(recipe: Recipe, entry: dict, data, seed: int, desc: str, 
     torch.manual_seed(seed)
     model = TokenPruneViTForImageClassification(base_config(recipe, **{**entry, "attention_reuse": plan}))
     init_sincos_position_embeddings(model)
-    train(model, data["train"], recipe.epochs, recipe.learning_rate, recipe.batch_size, seed, desc, progress)
+    train(model, data["train"], recipe, recipe.epochs, seed, desc, progress, learning_rate=recipe.learning_rate)
     return model
 
 
@@ -448,8 +455,7 @@ def seed_repeats(recipe, points, weights, data, seed: int, rows, stock, progress
     for extra in range(seed + 1, seed + recipe.target_seeds):
         for label, (entry, accuracies) in runs.items():
             model = plan_model(recipe, entry, weights, extra)
-            teacher = plan_model(recipe, {}, weights, extra).requires_grad_(False)
-            finetune(model, recipe, data, extra, f"fine-tune {label}, seed {extra}", progress, teacher=teacher)
+            finetune(model, recipe, data, extra, f"fine-tune {label}, seed {extra}", progress)
             accuracies.append(evaluate(model, data["validation"]))
     return {label: accuracies for label, (_, accuracies) in runs.items()}
 
@@ -483,7 +489,7 @@ def measure_speed(recipe, points, weights, seed: int, device: str, progress: boo
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tiny", action="store_true", help="a small, fast version (CI): tiny model, few samples")
-    parser.add_argument("--output-dir", default="docs", help="where BENCHMARKS.md and the PNG go")
+    parser.add_argument("--output-dir", default="docs/results/accuracy", help="where the results go")
     parser.add_argument("--epochs", type=int, default=None, help="training epochs of the base model")
     parser.add_argument("--finetune-epochs", type=int, default=None, help="fine-tuning epochs per operating point")
     parser.add_argument("--operating-points", type=int, default=None, choices=(1, 2, 3), help="points per method")

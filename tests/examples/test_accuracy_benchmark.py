@@ -13,6 +13,7 @@ import torch
 from conftest import PNG_MAGIC
 
 from hf_tokenprune import REDUCTION_METHODS
+from hf_tokenprune.flops import count_flops
 
 SCRIPT = Path(__file__).resolve().parents[2] / "examples" / "benchmark_accuracy.py"
 NUMBER = r"[+-]?\d+(\.\d+)?(e[+-]?\d+)?"
@@ -68,9 +69,10 @@ def test_operating_points_cover_every_method(script):
         names = [name for m, name, _ in points if m == method]
         assert len(names) == len(set(names)) and 1 <= len(names) <= 2  # --tiny: at most two points each
     full = script.operating_points(script.Recipe())
-    assert len(full) > len(points)  # the full benchmark has three points per method
+    assert len(full) > len(points)  # the full benchmark has three or four points per method
     keep = [name for method, name, _ in full if method == "evit"]
-    assert keep == ["keep_rate=0.9", "keep_rate=0.7", "keep_rate=0.5"]  # EViT's own points, mildest to strongest
+    # EViT's own points and the one nearest 1.5x ideal, mildest to strongest
+    assert keep == ["keep_rate=0.9", "keep_rate=0.7", "keep_rate=0.55", "keep_rate=0.5"]
 
 
 @pytest.mark.slow
@@ -129,30 +131,48 @@ def test_skipat_is_trained_from_scratch_and_dynamicvit_evit_over_seeds(tiny_run)
     assert "at the same keep rate, mean of 2 seeds (per seed: dynamicvit " in (tiny_run / "BENCHMARKS.md").read_text()
 
 
-def test_methods_with_an_official_recipe_fine_tune_with_it(script, monkeypatch):
-    """train(model, data, epochs, lr, batch, seed, desc, progress, loss_fn, groups, freeze, warm-up, floor)."""
-    calls = []
-    monkeypatch.setattr(script, "train", lambda *args, **kwargs: calls.append(args))
+def test_fine_tunes_go_through_the_trainer_with_each_methods_official_recipe(script, tmp_path):
+    """The benchmark trains through the Trainer users build: DynamicViTTrainer with its groups and teacher for
+    DynamicViT, EViT's trainer_arguments, the default schedule for the others and the stock model."""
+    from hf_tokenprune.training import DynamicViTTrainer, TokenPruneTrainer
+
     recipe = script.Recipe(**script.TINY)
-    teacher = script.plan_model(recipe, {}, {}, 0)
-    entries = ({"method": "dynamicvit", "keep_rate": 0.7}, {"method": "evit", "keep_rate": 0.7}, None)
-    for plan in entries:
-        model = script.plan_model(recipe, {"token_reduction": plan} if plan else {}, {}, 0)
-        script.finetune(model, recipe, {"train": None}, 0, "", False, teacher)
-    script.finetune(script.plan_model(recipe, {}, {}, 0), recipe, {"train": None}, 0, "", False, teacher, "evit")
-    dynamicvit, evit, stock, stock_as_evit = calls
+    data = (torch.zeros(4, 3, recipe.canvas_size, recipe.canvas_size), torch.zeros(4, dtype=torch.long))
     base = recipe.learning_rate
-    # DynamicViT: predictors at the base's rate, backbone at 0.01 of it, 5/30 frozen and warming up, floor 1e-3
-    assert dynamicvit[3] == base and dynamicvit[-3:] == (5 / 30, 5 / 30, 1e-3)
-    assert {group["lr"] for group in dynamicvit[9]} == {base, base * 0.01}
-    assert dynamicvit[8].func is script.dynamicvit_recipe_loss
-    # EViT: 0.04 of the base's rate, weight decay 1e-6, no warm-up, floor 0.025, every parameter, its own loss
-    assert evit[3] == pytest.approx(0.04 * base) and evit[-3:] == (0.0, 0.0, 0.025)
-    assert [group["weight_decay"] for group in evit[9]] == [1e-6]
-    assert len(evit[9][0]["params"]) == len(list(script.plan_model(recipe, {}, {}, 0).parameters()))
-    assert evit[8] is script.model_loss
-    assert stock_as_evit[3] == evit[3] and stock_as_evit[-3:] == evit[-3:]
-    assert len(stock) == 8 and stock[3] == recipe.finetune_learning_rate  # the default schedule, all parameters
+
+    def built(plan, method=None):
+        model = script.plan_model(recipe, {"token_reduction": plan} if plan else {}, {}, 0)
+        method = method or (plan or {}).get("method")
+        return script.trainer_for(model, data, recipe, 1, 0, str(tmp_path), False, method)
+
+    dynamicvit = built({"method": "dynamicvit", "keep_rate": 0.7})
+    assert (
+        type(dynamicvit) is DynamicViTTrainer and dynamicvit.teacher_model is not None and dynamicvit.teacher_plans_off
+    )
+    assert dynamicvit.args.learning_rate == base and dynamicvit.args.warmup_steps == pytest.approx(5 / 30)
+    assert dynamicvit.args.lr_scheduler_kwargs == {"min_lr_rate": 1e-3}
+    assert {group["lr"] for group in dynamicvit.create_optimizer().param_groups} == {base, base * 0.01}
+    evit = built({"method": "evit", "keep_rate": 0.7})
+    assert type(evit) is TokenPruneTrainer and evit.args.learning_rate == pytest.approx(0.04 * base)
+    assert (evit.args.weight_decay, evit.args.warmup_steps, evit.args.lr_scheduler_kwargs) == (
+        1e-6, 0.0, {"min_lr_rate": 0.025})  # fmt: skip
+    stock_as_evit = built(None, "evit")
+    assert stock_as_evit.args.learning_rate == evit.args.learning_rate
+    for trainer in (built({"method": "tome", "r": 2}), built(None)):
+        assert type(trainer) is TokenPruneTrainer and trainer.args.learning_rate == recipe.finetune_learning_rate
+        assert (trainer.args.weight_decay, trainer.args.lr_scheduler_type.value) == (0.05, "cosine")
+
+
+def test_every_method_has_a_point_near_the_target_speed_up(script):
+    recipe = script.Recipe()
+    config = script.base_config(recipe)
+    for method, cls in sorted(REDUCTION_METHODS.items()):
+        if not cls.operating_points:
+            continue
+        plan = script.near_target(cls, recipe, config)
+        assert plan in script.method_points(cls, recipe, config)
+        ideal = count_flops(script.base_config(recipe, token_reduction=plan)).ideal_speedup
+        assert abs(ideal - script.TARGET_SPEEDUP) < 0.1, (method, plan, ideal)
 
 
 def test_bad_option_is_refused(script):
