@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+from transformers import initialization as init
 from transformers.conversion_mapping import (
     get_checkpoint_conversion_mapping,
     register_checkpoint_conversion_mapping,
@@ -227,6 +228,13 @@ class TokenPruneCLIPModel(TokenPrunePreTrainedMixin, CLIPModel):
         self.text_projection = nn.Linear(self.text_embed_dim, self.projection_dim, bias=False)
         self.logit_scale = nn.Parameter(torch.tensor(self.config.logit_scale_init_value))
         self.post_init()
+
+    def _init_weights(self, module: nn.Module) -> None:
+        """The stock initialisation, and ``logit_scale`` at ``config.logit_scale_init_value`` as the constructor sets
+        it: the stock `_init_weights` leaves it out, so a checkpoint without it would start from arbitrary values."""
+        super()._init_weights(module)
+        if module is self:
+            init.constant_(module.logit_scale, self.config.logit_scale_init_value)
 
 
 TokenPruneCLIPVisionModel.register_for_auto_class("AutoModel")
