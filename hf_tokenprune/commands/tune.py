@@ -110,7 +110,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"tuning {args.model}: {len(candidates)} candidate plans, {len(images[1])} held-out images")
     result = search(config, state_dict, candidates, images, settings)
     result.update(candidates=len(candidates), left_out=left_out, command=args.command_line, seed=args.seed)
-    result["setup"] = setup_of(args, settings, len(images[1]))
+    layers = getattr(config, "num_hidden_layers", None)
+    result["setup"] = {**setup_of(args, settings, len(images[1])), "layers": layers}
     return report(result, target, args)
 
 

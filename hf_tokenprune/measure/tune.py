@@ -47,6 +47,7 @@ torch = LazyModule("torch")  # imported on first use, so listing the CLI's subco
 OWN = " (checkpoint plan)"  # the label suffix of the checkpoint's own plan family (trained with it)
 TARGETS = ("target_speedup", "target_gflops", "max_accuracy_drop")
 TARGET_FLAGS = {name: "--" + name.replace("_", "-") for name in TARGETS}
+SHALLOW = 8  # fewer layers than this: the official placements, scaled, reduce within the first layers
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -384,6 +385,14 @@ def describe(result: dict, chosen: dict | None, target: Target) -> str:
         text += (
             f"\nbusy: other processes kept up to {max(others):.0%} of the CPU busy while candidates were timed; the "
             "measured speed-ups, and a choice that depends on them, are unreliable: tune again on an idle machine."
+        )
+    layers = setup.get("layers")
+    if isinstance(layers, int) and layers < SHALLOW:
+        text += (
+            f"\nshallow model ({layers} layers): each method's default layers are its official 12-layer placement "
+            "scaled to this depth, so the reductions start within the first layers, before the model has ranked its "
+            "tokens; training-free, the milder points hold accuracy; for the stronger ones fine-tune with the plan in "
+            "place (docs/accuracy.md, 'Which layers and keep rates hold accuracy')."
         )
     if result["left_out"]:
         text += "\nleft out: " + "; ".join(f"{name} ({why})" for name, why in result["left_out"].items())

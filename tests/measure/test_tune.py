@@ -165,6 +165,19 @@ def test_a_candidate_whose_rounds_disagree_is_marked_noisy():
                                         "dtype": "float32", "device": "cpu"}}  # fmt: skip
     assert "(0.96-4.08) noisy" in format_front(result, None)
     assert "noisy: 1 candidate(s)" in describe(result, None, Target("target_speedup", 2.0))
+    assert "shallow model" not in describe(result, None, Target("target_speedup", 2.0))  # depth not recorded
+
+
+def test_a_shallow_model_gets_the_operating_point_guidance():
+    from hf_tokenprune.measure.tune import describe
+
+    setup = {"images": 8, "data": "embedded", "rounds": 3, "batch_size": 4, "dtype": "float32", "device": "cpu"}
+    result = {"stock_accuracy": 0.6, "rows": [], "evaluated": 0, "candidates": 0, "budget_reached": False,
+              "left_out": {}}  # fmt: skip
+    target = Target("target_speedup", 2.0)
+    assert "shallow model (4 layers)" in describe({**result, "setup": {**setup, "layers": 4}}, None, target)
+    assert "docs/accuracy.md" in describe({**result, "setup": {**setup, "layers": 4}}, None, target)
+    assert "shallow model" not in describe({**result, "setup": {**setup, "layers": 12}}, None, target)
 
 
 def test_image_folder_data(checkpoint, tmp_path):
