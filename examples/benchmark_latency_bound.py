@@ -10,8 +10,8 @@ splits the gap between measured and ideal speed-up in two:
   method can beat it with these kernels;
 - measured / bound: what the method costs on top (its selection, gathers and Python), the part this library owns.
 
-    python examples/benchmark_latency_bound.py --output-dir docs/latency-bound     # ViT-B/16, 224 px, 1 and 2 threads
-    python examples/benchmark_latency_bound.py --tiny --output-dir /tmp/bound     # the CI-sized run (tested)
+    python examples/benchmark_latency_bound.py --output-dir docs/results/latency-bound  # ViT-B/16 224 px, 1, 2 threads
+    python examples/benchmark_latency_bound.py --tiny --output-dir /tmp/bound           # the CI-sized run (tested)
 
 Every candidate runs in one process on the same image, interleaved round by round (`measure_paired`); speed-ups are
 medians of the per-round ratios against stock `ViTForImageClassification` with the same weights.

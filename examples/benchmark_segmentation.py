@@ -6,14 +6,15 @@ It trains the small ViT of ``run_semantic_segmentation.py`` without a plan on th
 then fine-tunes a copy per operating point with the plan in place (and one without a plan: the reference, fine-tuned
 the same way), and writes ``segmentation_benchmark.json`` and ``SEGMENTATION.md``:
 
-    python examples/benchmark_segmentation.py --output-dir docs/segmentation
+    python examples/benchmark_segmentation.py --output-dir docs/results/segmentation
     python examples/benchmark_segmentation.py --tiny --output-dir /tmp/seg    # the CI-sized version (tested)
 
 ``--speed-only`` measures the speed row at ViT-B/16, 512x512 (1,024 patch tokens) instead: every method against stock
 `ViTModel` with the same (random) weights and the same linear decoder, paired and interleaved, at a small batch, next
 to the ideal speed-up (the FLOPs ratio); it writes ``segmentation_speed_vit_b.json`` and ``SEGMENTATION_SPEED.md``:
 
-    python examples/benchmark_segmentation.py --speed-only --rounds 5 --threads 1 --output-dir docs/segmentation
+    python examples/benchmark_segmentation.py --speed-only --rounds 5 --threads 1 \
+        --output-dir docs/results/segmentation
 """
 
 import argparse
@@ -227,7 +228,7 @@ def write_table(results: dict[str, Any], rounds: int, output_dir: str) -> None:
 
 def parse_args(argv: list[str] | None = None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--output-dir", default="docs/segmentation")
+    parser.add_argument("--output-dir", default="docs/results/segmentation")
     parser.add_argument("--pretrain-epochs", type=float, default=10.0, help="digit classification of the backbone")
     parser.add_argument("--epochs", type=float, default=8.0, help="segmentation training of the unreduced model")
     parser.add_argument("--finetune-epochs", type=float, default=2.0, help="fine-tune per operating point")

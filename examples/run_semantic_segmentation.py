@@ -258,7 +258,14 @@ def mark_removed(image: np.ndarray, layer_map: dict[str, Any]) -> np.ndarray:
 
 
 def save_picture(model, dataset, images, path: str, count: int = 3) -> str:
-    """Rows of: image, ground truth, prediction, and the tokens in the plan's smallest layer (red: removed)."""
+    """Rows of: image, ground truth, prediction, and the tokens in the plan's smallest layer (red: removed); a title
+    naming the plan and a colour key of the classes shown."""
+    import textwrap
+
+    from matplotlib.colors import Normalize
+    from matplotlib.patches import Patch
+
+    from hf_tokenprune.plans import plan_label
     from hf_tokenprune.visualization import _pyplot, token_maps
 
     plt = _pyplot()
@@ -281,7 +288,17 @@ def save_picture(model, dataset, images, path: str, count: int = 3) -> str:
             axis.imshow(picture, interpolation="nearest", **style)
             axis.set_title(title, fontsize=9)
             axis.axis("off")
-    figure.tight_layout()
+    shown = sorted(
+        {int(c) for c in batch["labels"][:count].unique()} | {int(c) for c in outputs.logits.argmax(1).unique()}
+    )
+    colour, scale = plt.get_cmap("tab20"), Normalize(vmin=0, vmax=labels)
+    names = model.config.id2label
+    handles = [Patch(color=colour(scale(c)), label=names.get(c, str(c))) for c in shown if 0 <= c < labels]
+    figure.legend(handles=handles, loc="lower center", ncol=min(len(handles), 6), fontsize=8, frameon=False)
+    plan = plan_label(model.config.token_reduction, getattr(model.config, "attention_reuse", None))
+    title = f"semantic segmentation, plan: {plan} (red patches: removed in layer {smallest})"
+    figure.suptitle(textwrap.fill(title, width=110), fontsize=10)
+    figure.tight_layout(rect=(0, 0.06, 1, 0.97))
     figure.savefig(path)
     plt.close(figure)
     return path
