@@ -23,7 +23,7 @@ when registered), measures
   interleaved in one process (`hf_tokenprune.measure`).
 
 It writes ``BENCHMARKS.md`` (the table and the machine it ran on), ``accuracy_vs_speedup.png`` (the Pareto
-picture) and ``accuracy_benchmark.json`` into ``--output-dir`` (default ``docs``).
+picture) and ``accuracy_benchmark.json`` into ``--output-dir`` (default ``docs/results/accuracy``).
 """
 
 import argparse

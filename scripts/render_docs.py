@@ -87,13 +87,27 @@ def measured(row: dict) -> str:
 
 
 def unreliable_note(rows: list[dict]) -> str:
-    from hf_tokenprune.measure.report import unreliable_reasons
+    from hf_tokenprune.measure.report import BUSY_OTHERS, unreliable_reasons
 
     marked = [(row.get("label") or row.get("plan"), row.get("mode"), unreliable_reasons(row)) for row in rows]
     marked = [(label, mode, reasons) for label, mode, reasons in marked if reasons]
     if not marked:
         return ""
-    lines = [f"- † {label}{f' ({mode})' if mode else ''}: {'; '.join(reasons)}." for label, mode, reasons in marked]
+    if len(marked) <= 3:
+        lines = [
+            f"- † {label}{f' ({mode})' if mode else ''}: {'; '.join(reasons)}." for label, mode, reasons in marked
+        ]
+        return "\n" + "\n".join(lines) + "\n"
+    # Many marks: one line per kind of reason, its figures counted (each figure's numbers are in the saved result).
+    kinds: dict[str, int] = {}
+    for _, _, reasons in marked:
+        for reason in reasons:
+            kind = re.sub(r" from [\d.]+x to [\d.]+x| \([\d.]+x\)", "", reason).removeprefix("its ")
+            kind = re.sub(r"kept \d+% of", f"kept more than {BUSY_OTHERS:.0%} of", kind)
+            kind = re.sub(r"(load|are) [\d.]+x? ", r"\1 ", kind)
+            kinds[kind] = kinds.get(kind, 0) + 1
+    lines = [f"- † {count} of {len(rows)} figures: {kind} (each figure's rounds are in the saved result)."
+             for kind, count in kinds.items()]  # fmt: skip
     return "\n" + "\n".join(lines) + "\n"
 
 
@@ -264,8 +278,12 @@ def accuracy(path: str) -> str:
              "digit patches kept |", "|---|---|---:|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
     for (method, point), settings in accuracy_points(result).items():
         any_row = next(iter(settings.values()))
-        lines.append("| " + " | ".join([method, point, x(any_row["ideal_speedup"]), measured(any_row),
-                                        *accuracy_cells(settings)]) + " |")  # fmt: skip
+        runs = [settings]
+        if "from scratch" in settings:  # SkipAt: fine-tuned from the base, and trained from scratch (its protocol)
+            runs = [{k: v for k, v in settings.items() if k != "from scratch"}, settings]
+        for run in runs:
+            lines.append("| " + " | ".join([method, point, x(any_row["ideal_speedup"]), measured(any_row),
+                                            *accuracy_cells(run)]) + " |")  # fmt: skip
     return "\n".join(lines) + "\n" + accuracy_setup(result, path)
 
 
