@@ -280,8 +280,9 @@ def test_remote_code_loads_in_a_clean_offline_process(tmp_path, stock, clip_fold
 
 
 # One full graph with ToMe (merging, the prefix first) through aot_eager for each family with code of its own: ViT is
-# tests/models/test_compile.py, ViT-MSN runs ViT's layers, DINOv2 with registers covers plain DINOv2's.
-SAME_CODE_AS = {"vit": "test_compile.py", "vit-msn": "vit", "dinov2": "dinov2-registers"}
+# tests/models/test_compile.py, ViT-MSN and DeiT run ViT's layers (DINOv2 with registers has a longer prefix than
+# DeiT's two tokens), DINOv2 with registers covers plain DINOv2's.
+SAME_CODE_AS = {"vit": "test_compile.py", "vit-msn": "vit", "deit": "vit", "dinov2": "dinov2-registers"}
 COMPILED = [(name, "tome") for name in sorted(FAMILIES) if name not in SAME_CODE_AS]
 
 

@@ -149,7 +149,7 @@ pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-CLASSIFIER_CASES = [("deit", "evit", "onnx"), ("dinov2", "tome", "torch-export"), ("dinov2-registers", "tome", "onnx")]
+CLASSIFIER_CASES = [("deit", "evit", "onnx"), ("dinov2-registers", "tome", "onnx")]
 # The towers, as they export (their rows' model and output): CLIP's with its projection (image embeddings), SigLIP's
 # with its pooling head (pooled output).
 TOWERS = {
