@@ -99,10 +99,8 @@ def timm_state(ours: dict) -> dict:
             out[f"{theirs}norm2.{part}"] = ours[f"{mine}layernorm_after.{part}"]
             out[f"{theirs}mlp.fc1.{part}"] = ours[f"{mine}mlp.fc1.{part}"]
             out[f"{theirs}mlp.fc2.{part}"] = ours[f"{mine}mlp.fc2.{part}"]
-    names = {"in_conv.0": "project.0", "in_conv.1": "project.1", "out_conv.0": "classify.0",
-             "out_conv.2": "classify.2", "out_conv.4": "classify.4"}  # fmt: skip
     for stage, layer in enumerate(LAYERS):
-        for theirs, mine in names.items():
+        for theirs, mine in reference.DYNAMICVIT_PREDICTOR.items():
             for part in ("weight", "bias"):
                 key = f"vit.layers.{layer}.token_reduction.predictor.{mine}.{part}"
                 if key in ours:

@@ -52,6 +52,9 @@ MODEL = dict(
     num_labels=5, layer_norm_eps=1e-6, qkv_bias=True, hidden_act="gelu",
 )  # fmt: skip
 TIMM_MODEL = dict(img_size=56, patch_size=4, embed_dim=16, depth=12, num_heads=2, mlp_ratio=2.0, num_classes=5)
+# DynamicViT's score predictor (official name -> ours): both directions of the weight mapping read this.
+DYNAMICVIT_PREDICTOR = {"in_conv.0": "project.0", "in_conv.1": "project.1", "out_conv.0": "classify.0",
+                        "out_conv.2": "classify.2", "out_conv.4": "classify.4"}  # fmt: skip
 STAND_INS = {"torchvision", "torchprofile", "einops", "fvcore", "thop", "tensorboardX", "wandb", "submitit"}
 
 
@@ -178,10 +181,8 @@ def hf_weights(state: dict, predictor_layers: list[int] = (), reused_layers: lis
             for part in ("weight", "bias"):
                 out[f"vit.layers.{layer}.attention_reuse.{ours}.{part}"] = state[f"param_{index + 1}.{theirs}.{part}"]
         out[f"vit.layers.{layer}.attention_reuse.gate.conv.weight"] = state[f"param_{index + 1}.eca.conv.weight"]
-    names = {"in_conv.0": "project.0", "in_conv.1": "project.1", "out_conv.0": "classify.0",
-             "out_conv.2": "classify.2", "out_conv.4": "classify.4"}  # fmt: skip
     for stage, layer in enumerate(predictor_layers):
-        for theirs, ours in names.items():
+        for theirs, ours in DYNAMICVIT_PREDICTOR.items():
             for part in ("weight", "bias"):
                 key = f"vit.layers.{layer}.token_reduction.predictor.{ours}.{part}"
                 out[key] = state[f"score_predictor.{stage}.{theirs}.{part}"]

@@ -60,6 +60,11 @@ def source(result: dict, path: str) -> str:
     )
 
 
+def with_source(lines: list[str], note: str, result: dict, path: str) -> str:
+    """A rendered table: its lines, the note under it, and where its numbers come from."""
+    return "\n".join(lines) + "\n" + note + "\n" + source(result, path) + "\n"
+
+
 def rows_of(result: dict) -> list[dict]:
     if isinstance(result.get("rows"), list):
         return result["rows"]
@@ -190,7 +195,7 @@ def siglip2(path: str) -> str:
         f"\nOne batch of images of {grids} patches padded to {setup['model']['num_patches']} slots, random weights, "
         f"{setup['threads']} thread(s), {setup['rounds']} paired rounds against stock `Siglip2VisionModel`.\n"
     )
-    return "\n".join(lines) + "\n" + note + unreliable_note(result["rows"]) + "\n" + source(result, path) + "\n"
+    return with_source(lines, note + unreliable_note(result["rows"]), result, path)
 
 
 @renderer
@@ -219,7 +224,7 @@ def tune(path: str) -> str:
         f"{setup['rounds']} paired rounds (batch {setup['batch_size']}, {setup['device']}). Target: "
         f"{', '.join(f'{k} {v}' for k, v in result['target'].items())}.\n"
     )
-    return "\n".join(lines) + "\n" + note + unreliable_note(front) + "\n" + source(result, path) + "\n"
+    return with_source(lines, note + unreliable_note(front), result, path)
 
 
 def _unreliable(row: dict) -> bool:
@@ -329,7 +334,7 @@ def segmentation(path: str) -> str:
         f"operating point fine-tuned {result['finetune_epochs']:g} epochs with it (the stock row: fine-tuned the same "
         f"way, no plan); measured: batch 64, {result['rounds']} paired rounds, {result['threads']} thread(s).\n"
     )
-    return "\n".join(lines) + "\n" + note + "\n" + source(result, path) + "\n"
+    return with_source(lines, note, result, path)
 
 
 @renderer
@@ -343,7 +348,7 @@ def segmentation_speed(path: str) -> str:
         f"`ViTModel` with the same weights and decoder; batch {result['batch_size']}, {result['rounds']} paired "
         f"rounds, {result['threads']} thread(s).\n"
     )
-    return "\n".join(lines) + "\n" + note + unreliable_note(result["rows"]) + "\n" + source(result, path) + "\n"
+    return with_source(lines, note + unreliable_note(result["rows"]), result, path)
 
 
 @renderer
@@ -420,7 +425,7 @@ def dynamicvit_training(path: str) -> str:
         f"then DynamicViT's recipe for {result['fine_tune']['epochs']} epochs at layers {result['plan']['layers']}, "
         f"keep rate {result['plan']['keep_rate']}, from the same weights, batches and seed.\n"
     )
-    return "\n".join(lines) + "\n" + note + "\n" + source(result, path) + "\n"
+    return with_source(lines, note, result, path)
 
 
 @renderer
@@ -473,7 +478,7 @@ def conformance(path: str) -> str:
     any_run = next(iter(next(iter(result["results"].values())).values()))
     origin = {"command": any_run.get("command"), "commit": result.get("commit"), "date": result.get("date"),
               "machine": {}}  # fmt: skip
-    return "\n".join(lines) + "\n" + note + "\n" + source(origin, path) + "\n"
+    return with_source(lines, note, origin, path)
 
 
 # ----------------------------------------------------------------------------------------------------------------
