@@ -32,6 +32,8 @@ _METHOD_NAMES = {
     "AttentionReuse": "attention_reuse",
     "register_attention_reuse": "attention_reuse",
 }
+# Functions of the tools offered at the top level (name -> the subpackage that exports it).
+_TOOL_NAMES = {"convert_official_checkpoint": "convert"}
 _public: dict[str, str] | None = None  # name -> defining module, filled by `register`
 
 
@@ -58,7 +60,9 @@ def register() -> None:
 
 def __getattr__(name: str):
     if name == "__all__":
-        return sorted(_names())
+        return sorted([*_names(), *_TOOL_NAMES])
+    if name in _TOOL_NAMES:
+        return getattr(importlib.import_module(f"{__name__}.{_TOOL_NAMES[name]}"), name)
     # Public names are classes and constants (capitalised) or the registries' functions; a lower-case name is a
     # submodule that is not imported yet, or no name at all: no need to load the models to say so.
     if (name[:1].isupper() or name in _METHOD_NAMES) and name in _names():
@@ -73,4 +77,4 @@ def _names() -> dict[str, str]:
 
 
 def __dir__() -> list[str]:
-    return sorted([*globals(), *_names()])
+    return sorted([*globals(), *_names(), *_TOOL_NAMES])

@@ -40,6 +40,7 @@ import make_reference_fixtures as reference  # noqa: E402
 import transformers.models.auto.image_processing_auto  # noqa: E402, F401
 
 from hf_tokenprune import TokenPruneViTConfig, TokenPruneViTForImageClassification  # noqa: E402
+from hf_tokenprune.convert.layouts import DYNAMICVIT_PREDICTOR  # noqa: E402
 from hf_tokenprune.data import cluttered_digits_arrays  # noqa: E402
 from hf_tokenprune.training import init_sincos_position_embeddings  # noqa: E402
 
@@ -81,7 +82,7 @@ def train_base(data):
 
 
 def timm_state(ours: dict) -> dict:
-    """Our ViT's state (with predictors) under the official names: the inverse of ``reference.hf_weights``."""
+    """Our ViT's state (with predictors) under the official names: the inverse of ``hf_tokenprune.convert.layouts``."""
     out = {
         "cls_token": ours["vit.embeddings.cls_token"], "pos_embed": ours["vit.embeddings.position_embeddings"],
         "patch_embed.proj.weight": ours["vit.embeddings.patch_embeddings.projection.weight"],
@@ -100,7 +101,7 @@ def timm_state(ours: dict) -> dict:
             out[f"{theirs}mlp.fc1.{part}"] = ours[f"{mine}mlp.fc1.{part}"]
             out[f"{theirs}mlp.fc2.{part}"] = ours[f"{mine}mlp.fc2.{part}"]
     for stage, layer in enumerate(LAYERS):
-        for theirs, mine in reference.DYNAMICVIT_PREDICTOR.items():
+        for theirs, mine in DYNAMICVIT_PREDICTOR.items():
             for part in ("weight", "bias"):
                 key = f"vit.layers.{layer}.token_reduction.predictor.{mine}.{part}"
                 if key in ours:

@@ -43,6 +43,8 @@ import types
 from pathlib import Path
 
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's hf_tokenprune (the converter)
 from safetensors.torch import save_file
 
 FIXTURES = Path(__file__).resolve().parents[1] / "tests" / "fixtures"
@@ -52,9 +54,6 @@ MODEL = dict(
     num_labels=5, layer_norm_eps=1e-6, qkv_bias=True, hidden_act="gelu",
 )  # fmt: skip
 TIMM_MODEL = dict(img_size=56, patch_size=4, embed_dim=16, depth=12, num_heads=2, mlp_ratio=2.0, num_classes=5)
-# DynamicViT's score predictor (official name -> ours): both directions of the weight mapping read this.
-DYNAMICVIT_PREDICTOR = {"in_conv.0": "project.0", "in_conv.1": "project.1", "out_conv.0": "classify.0",
-                        "out_conv.2": "classify.2", "out_conv.4": "classify.4"}  # fmt: skip
 STAND_INS = {"torchvision", "torchprofile", "einops", "fvcore", "thop", "tensorboardX", "wandb", "submitit"}
 
 
@@ -127,66 +126,27 @@ def sharpen(model: torch.nn.Module, seed: int) -> None:
             parameter.copy_(0.5 * torch.randn(parameter.shape, generator=generator))
 
 
-def timm_layout(state: dict) -> dict:
-    """SuperViT's one position table and Evo-ViT's split attention (``norms``, ``qks``, ``vs``, ``projs``) in the
-    plain timm layout; Evo-ViT's CLS head under ``head_cls`` / ``norm_cls``."""
-    state = dict(state)
-    if "pos_embed_list.0" in state:
-        state["pos_embed"] = state["pos_embed_list.0"]
-    for layer in range(MODEL["num_hidden_layers"]):
-        if f"qks.{layer}.qk.weight" not in state:
-            break
-        for part in ("weight", "bias"):
-            qkv = [state[f"qks.{layer}.qk.{part}"], state[f"vs.{layer}.v.{part}"]]
-            state[f"blocks.{layer}.attn.qkv.{part}"] = torch.cat(qkv)
-            state[f"blocks.{layer}.attn.proj.{part}"] = state[f"projs.{layer}.{part}"]
-            state[f"blocks.{layer}.norm1.{part}"] = state[f"norms.{layer}.{part}"]
-    return state
+def hf_weights(state: dict, config: dict) -> dict:
+    """The official ``state`` under TokenPruneViT names for ``config`` (HF fields and plans), through the converter
+    (`hf_tokenprune.convert.layouts`, the one place that knows the official layouts); every key must be used."""
+    from hf_tokenprune import TokenPruneViTConfig
+    from hf_tokenprune.convert.layouts import map_weights, not_carried
+
+    weights, unused = map_weights(state, TokenPruneViTConfig(**config))
+    unused = [key for key in unused if key not in not_carried(unused, TokenPruneViTConfig(**config))]
+    if unused:
+        raise RuntimeError(f"the converter left official keys unused: {unused[:4]}")
+    return weights
 
 
-def hf_weights(state: dict, predictor_layers: list[int] = (), reused_layers: list[int] = ()) -> dict:
-    """The timm-layout ``state`` under TokenPruneViT names (``vit.layers.i.attention.q_proj`` ...)."""
-    state = timm_layout(state)
-    out = {
-        "vit.embeddings.cls_token": state["cls_token"],
-        "vit.embeddings.position_embeddings": state["pos_embed"],
-        "vit.embeddings.patch_embeddings.projection.weight": state["patch_embed.proj.weight"],
-        "vit.embeddings.patch_embeddings.projection.bias": state["patch_embed.proj.bias"],
-        "vit.layernorm.weight": state["norm.weight"],
-        "vit.layernorm.bias": state["norm.bias"],
-        "classifier.weight": state["head.weight"],
-        "classifier.bias": state["head.bias"],
-    }
-    if "head_cls.weight" in state:  # Evo-ViT's CLS head (training only)
-        for part in ("weight", "bias"):
-            out[f"cls_classifier.{part}"] = state[f"head_cls.{part}"]
-            out[f"cls_norm.{part}"] = state[f"norm_cls.{part}"]
-    for layer in range(MODEL["num_hidden_layers"]):
-        timm, ours = f"blocks.{layer}.", f"vit.layers.{layer}."
-        for part in ("weight", "bias"):
-            for name, value in zip(("q_proj", "k_proj", "v_proj"), state[f"{timm}attn.qkv.{part}"].chunk(3)):
-                out[f"{ours}attention.{name}.{part}"] = value
-            out[f"{ours}attention.o_proj.{part}"] = state[f"{timm}attn.proj.{part}"]
-            out[f"{ours}layernorm_before.{part}"] = state[f"{timm}norm1.{part}"]
-            out[f"{ours}layernorm_after.{part}"] = state[f"{timm}norm2.{part}"]
-            out[f"{ours}mlp.fc1.{part}"] = state[f"{timm}mlp.fc1.{part}"]
-            out[f"{ours}mlp.fc2.{part}"] = state[f"{timm}mlp.fc2.{part}"]
-    for key, value in state.items():  # Cropr's learned queries (its official scorer has nothing else)
-        parts = key.split(".")
-        if parts[0] == "cropr" and parts[2:] == ["cross_attn", "queries"]:
-            out[f"vit.layers.{parts[1]}.token_reduction.scorer.queries"] = value
-    phi = {"linear1.0": "expand", "dwconv.0": "depthwise", "linear2.0": "reduce"}  # SkipAt's LeFF -> our Phi
-    for index, layer in enumerate(reused_layers):
-        for theirs, ours in phi.items():
-            for part in ("weight", "bias"):
-                out[f"vit.layers.{layer}.attention_reuse.{ours}.{part}"] = state[f"param_{index + 1}.{theirs}.{part}"]
-        out[f"vit.layers.{layer}.attention_reuse.gate.conv.weight"] = state[f"param_{index + 1}.eca.conv.weight"]
-    for stage, layer in enumerate(predictor_layers):
-        for theirs, ours in DYNAMICVIT_PREDICTOR.items():
-            for part in ("weight", "bias"):
-                key = f"vit.layers.{layer}.token_reduction.predictor.{ours}.{part}"
-                out[key] = state[f"score_predictor.{stage}.{theirs}.{part}"]
-    return {key: value.detach().float().contiguous() for key, value in out.items()}
+def save_checkpoint(state: dict, path: Path, method: str, plan: dict) -> None:
+    """The official model's state saved as the official training scripts save it (DeiT's ``main.py`` and its forks:
+    ``{"model": model_without_ddp.state_dict(), "optimizer", "epoch", "args": Namespace, ...}``)."""
+    args = argparse.Namespace(model=f"{method}_tiny", input_size=MODEL["image_size"], plan=json.dumps(plan))
+    content = {"model": {key: value.detach().clone() for key, value in state.items()}, "optimizer": {"state": {}},
+               "epoch": 1, "args": args}  # fmt: skip
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(content, path)
 
 
 def inputs(seed: int) -> torch.Tensor:
@@ -341,10 +301,10 @@ def _compose(calls: list, layers: list[int], batch: int, with_cls: bool) -> dict
     return kept
 
 
-def build_evo_vit(repo: Path, keep_rate: float):
+def build_evo_vit(repo: Path, keep_rate: float, momentum: float = 0.5):
     evo_deit = load_file(repo / "deit" / "evo_deit.py", "evo_deit")
     depth = MODEL["num_hidden_layers"]
-    tradeoff = [1.0] * 4 + [0.5] * (depth - 4)  # the official models' settings (evo_deit_*_patch16_224)
+    tradeoff = [1.0] * 4 + [momentum] * (depth - 4)  # the released models use 0.5 (evo_deit_*_patch16_224)
     ratio = [1.0] * 4 + [keep_rate] * (depth - 4)
     config = {k: v for k, v in TIMM_MODEL.items() if k != "img_size"}
     return evo_deit.EvoVisionTransformer(
@@ -459,6 +419,10 @@ POINTS = {
     "evo_vit": [
         ("evo_vit_05", {"method": "evo_vit", "layers": [4, 8], "keep_rate": 0.5, "two_heads": True}),
         ("evo_vit_07", {"method": "evo_vit", "layers": [4, 8], "keep_rate": 0.7, "two_heads": True}),
+        (  # a trade-off other than 0.5, where swapping the moving average's two weights shows
+            "evo_vit_07_m03",
+            {"method": "evo_vit", "layers": [4, 8], "keep_rate": 0.7, "two_heads": True, "attention_momentum": 0.3},
+        ),
     ],
 }
 REPOSITORIES = {
@@ -488,7 +452,7 @@ def official(method: str, repo: Path, plan: dict):
             lambda model, pixels: run_supervit(model, pixels, plan["keep_rate"], plan["layers"])
         )
     if method == "evo_vit":
-        return (lambda: build_evo_vit(repo, plan["keep_rate"])), (
+        return (lambda: build_evo_vit(repo, plan["keep_rate"], plan.get("attention_momentum", 0.5))), (
             lambda model, pixels: run_evo_vit(model, pixels, plan["keep_rate"])
         )
     layers = plan["layers"]
@@ -519,10 +483,10 @@ def make_fixture(method: str, repo: Path, name: str, plan: dict, commit: str, se
     else:
         raise RuntimeError(f"{name}: no seed gave decisive selections")
     state = model.float().state_dict()
-    predictors = plan["layers"] if method == "dynamicvit" else []
     plans = plan if "attention_reuse" in plan else {"token_reduction": plan}
-    reused = plans.get("attention_reuse", {}).get("layers", [])
-    tensors = {f"weights.{key}": value for key, value in hf_weights(state, predictors, reused).items()}
+    config = {**MODEL, **MODEL_OVERRIDES.get(method, {}), **plans}
+    save_checkpoint(state, FIXTURES / "checkpoints" / f"{name}.pth", method, plans)
+    tensors = {f"weights.{key}": value for key, value in hf_weights(state, config).items()}
     tensors["pixel_values"] = pixels.float().contiguous()
     tensors["logits_fp64"] = logits64.contiguous()
     tensors["logits_fp32"] = logits32.float().contiguous()
@@ -531,7 +495,7 @@ def make_fixture(method: str, repo: Path, name: str, plan: dict, commit: str, se
         tensors[f"{kind}.{layer}"] = value.long().contiguous()
     metadata = {
         "method": method, "operating_point": name, "repository": REPOSITORIES[method], "commit": commit,
-        "config": json.dumps({**MODEL, **MODEL_OVERRIDES.get(method, {}), **plans}),
+        "config": json.dumps(config),
         "selection": kind,
     }  # fmt: skip
     FIXTURES.mkdir(parents=True, exist_ok=True)
@@ -572,9 +536,10 @@ def make_dynamicvit_training_step(repo: Path, commit: str, seed: int = 0) -> Pat
     outputs = model(pixels)
     loss, parts = criterion(pixels, outputs, labels)
     loss.backward()
-    tensors = {f"weights.{key}": value for key, value in hf_weights(model.state_dict(), layers).items()}
+    config = {**MODEL, "token_reduction": plan}
+    tensors = {f"weights.{key}": value for key, value in hf_weights(model.state_dict(), config).items()}
     gradients = {name: parameter.grad for name, parameter in model.named_parameters() if "score_predictor" in name}
-    gradients = hf_weights(gradients_in_place(model, gradients), layers)
+    gradients = hf_weights(gradients_in_place(model, gradients), config)
     tensors.update({f"grad.{key}": value for key, value in gradients.items() if ".token_reduction." in key})
     tensors["pixel_values"], tensors["labels"] = pixels.contiguous(), labels.contiguous()
     tensors["decisions"] = torch.stack(outputs[3], dim=1).contiguous()  # (B, stages, N) hard decisions
@@ -583,7 +548,7 @@ def make_dynamicvit_training_step(repo: Path, commit: str, seed: int = 0) -> Pat
     tensors["loss.total"] = loss.detach().reshape(())
     metadata = {
         "method": "dynamicvit", "operating_point": name, "repository": REPOSITORIES["dynamicvit"], "commit": commit,
-        "config": json.dumps({**MODEL, "token_reduction": plan}), "seed": str(seed),
+        "config": json.dumps(config), "seed": str(seed),
         "loss": "cross_entropy + 2 * ratio / 3 + 0.5 * logits_kl + 0.5 * token_mse (losses.py, main.py for DeiT)",
     }  # fmt: skip
     path = FIXTURES / "training" / f"{name}.safetensors"
@@ -616,6 +581,10 @@ def main(argv: list[str] | None = None) -> int:
     repo = Path(args.repo).resolve()
     if not repo.is_dir():
         raise SystemExit(f"repo {repo} is not a directory; pass a checkout of {REPOSITORIES[args.method]}.")
+    import transformers.models.auto.image_processing_auto  # noqa: F401  (before the stand-ins: it probes torchvision)
+
+    from hf_tokenprune import TokenPruneViTConfig  # noqa: F401  (the converter's classes, loaded likewise)
+
     sys.meta_path.insert(0, _StandIns())
     six = types.ModuleType("torch._six")  # removed in torch 2; DynamicViT's utils.py still imports it
     six.inf, six.string_classes, six.container_abcs = math.inf, str, collections.abc

@@ -17,7 +17,7 @@ PACKAGE = Path(hf_tokenprune.__file__).resolve().parent
 ROOT = "hf_tokenprune"
 # Layers, from the bottom: the island, the shared pieces (and the package root), the uses of the library, the CLI.
 # A module may import its own layer or a lower one, never a higher one.
-LAYER = {"models": 0, "training": 2, "measure": 2, "sharing": 2, "commands": 3, "__main__": 3}
+LAYER = {"models": 0, "training": 2, "measure": 2, "sharing": 2, "convert": 3, "commands": 4, "__main__": 4}
 # The dynamic imports the package makes, each downward: the family table loads its classes from the island, the
 # package root and the lazy subpackages load their public names on first use, export checks an optional package.
 DYNAMIC_IMPORTS = {
@@ -145,7 +145,7 @@ def test_the_island_imports_only_its_siblings():
 
 def test_the_command_line_lives_in_commands_only():
     for name, path in modules().items():
-        if layer(name) == 3:
+        if name.startswith("hf_tokenprune.commands") or name == "hf_tokenprune.__main__":
             continue
         tree = ast.parse(path.read_text(encoding="utf-8"))
         imported = {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}

@@ -4,9 +4,9 @@ import argparse
 import shlex
 import sys
 
-from . import benchmark, card, export, plan, tune, visualize
+from . import benchmark, card, convert, export, plan, tune, visualize
 
-VERBS = (plan, benchmark, visualize, card, tune, export)  # the order --help lists them in
+VERBS = (plan, benchmark, visualize, card, tune, export, convert)  # the order --help lists them in
 
 DESCRIPTION = """\
 Make Vision Transformers faster by spending less on tokens that carry little: token pruning, merging and skipping,
@@ -18,6 +18,7 @@ and attention reuse, for Hugging Face transformers.
   hf-tokenprune card FOLDER                                     write the model card (README.md) of a saved model
   hf-tokenprune tune --model FOLDER --target-speedup 1.5        choose a plan: accuracy against measured speed-up
   hf-tokenprune export FOLDER                                   ONNX (or torch.export), checked against PyTorch
+  hf-tokenprune convert CKPT --method dynamicvit --output DIR   an official checkpoint as a model folder
 
 Options are written with dashes (--token-reduction); the underscore spelling (--token_reduction) works too.
 Run "hf-tokenprune COMMAND --help" for the options of a command."""

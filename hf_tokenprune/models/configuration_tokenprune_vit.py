@@ -6,6 +6,7 @@ from transformers.backbone_utils import BackboneConfigMixin
 
 from .configuration_tokenprune_common import PLAN_FIELDS, TokenPruneConfigMixin
 
+POOLINGS = ("cls", "mean")
 STOCK_MODEL_TYPE = "vit"  # checkpoints whose weights load into TokenPruneViT as they are
 
 
@@ -24,6 +25,10 @@ class TokenPruneViTConfig(TokenPruneConfigMixin, BackboneConfigMixin, ViTConfig)
         restore_tokens (`bool`, *optional*, defaults to `False`):
             Whether `last_hidden_state` comes back full length, in the original patch order: parked and dropped
             tokens with the value they had when they left, merged tokens copied to every position they stand for.
+        classifier_pooling (`str`, *optional*, defaults to `"cls"`):
+            What `TokenPruneViTForImageClassification` classifies: `"cls"`, the final LayerNorm's CLS token (as
+            `ViTForImageClassification`), or `"mean"`, the final LayerNorm of the mean of every token the last layer
+            outputs, CLS included (Token Cropr's official classifier, timm-style `fc_norm`).
         out_features / out_indices (`list`, *optional*):
             The layers `TokenPruneViTBackbone` returns as feature maps, as for transformers' backbones: stage names
             `"stem"` (the embeddings, index 0) and `"stage1"` ... `"stageN"` (after layer N). Default: the last.
@@ -36,10 +41,15 @@ class TokenPruneViTConfig(TokenPruneConfigMixin, BackboneConfigMixin, ViTConfig)
     token_reduction: dict | None = None
     attention_reuse: dict | None = None
     restore_tokens: bool = False
+    classifier_pooling: str = "cls"
     _out_features: list[str] | None = None
     _out_indices: list[int] | None = None
 
     def __post_init__(self, **kwargs):
+        if self.classifier_pooling not in POOLINGS:
+            raise ValueError(
+                f"classifier_pooling = {self.classifier_pooling!r} is not known; allowed: {list(POOLINGS)}."
+            )
         self.set_output_features_output_indices(
             out_indices=kwargs.pop("out_indices", None), out_features=kwargs.pop("out_features", None)
         )

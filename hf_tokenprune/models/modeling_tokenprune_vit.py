@@ -194,24 +194,30 @@ class TokenPruneViTForImageClassification(
         wants_hidden_states = kwargs.pop("output_hidden_states", None)  # the call's, else the config's
         wants_hidden_states = self.config.output_hidden_states if wants_hidden_states is None else wants_hidden_states
         two_heads = self.cls_classifier is not None  # the mean head needs the tokens before the final LayerNorm
+        mean_pooled = self.config.classifier_pooling == "mean"  # so does the mean of every token
         outputs = self.vit(
             pixel_values,
             interpolate_pos_encoding=interpolate_pos_encoding,
             attention_mask=attention_mask,
             keep_rate=keep_rate,
             disable_plans=disable_plans,
-            output_hidden_states=True if two_heads else wants_hidden_states,
+            output_hidden_states=True if two_heads or mean_pooled else wants_hidden_states,
             **kwargs,
         )
         loss = None
         if two_heads:
             logits, loss = self._two_heads(outputs.hidden_states[-1], labels, **kwargs)
-            if not wants_hidden_states:
-                outputs.hidden_states = None
         else:
-            logits = self.classifier(outputs.last_hidden_state[:, 0, :])
+            pooled = (
+                self.vit.layernorm(outputs.hidden_states[-1].mean(dim=1))
+                if mean_pooled
+                else outputs.last_hidden_state[:, 0, :]
+            )
+            logits = self.classifier(pooled)
             if labels is not None:
                 loss = self.loss_function(labels, logits, self.config, **kwargs)
+        if (two_heads or mean_pooled) and not wants_hidden_states:
+            outputs.hidden_states = None
         aux_loss = self.auxiliary_loss(outputs, labels, **kwargs) if labels is not None else None
         if aux_loss is not None:
             loss = loss + aux_loss

@@ -10,6 +10,8 @@ with ``fuse``, summed into one extra token weighted by their CLS attention. A fu
 ranked like any other token at a later layer, as in the reference code.
 """
 
+import math
+
 import torch
 
 from .token_reduction import (
@@ -23,7 +25,6 @@ from .token_reduction import (
     check_options,
     gather_tokens,
     keep_tokens,
-    kept_count,
     park_tokens,
     rank_patches,
     register_reduction,
@@ -73,8 +74,9 @@ class EViTReduction(TokenReduction):
 
     @classmethod
     def num_kept(cls, num_patches: int, keep_rate: float) -> int:
-        """Patch tokens kept of ``num_patches``: ``ceil(keep_rate * N)`` (youweiliang/evit ``left_tokens``)."""
-        return kept_count(num_patches, keep_rate)
+        """Patch tokens kept of ``num_patches``: ``ceil(keep_rate * N)``, the same float expression as
+        youweiliang/evit's ``left_tokens`` (so ``0.56 * 25 = 14.000000000000002`` keeps 15, as there)."""
+        return max(1, min(num_patches, math.ceil(keep_rate * num_patches)))
 
     @classmethod
     def extra_macs(cls, plan, config, counts):

@@ -427,6 +427,7 @@ def write_model_card(
     license: str | None = None,
     tags: Sequence[str] | None = None,
     training: Mapping | None = None,
+    source: Mapping | None = None,
 ) -> ModelCard:
     """Renders the model card of a TokenPruneViT and, when ``folder`` is given, writes ``folder/README.md``.
 
@@ -448,6 +449,9 @@ def write_model_card(
         license: a license id for the metadata.
         tags: more tags.
         training: hyperparameter name -> value, shown as a table.
+        source: where converted weights come from (`hf_tokenprune.convert`): ``repository``, ``checkpoint``,
+            ``published``, ``reported_top1`` (ImageNet-1k top-1 in percent, as the authors report it),
+            ``reported_note``, ``read_from``, ``parity`` and ``not_carried``.
 
     Returns:
         The `huggingface_hub.ModelCard`.
@@ -486,6 +490,7 @@ def write_model_card(
         training=_training_rows(training),
         description=None if description is None else markdown_paragraphs(description, "description"),
         images=_copy_images(images, folder),
+        source=_source(source),
     )
     card = ModelCard.from_template(card_data, template_path=str(template_path()), **context)
     card.text = re.sub(r"\n{3,}", "\n\n", card.text)  # the template's control lines leave runs of blank lines
@@ -493,6 +498,33 @@ def write_model_card(
     if folder is not None:
         card.save(folder / CARD_NAME)
     return card
+
+
+def _source(source: Mapping | None) -> dict | None:
+    """The converted checkpoint's origin, every text escaped."""
+    if source is None:
+        return None
+    top1 = source.get("reported_top1")
+    if top1 is not None and (isinstance(top1, bool) or not isinstance(top1, (int, float)) or not 0 <= top1 <= 100):
+        raise ValueError(f"source['reported_top1'] = {top1!r} must be a top-1 accuracy in percent.")
+    repository = _hub_id(source["repository"], "source['repository']")
+
+    def line(key: str, max_length: int = 300) -> str:
+        value = source.get(key) or ""
+        return markdown_text(one_line(value, f"source['{key}']", max_length)) if value else ""
+
+    return {
+        "repository": repository,
+        "checkpoint": line("checkpoint"),
+        "published": line("published"),
+        "reported_top1": None if top1 is None else f"{top1:.2f}%",
+        "reported_note": line("reported_note"),
+        "read_from": line("read_from"),
+        "parity": markdown_paragraphs(source.get("parity") or "", "source['parity']"),
+        "not_carried": [
+            markdown_text(one_line(line, "source['not_carried']", 300)) for line in source.get("not_carried", ())
+        ],
+    }
 
 
 def _default_name(config: Any, repo_id: str | None, info: dict) -> str:

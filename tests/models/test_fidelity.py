@@ -8,6 +8,7 @@ merged (ToMe: which token holds each input token). Our model must keep or merge 
 logits."""
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -49,6 +50,7 @@ def reference_model(metadata: dict, tensors: dict) -> TokenPruneViTForImageClass
 def check_selections(out, metadata: dict, tensors: dict) -> int:
     """Asserts our kept/merged tokens equal the official ones at every recorded layer; returns how many."""
     kind, checked = metadata["selection"], 0
+    fused = (json.loads(metadata["config"]).get("token_reduction") or {}).get("fuse", False)
     for key, official in tensors.items():
         if not key.startswith(kind + "."):
             continue
@@ -56,7 +58,11 @@ def check_selections(out, metadata: dict, tensors: dict) -> int:
         if kind == "owner":
             assert torch.equal(canonical(out.token_owner[layer]), canonical(official)), f"merges differ at {layer}"
         else:
-            ours = out.token_positions[layer][:, 1 : 1 + official.shape[1]]  # CLS first, a fused token last
+            ours = out.token_positions[layer][:, 1:]  # CLS first, then the kept patch tokens
+            ours = ours[:, :-1] if fused else ours  # EViT's new fused token last (an earlier one may be kept: -1)
+            assert ours.shape == official.shape, (
+                f"layer {layer} keeps {ours.shape[1]} tokens, officially {official.shape[1]}"
+            )
             assert torch.equal(ours.sort(dim=1).values, official.sort(dim=1).values), f"kept differ at {layer}"
         checked += 1
     return checked
@@ -69,7 +75,10 @@ def test_same_selections_and_logits_as_the_official_code(path, dtype):
     model = reference_model(metadata, tensors).to(dtype)
     with torch.no_grad():
         out = model(tensors["pixel_values"].to(dtype))
-    assert check_selections(out, metadata, tensors) >= (3 if metadata["selection"] != "none" else 0)
+    if metadata["selection"] == "none":  # attention reuse selects nothing: the logits below are the evidence
+        assert metadata["method"] == "skipat" and model.config.attention_reuse["layers"]
+    else:
+        assert check_selections(out, metadata, tensors) >= 3
     official = tensors["logits_fp64" if dtype == torch.float64 else "logits_fp32"].to(dtype)
     torch.testing.assert_close(out.logits, official, atol=TOLERANCE[dtype], rtol=0)
 
@@ -107,6 +116,14 @@ def test_supervit_counts_the_cls_token_in():
 def test_evit_keeps_the_ceiling_of_the_current_patch_tokens():
     counts = mlp_tokens({"method": "evit", "keep_rate": 0.7, "fuse": False})
     assert [counts[3], counts[6], counts[9]] == [1 + 138, 1 + 97, 1 + 68]
+
+
+@pytest.mark.parametrize("rate, patches", [(0.56, 25), (0.56, 50), (0.56, 100), (0.55, 100), (0.55, 180)])
+def test_evit_keeps_the_official_ceiling_where_float_error_rounds_up(rate, patches):
+    # youweiliang/evit: left_tokens = math.ceil(keep_rate * (N - 1)); 0.56 * 25 is 14.000000000000002 there: 15 kept
+    from hf_tokenprune.models.reduction_evit import EViTReduction
+
+    assert EViTReduction.num_kept(patches, rate) == math.ceil(rate * patches) == round(rate * patches) + 1
 
 
 def test_evo_vit_keeps_the_floor_of_n_times_rate():
