@@ -301,11 +301,14 @@ def _compose(calls: list, layers: list[int], batch: int, with_cls: bool) -> dict
     return kept
 
 
-def build_evo_vit(repo: Path, keep_rate: float, momentum: float = 0.5):
+def build_evo_vit(repo: Path, plan: dict):
+    """The official model with ``prune_ratio`` and ``tradeoff`` per layer from the plan (the released models: 0.5)."""
     evo_deit = load_file(repo / "deit" / "evo_deit.py", "evo_deit")
     depth = MODEL["num_hidden_layers"]
-    tradeoff = [1.0] * 4 + [momentum] * (depth - 4)  # the released models use 0.5 (evo_deit_*_patch16_224)
-    ratio = [1.0] * 4 + [keep_rate] * (depth - 4)
+    momentum = plan.get("attention_momentum", 0.5)
+    tradeoff = momentum if isinstance(momentum, list) else [1.0] * 4 + [momentum] * (depth - 4)
+    first, second = plan.get("stage_keep_rates") or [plan["keep_rate"]] * 2
+    ratio = [1.0] * 4 + [first] * 4 + [second] * (depth - 8)  # read at blocks 4 and 8 (stage_wise_prune)
     config = {k: v for k, v in TIMM_MODEL.items() if k != "img_size"}
     return evo_deit.EvoVisionTransformer(
         img_size=TIMM_MODEL["img_size"], qkv_bias=True, tradeoff=tradeoff, prune_ratio=ratio,
@@ -313,7 +316,7 @@ def build_evo_vit(repo: Path, keep_rate: float, momentum: float = 0.5):
     )  # fmt: skip
 
 
-def run_evo_vit(model, pixels: torch.Tensor, keep_rate: float) -> tuple[torch.Tensor, dict]:
+def run_evo_vit(model, pixels: torch.Tensor, rates: list[float]) -> tuple[torch.Tensor, dict]:
     """Evo-ViT at inference: at blocks 4 and 8 the patch tokens are re-sorted by global class attention and the first
     ``int(N * rate)`` are informative; they stay informative through the stage."""
     module = sys.modules["evo_deit"]
@@ -324,11 +327,11 @@ def run_evo_vit(model, pixels: torch.Tensor, keep_rate: float) -> tuple[torch.Te
     finally:
         restore()
     count = (MODEL["image_size"] // MODEL["patch_size"]) ** 2
-    positions, kept, informative = torch.arange(1, 1 + count).expand(pixels.shape[0], -1), {}, int(count * keep_rate)
-    for start, index in zip((4, 8), calls):
+    positions, kept = torch.arange(1, 1 + count).expand(pixels.shape[0], -1), {}
+    for start, index, rate in zip((4, 8), calls, rates):
         positions = positions.gather(1, index)  # the official sorts every patch token, placeholders too
         for layer in range(start, start + 4):
-            kept[layer] = positions[:, :informative]
+            kept[layer] = positions[:, : int(count * rate)]
     return logits, kept
 
 
@@ -337,23 +340,25 @@ def build_cropr(repo: Path, plan: dict):
     vision_transformer = load_file(repo / "cls" / "vision_transformer.py", "cropr_vision_transformer")
     fusion = plan.get("last_layer_fusion", True)
     rate = plan["tokens_per_layer"]
+    projected = plan.get("scorer") == "official_projected"  # --cropr_pre_attn_norm --cropr_{q,k,v}_proj
     settings = {
         "use_cropr": True,
         "pruning_rate": rate,
         "llf": fusion,
         "num_queries": 1,
         "num_heads": 1,
-        "pre_attn_norm": False,
-        "q_proj": False,
-        "k_proj": False,
-        "v_proj": False,
+        "pre_attn_norm": projected,
+        "q_proj": projected,
+        "k_proj": projected,
+        "v_proj": projected,
         "mlp": True,
         "mlp_ratio": 4,
         "training": True,
     }  # fmt: skip  (cls/main.py's defaults)
     config = {k: v for k, v in TIMM_MODEL.items() if k != "mlp_ratio"}
+    pool = "avg" if MODEL_FIELDS.get(name_of(plan), {}).get("classifier_pooling") == "mean" else "token"
     return vision_transformer.VisionTransformer(
-        settings, **config, mlp_ratio=4.0, global_pool="token", drop_path_rate=0.0, class_token=True
+        settings, **config, mlp_ratio=4.0, global_pool=pool, drop_path_rate=0.0, class_token=True
     )
 
 
@@ -411,6 +416,11 @@ POINTS = {
             "cropr_no_llf",
             {"method": "cropr", "tokens_per_layer": 12, "last_layer_fusion": False, "training_heads": False},
         ),
+        ("cropr_avg", {"method": "cropr", "tokens_per_layer": 8, "training_heads": False}),  # main.py's 'avg' pool
+        (
+            "cropr_projected",
+            {"method": "cropr", "tokens_per_layer": 8, "scorer": "official_projected", "training_heads": False},
+        ),
     ],  # fmt: skip
     "skipat": [
         ("skipat_3_8", {"attention_reuse": {"method": "skipat", "layers": [3, 4, 5, 6, 7, 8]}}),
@@ -423,6 +433,11 @@ POINTS = {
             "evo_vit_07_m03",
             {"method": "evo_vit", "layers": [4, 8], "keep_rate": 0.7, "two_heads": True, "attention_momentum": 0.3},
         ),
+        (  # a keep ratio per stage and a trade-off per layer (the official prune_ratio and tradeoff lists)
+            "evo_vit_stages",
+            {"method": "evo_vit", "layers": [4, 8], "keep_rate": 0.7, "stage_keep_rates": [0.7, 0.4],
+             "attention_momentum": [1.0] * 4 + [0.3, 0.4, 0.5, 0.6, 0.7, 0.3, 0.4, 0.5], "two_heads": True},
+        ),
     ],
 }
 REPOSITORIES = {
@@ -431,6 +446,12 @@ REPOSITORIES = {
     "skipat": "Qualcomm-AI-research/skip-attention",
 }  # fmt: skip
 MODEL_OVERRIDES = {"cropr": {"intermediate_size": 64}}  # its blocks use timm's default MLP ratio, 4
+# Model fields of one operating point: Cropr's official classifier (global_pool='avg') is our mean pooling.
+MODEL_FIELDS = {"cropr_avg": {"classifier_pooling": "mean"}}
+
+
+def name_of(plan: dict) -> str:
+    return next(name for points in POINTS.values() for name, known in points if known is plan)
 
 
 def official(method: str, repo: Path, plan: dict):
@@ -452,9 +473,8 @@ def official(method: str, repo: Path, plan: dict):
             lambda model, pixels: run_supervit(model, pixels, plan["keep_rate"], plan["layers"])
         )
     if method == "evo_vit":
-        return (lambda: build_evo_vit(repo, plan["keep_rate"], plan.get("attention_momentum", 0.5))), (
-            lambda model, pixels: run_evo_vit(model, pixels, plan["keep_rate"])
-        )
+        rates = plan.get("stage_keep_rates") or [plan["keep_rate"]] * 2
+        return (lambda: build_evo_vit(repo, plan)), (lambda model, pixels: run_evo_vit(model, pixels, rates))
     layers = plan["layers"]
     return (lambda: build_dynamicvit(repo, plan["keep_rate"], layers)), (
         lambda model, pixels: run_dynamicvit(model, pixels, layers)
@@ -484,7 +504,7 @@ def make_fixture(method: str, repo: Path, name: str, plan: dict, commit: str, se
         raise RuntimeError(f"{name}: no seed gave decisive selections")
     state = model.float().state_dict()
     plans = plan if "attention_reuse" in plan else {"token_reduction": plan}
-    config = {**MODEL, **MODEL_OVERRIDES.get(method, {}), **plans}
+    config = {**MODEL, **MODEL_OVERRIDES.get(method, {}), **MODEL_FIELDS.get(name, {}), **plans}
     save_checkpoint(state, FIXTURES / "checkpoints" / f"{name}.pth", method, plans)
     tensors = {f"weights.{key}": value for key, value in hf_weights(state, config).items()}
     tensors["pixel_values"] = pixels.float().contiguous()

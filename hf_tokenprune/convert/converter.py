@@ -214,9 +214,18 @@ def _plans(state, method, shape, entry, token_reduction, attention_reuse) -> dic
             )
         plan["last_layer_fusion"] = modules == depth - 2
         plan["training_heads"] = "cropr.0.head.head.weight" in state
-        if "cropr.0.cross_attn.k.weight" in state or "cropr.0.cross_attn.q.weight" in state:
+        projected = [f"cropr.0.cross_attn.{name}.weight" in state for name in ("attn_norm", "q", "k", "v")]
+        if all(projected):
+            plan["scorer"] = "official_projected"
+        elif any(projected):
             raise ValueError(
-                f"{FIELD} has Cropr's projected scorer (cross_attn.q/k); only its default scorer converts."
+                f"{FIELD} has some of Cropr's scorer projections (attn_norm, q, k, v: {projected}); the settings that "
+                "convert are none of them (the default) or all four (--cropr_pre_attn_norm/q_proj/k_proj/v_proj)."
+            )
+        if "cropr.0.cross_attn.proj.weight" in state and "num_heads" not in overrides:
+            raise ValueError(
+                f"{FIELD} has Cropr scorers with several heads (cross_attn.proj); give their count, "
+                "--token-reduction '{\"num_heads\": H}' (the official --cropr_num_heads)."
             )
     elif method == "skipat":
         count = len({key.split(".")[0] for key in state if key.startswith("param_")})

@@ -20,6 +20,11 @@ CROPR_SCORER = {"cross_attn.queries": "queries", "cross_attn.mlp_norm": "aux_hea
                 "cross_attn.mlp.fc1": "aux_head.mlp.0", "cross_attn.mlp.fc2": "aux_head.mlp.2",
                 "head.norm": "aux_head.head_norm", "head.head": "aux_head.head"}  # fmt: skip
 PARTS = ("weight", "bias")
+# Its projected scorer (official --cropr_pre_attn_norm/q_proj/k_proj/v_proj: no biases) and multi-head output.
+CROPR_PROJECTED = {"cross_attn.attn_norm": ("norm", PARTS), "cross_attn.q": ("q_proj", ("weight",)),
+                   "cross_attn.k": ("k_proj", ("weight",)),
+                   "cross_attn.v": ("aux_head.v_proj", ("weight",))}  # fmt: skip
+CROPR_HEADS = {"cross_attn.proj": ("aux_head.out_proj", PARTS)}
 
 
 class Keys:
@@ -126,6 +131,13 @@ def method_modules(keys: Keys, config: Any, prefix: str) -> dict[str, Any]:
                     value = keys.take(f"cropr.{module}.{theirs}{name}")
                     if plan["training_heads"] or not ours.startswith("aux_head"):  # else: an inference model
                         out[target + ours + name] = value
+            extra = {**(CROPR_PROJECTED if plan["scorer"] == "official_projected" else {}),
+                     **(CROPR_HEADS if f"cropr.{module}.cross_attn.proj.weight" in keys else {})}  # fmt: skip
+            for theirs, (ours, parts) in extra.items():
+                for part in parts:
+                    value = keys.take(f"cropr.{module}.{theirs}.{part}")
+                    if plan["training_heads"] or not ours.startswith("aux_head"):
+                        out[f"{target}{ours}.{part}"] = value
     reuse = config.attention_reuse or {}
     if reuse.get("method") == "skipat":
         for index, layer in enumerate(reuse["layers"]):

@@ -23,6 +23,14 @@ Two scorers, chosen by ``scorer``:
 - ``"projected"``: a LayerNorm and biased query and key projections (and a value projection in the auxiliary head),
   with the model's head count by default (about 1.2M scorer parameters at ViT-B). It scores
   ``LayerNorm(x_i) . (W_k^T sum_m W_q q_m)`` at inference.
+- ``"official_projected"``: the reference code's projected setting (``--cropr_pre_attn_norm --cropr_q_proj
+  --cropr_k_proj --cropr_v_proj``): the same structure without biases, its LayerNorm at eps 1e-6, one head by
+  default, the auxiliary head's norms as ``"official"``'s.
+
+The reference classifier (``global_pool="avg"``) classifies the final norm of the mean of every token, CLS included:
+a ViT config's ``classifier_pooling="mean"`` (converted Cropr checkpoints set it). With several queries the reference
+sends one prediction per query to a loss that expects one per image, so it trains with one query; ours averages the
+queries' outputs before the head (``aux_head="pooled"``).
 
 ``aux_head="per_query"`` is the official segmentation variant: one learned query per patch of the grid
 (``num_queries`` becomes the number of patches) and the auxiliary head predicts a label for each query instead of
@@ -50,15 +58,16 @@ from .token_reduction import (
     rejoin_parked,
 )
 
-SCORERS = ("official", "projected")
+SCORERS = ("official", "projected", "official_projected")
 OFFICIAL_AUX_EPS = (1e-6, 1e-5)  # the reference auxiliary head: MLP norm, classifier norm
+OFFICIAL_NORM_EPS = 1e-6  # the reference cross-attention's LayerNorm (pre_attn_norm)
 
 
 def scorer_heads(plan, config) -> int:
     """Heads of the cross-attention: the plan's, else 1 (official) or the model's (projected)."""
     if plan["num_heads"] is not None:
         return plan["num_heads"]
-    return 1 if plan["scorer"] == "official" else config.num_attention_heads
+    return config.num_attention_heads if plan["scorer"] == "projected" else 1
 
 
 def _num_modules(plan, num_layers):
@@ -99,18 +108,21 @@ class CrossAttentionScorer(nn.Module):
         width, self.num_heads = config.hidden_size, scorer_heads(plan, config)
         self.head_dim = width // self.num_heads
         self.queries = nn.Parameter(torch.empty(1, plan["num_queries"], width))
-        projected = plan["scorer"] == "projected"
-        self.norm = nn.LayerNorm(width, eps=config.layer_norm_eps) if projected else nn.Identity()
-        self.q_proj = nn.Linear(width, width) if projected else nn.Identity()
-        self.k_proj = nn.Linear(width, width) if projected else nn.Identity()
+        projected, bias = plan["scorer"] != "official", plan["scorer"] == "projected"
+        eps = config.layer_norm_eps if bias else OFFICIAL_NORM_EPS
+        self.norm = nn.LayerNorm(width, eps=eps) if projected else nn.Identity()
+        self.q_proj = nn.Linear(width, width, bias=bias) if projected else nn.Identity()
+        self.k_proj = nn.Linear(width, width, bias=bias) if projected else nn.Identity()
         if plan["training_heads"]:  # training only: dropped from inference checkpoints
             self.aux_head = AuxiliaryHead(config, plan, self.num_heads)
         self.init_tokenprune_weights()
 
     @torch.no_grad()
     def init_tokenprune_weights(self, std: float = 0.02) -> None:
-        """Queries ~ N(0, 1/d), as in the reference code; HF's loader calls it for missing weights only."""
-        init.trunc_normal_(self.queries, std=self.queries.shape[-1] ** -0.5)
+        """Queries ~ N(0, 1/d) cut at +-2 sigma, as the reference's ``trunc_normal_tf_``; HF's loader calls it for
+        missing weights only."""
+        std = self.queries.shape[-1] ** -0.5
+        init.trunc_normal_(self.queries, std=std, a=-2 * std, b=2 * std)
 
     def fast_scores(self, x: torch.Tensor) -> torch.Tensor:
         """Inference scores (B, N): the same ranking as ``sum_heads sum_queries q . k_i`` at O(N * d)."""
@@ -139,7 +151,10 @@ class AuxiliaryHead(nn.Module):
         super().__init__()
         width, projected = config.hidden_size, plan["scorer"] == "projected"
         self.num_heads, self.scaling = num_heads, (width // num_heads) ** -0.5
-        self.v_proj = nn.Linear(width, width) if projected else nn.Identity()
+        if plan["scorer"] == "official_projected":
+            self.v_proj = nn.Linear(width, width, bias=False)
+        else:
+            self.v_proj = nn.Linear(width, width) if projected else nn.Identity()
         self.out_proj = nn.Linear(width, width) if num_heads > 1 else nn.Identity()
         eps = (config.layer_norm_eps,) * 2 if projected else OFFICIAL_AUX_EPS
         self.mlp_norm = nn.LayerNorm(width, eps=eps[0])

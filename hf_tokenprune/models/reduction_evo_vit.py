@@ -13,6 +13,11 @@ weighted by ``g``, that goes through the block with the informative tokens and w
 every placeholder (``"representative"``, the paper's fast update). Placeholders rejoin the sequence at the end of
 each stage, so the full token map exists again after it. Only informative tokens update ``g``.
 
+As the reference code allows, ``stage_keep_rates`` gives each stage its own keep rate (its ``prune_ratio`` read at
+each stage start; ``keep_rate`` serves every stage when it is None, and a call's ``keep_rate=`` is ignored when it is
+set), and ``attention_momentum`` may be a list with one trade-off per layer (its ``tradeoff``; the entries before
+the first stage must be 1: ``g`` starts from the attention of the layer before it).
+
 With ``two_heads`` the classifier gets a second head on the mean of the patch tokens, trained with the CLS head
 (0.5 * cross-entropy each) and used alone at inference, as in the reference training.
 """
@@ -82,6 +87,22 @@ def _check_stages(plan: dict, num_layers: int) -> list[list[int]]:
     return [list(s) for s in stages]
 
 
+def _check_momentum(value, first_start: int, num_layers: int) -> float | list[float]:
+    """``attention_momentum``: one trade-off, or one per layer whose entries before ``first_start`` are 1."""
+    field = "token_reduction['attention_momentum']"
+    if not isinstance(value, (list, tuple)):
+        return check_keep_rate(value, field)
+    if len(value) != num_layers:
+        raise ValueError(f"{field} = {list(value)!r} must be one trade-off or a list of {num_layers}, one per layer.")
+    values = [check_keep_rate(v, field) for v in value]
+    if any(v != 1.0 for v in values[:first_start]):
+        raise ValueError(
+            f"{field} = {values!r}: the entries before the first stage (layer {first_start}) must be 1 (the global "
+            "attention starts from the layer before the stage, as the reference code's does with trade-off 1)."
+        )
+    return values
+
+
 @register_reduction("evo_vit")
 class EvoViTReduction(TokenReduction):
     options = {
@@ -91,6 +112,7 @@ class EvoViTReduction(TokenReduction):
         "placeholder_update": "none",
         "attention_momentum": 0.5,
         "two_heads": False,
+        "stage_keep_rates": None,
     }
     runtime_options = ("keep_rate",)
     uses_keep_rate = True
@@ -120,9 +142,15 @@ class EvoViTReduction(TokenReduction):
         del plan["layers"]  # the canonical plan names stages only
         plan["keep_rate"] = check_keep_rate(plan["keep_rate"], "token_reduction['keep_rate']")
         check_choice(plan["placeholder_update"], "token_reduction['placeholder_update']", PLACEHOLDER_UPDATES)
-        plan["attention_momentum"] = check_keep_rate(
-            plan["attention_momentum"], "token_reduction['attention_momentum']"
-        )
+        plan["attention_momentum"] = _check_momentum(plan["attention_momentum"], plan["stages"][0][0], num_layers)
+        rates = plan["stage_keep_rates"]
+        if rates is not None:
+            field = "token_reduction['stage_keep_rates']"
+            if not isinstance(rates, (list, tuple)) or len(rates) != len(plan["stages"]):
+                raise ValueError(
+                    f"{field} = {rates!r} must be a list of {len(plan['stages'])} keep rates, one per stage."
+                )
+            plan["stage_keep_rates"] = [check_keep_rate(rate, field) for rate in rates]
         plan["two_heads"] = check_bool(plan["two_heads"], "token_reduction['two_heads']")
         return plan
 
@@ -131,16 +159,22 @@ class EvoViTReduction(TokenReduction):
         return next((s for s in plan["stages"] if s[0] <= layer < s[1]), None)
 
     @classmethod
+    def stage_rate(cls, plan, stage_index, keep_rate):
+        """The keep rate of stage ``stage_index``: its entry of ``stage_keep_rates``, else ``keep_rate``."""
+        rates = plan.get("stage_keep_rates")
+        return keep_rate if rates is None else rates[stage_index]
+
+    @classmethod
     def token_counts(cls, plan, num_layers, num_patches, keep_rate=None):
         keep_rate = plan["keep_rate"] if keep_rate is None else keep_rate
-        kept = informative_count(num_patches, keep_rate)
-        if kept >= num_patches:
-            return [(num_patches + 1, num_patches + 1)] * num_layers
-        inside = 1 + kept + int(plan["placeholder_update"] == "representative")
-        return [
-            (inside, inside) if cls._stage_of(plan, layer) else (num_patches + 1, num_patches + 1)
-            for layer in range(num_layers)
-        ]
+        full = (num_patches + 1, num_patches + 1)
+        counts = [full] * num_layers
+        for index, (start, end) in enumerate(plan["stages"]):
+            kept = informative_count(num_patches, cls.stage_rate(plan, index, keep_rate))
+            if kept < num_patches:
+                inside = 1 + kept + int(plan["placeholder_update"] == "representative")
+                counts[start:end] = [(inside, inside)] * (end - start)
+        return counts
 
     @classmethod
     def extra_macs(cls, plan, config, counts):
@@ -168,13 +202,16 @@ class EvoViTReduction(TokenReduction):
         super().__init__(plan, config, layer_idx)
         stage = self._stage_of(plan, layer_idx)
         self.starts_stage = stage is not None and stage[0] == layer_idx
+        self.stage_index = plan["stages"].index(stage) if stage is not None else None
         self.ends_stage = stage is not None and stage[1] == layer_idx + 1
         self.in_stage = stage is not None
         self.representative = plan["placeholder_update"] == "representative" and self.in_stage
         # g is read only at stage starts, so layers after the last start need not track it.
         self.needs_cls_attention = plan["stages"][0][0] - 1 <= layer_idx < plan["stages"][-1][0]
         # a = 1 before the first stage: g is the CLS attention of the layer just before it.
-        self.momentum = 1.0 if layer_idx < plan["stages"][0][0] else plan["attention_momentum"]
+        momentum = plan["attention_momentum"]
+        momentum = momentum[layer_idx] if isinstance(momentum, list) else momentum
+        self.momentum = 1.0 if layer_idx < plan["stages"][0][0] else momentum
 
     def before_block(self, x: torch.Tensor, state: TokenState):
         if self.starts_stage:
@@ -199,7 +236,8 @@ class EvoViTReduction(TokenReduction):
         """Ranks patch tokens by global class attention; the low-ranked become placeholders (parked)."""
         num_prefix = state.num_prefix
         num_patches = x.shape[1] - num_prefix
-        num_keep = informative_count(num_patches, self.keep_rate(state))
+        rate = self.stage_rate(state.plan, self.stage_index, self.keep_rate(state))
+        num_keep = informative_count(num_patches, rate)
         if num_keep >= num_patches:
             return x, state
         scores = state.mine(self.method).global_attention.gather(1, state.positions[:, num_prefix:])  # (B, N)
