@@ -59,7 +59,7 @@ def measure(path: Path) -> dict:
         model.load_state_dict(weights, strict=True)
         model = model.to(dtype)
         with torch.no_grad():
-            out = model(tensors["pixel_values"].to(dtype))
+            out = model(tensors["pixel_values"].to(dtype), interpolate_pos_encoding=True)
         official = tensors[f"logits_{name}"].to(dtype)
         row[f"max_logit_difference_{name}"] = (out.logits - official).abs().max().item()
         equal = equal and same_selections(out, metadata, tensors)

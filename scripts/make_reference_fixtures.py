@@ -149,9 +149,14 @@ def save_checkpoint(state: dict, path: Path, method: str, plan: dict) -> None:
     torch.save(content, path)
 
 
-def inputs(seed: int) -> torch.Tensor:
+def inputs(seed: int, side: int | None = None) -> torch.Tensor:
+    """Fixed images; at ``side``, resized as SuperViT's official model resizes inside (bilinear, align_corners=True),
+    which then leaves them as they are."""
     generator = torch.Generator().manual_seed(seed)
-    return torch.randn(2, 3, MODEL["image_size"], MODEL["image_size"], generator=generator)
+    pixels = torch.randn(2, 3, MODEL["image_size"], MODEL["image_size"], generator=generator)
+    if side is not None:
+        pixels = torch.nn.functional.interpolate(pixels, (side, side), mode="bilinear", align_corners=True)
+    return pixels
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -270,29 +275,32 @@ def recording(module, function: str, keep):
     return calls, lambda: setattr(module, function, original)
 
 
-def build_supervit(repo: Path):
+def build_supervit(repo: Path, side: int):
+    """The official model with a position table for ``side`` and one for the full resolution."""
     torch.Tensor.cuda = lambda self, *args, **kwargs: self  # its Block calls .cuda() on an index; run on the CPU
     super_deit = load_file(repo / "deit" / "super_deit.py", "super_deit")
     config = {k: v for k, v in TIMM_MODEL.items() if k != "img_size"}
-    return super_deit.VisionTransformer(img_size_list=[TIMM_MODEL["img_size"]], qkv_bias=True, **config)
+    sides = sorted({side, TIMM_MODEL["img_size"]})
+    return super_deit.VisionTransformer(img_size_list=sides, qkv_bias=True, **config)
 
 
-def run_supervit(model, pixels: torch.Tensor, keep_rate: float, layers: list[int]) -> tuple[torch.Tensor, dict]:
-    """SuperViT at (full resolution, ``keep_rate``): the official blocks 3, 6, 9 keep ``ceil(rate * (N + 1))``."""
+def run_supervit(model, pixels: torch.Tensor, keep_rate: float, layers: list[int], side: int):
+    """SuperViT at (``side``, ``keep_rate``): the official model resizes the input to ``side`` (bilinear,
+    align_corners=True), adds that side's position table, and blocks 3, 6, 9 keep ``ceil(rate * (N + 1))``."""
     module = sys.modules["super_deit"]
     calls, restore = recording(module, "batch_index_select", lambda x: x.dim() == 3)
     try:
         with torch.no_grad():
-            logits = model(pixels, img_size=TIMM_MODEL["img_size"], keep_ratio=keep_rate)
+            logits = model(pixels, img_size=side, keep_ratio=keep_rate)
     finally:
         restore()
-    return logits, _compose(calls, layers, pixels.shape[0], with_cls=True)
+    return logits, _compose(calls, layers, pixels.shape[0], with_cls=True, count=(side // MODEL["patch_size"]) ** 2)
 
 
-def _compose(calls: list, layers: list[int], batch: int, with_cls: bool) -> dict:
+def _compose(calls: list, layers: list[int], batch: int, with_cls: bool, count: int | None = None) -> dict:
     """Embedding positions of the kept patch tokens after each recorded selection (indices into the current
-    sequence, CLS included when ``with_cls``)."""
-    count = (MODEL["image_size"] // MODEL["patch_size"]) ** 2
+    sequence, CLS included when ``with_cls``); ``count`` patches (default: the full resolution's)."""
+    count = count or (MODEL["image_size"] // MODEL["patch_size"]) ** 2
     positions = torch.arange(0 if with_cls else 1, 1 + count).expand(batch, -1)
     kept = {}
     for layer, index in zip(layers, calls):
@@ -409,6 +417,7 @@ POINTS = {
     "supervit": [
         ("supervit_07", {"method": "supervit", "layers": [3, 6, 9], "keep_rate": 0.7}),
         ("supervit_05", {"method": "supervit", "layers": [3, 6, 9], "keep_rate": 0.5}),
+        ("supervit_07_40px", {"method": "supervit", "layers": [3, 6, 9], "keep_rate": 0.7}),  # a smaller resolution
     ],
     "cropr": [
         ("cropr_llf", {"method": "cropr", "tokens_per_layer": 8, "training_heads": False}),
@@ -435,8 +444,14 @@ POINTS = {
         ),
         (  # a keep ratio per stage and a trade-off per layer (the official prune_ratio and tradeoff lists)
             "evo_vit_stages",
-            {"method": "evo_vit", "layers": [4, 8], "keep_rate": 0.7, "stage_keep_rates": [0.7, 0.4],
-             "attention_momentum": [1.0] * 4 + [0.3, 0.4, 0.5, 0.6, 0.7, 0.3, 0.4, 0.5], "two_heads": True},
+            {
+                "method": "evo_vit",
+                "layers": [4, 8],
+                "keep_rate": 0.7,
+                "stage_keep_rates": [0.7, 0.4],
+                "attention_momentum": [1.0] * 4 + [0.3, 0.4, 0.5, 0.6, 0.7, 0.3, 0.4, 0.5],
+                "two_heads": True,
+            },
         ),
     ],
 }
@@ -447,7 +462,9 @@ REPOSITORIES = {
 }  # fmt: skip
 MODEL_OVERRIDES = {"cropr": {"intermediate_size": 64}}  # its blocks use timm's default MLP ratio, 4
 # Model fields of one operating point: Cropr's official classifier (global_pool='avg') is our mean pooling.
-MODEL_FIELDS = {"cropr_avg": {"classifier_pooling": "mean"}}
+# SuperViT at a smaller resolution: its own learned position table, and the input resized as the official model does.
+MODEL_FIELDS = {"cropr_avg": {"classifier_pooling": "mean"}, "supervit_07_40px": {"position_tables": [40]}}
+INPUT_SIDES = {"supervit_07_40px": 40}
 
 
 def name_of(plan: dict) -> str:
@@ -469,8 +486,9 @@ def official(method: str, repo: Path, plan: dict):
     if method == "skipat":
         return (lambda: build_skipat(repo, plan["attention_reuse"]["layers"])), run_skipat
     if method == "supervit":
-        return (lambda: build_supervit(repo)), (
-            lambda model, pixels: run_supervit(model, pixels, plan["keep_rate"], plan["layers"])
+        side = INPUT_SIDES.get(name_of(plan), MODEL["image_size"])
+        return (lambda: build_supervit(repo, side)), (
+            lambda model, pixels: run_supervit(model, pixels, plan["keep_rate"], plan["layers"], side)
         )
     if method == "evo_vit":
         rates = plan.get("stage_keep_rates") or [plan["keep_rate"]] * 2
@@ -495,7 +513,7 @@ def make_fixture(method: str, repo: Path, name: str, plan: dict, commit: str, se
         torch.manual_seed(seed + attempt)
         model = build().eval()
         sharpen(model, seed + attempt)
-        pixels = inputs(seed + attempt)
+        pixels = inputs(seed + attempt, INPUT_SIDES.get(name))
         logits32, chosen32 = run(model.float(), pixels)
         logits64, chosen64 = run(model.double(), pixels.double())
         if selections_agree(chosen32, chosen64, method):

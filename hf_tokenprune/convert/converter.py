@@ -237,8 +237,8 @@ def _plans(state, method, shape, entry, token_reduction, attention_reuse) -> dic
 
 
 def _build(state, shape, plans, checkpoint, method) -> tuple[Any, list[str]]:
-    """The model with the checkpoint's weights; every parameter filled, every key used (SuperViT's tables for
-    the other resolutions are reported, as they are not carried)."""
+    """The model with the checkpoint's weights; every parameter filled, every key used (or reported, where the
+    official model does not use it either)."""
     import torch
 
     from .layouts import map_weights, not_carried
@@ -255,6 +255,11 @@ def _build(state, shape, plans, checkpoint, method) -> tuple[Any, list[str]]:
             f"{FIELD} pools a mean under fc_norm (timm's global_pool='avg'); only Cropr's checkpoints convert with it."
         )
     extra = {"classifier_pooling": pooling} if pooling != "cls" else {}
+    from .layouts import table_side
+
+    sides = [table_side(v, shape["patch_size"]) for k, v in state.items() if k.startswith("pos_embed_list.")]
+    if len(sides) > 1:  # SuperViT: a table per resolution, the largest is the model's own
+        extra["position_tables"] = sorted(side for side in sides if side != shape["image_size"])
     config = row.config_class()(
         **shape, num_labels=num_labels, hidden_act="gelu", layer_norm_eps=1e-6, qkv_bias=True, **extra,
         **{key: value for key, value in plans.items() if value is not None},

@@ -150,23 +150,20 @@ def method_modules(keys: Keys, config: Any, prefix: str) -> dict[str, Any]:
 
 
 def not_carried(unused: list[str], config: Any) -> dict[str, str]:
-    """Keys nothing takes that the official model does not use either at this plan -> why: SuperViT's position
-    tables of the other resolutions, SkipAt's Phi modules beyond the plan's layers (the official model builds six
-    and uses one per skipped layer)."""
+    """Keys nothing takes that the official model does not use either at this plan -> why: SkipAt's Phi modules
+    beyond the plan's layers (the official model builds six and uses one per skipped layer)."""
     reuse = config.attention_reuse or {}
     reasons = {}
     for key in unused:
-        if key.startswith("pos_embed_list."):
-            reasons[key] = "SuperViT's position table of another resolution (this model interpolates its own table)"
-        elif reuse.get("method") == "skipat" and key.startswith("param_"):
+        if reuse.get("method") == "skipat" and key.startswith("param_"):
             if int(key.split(".")[0].removeprefix("param_")) > len(reuse["layers"]):
                 reasons[key] = f"a SkipAt Phi module beyond the {len(reuse['layers'])} skipped layers, unused"
     return reasons
 
 
 def position_table(keys: Keys, image_size: int, patch_size: int) -> Any:
-    """``pos_embed``, or SuperViT's table for ``image_size`` among its ``pos_embed_list`` (one per resolution);
-    the other resolutions' tables are returned by `extra_position_tables`."""
+    """``pos_embed``, or SuperViT's table for ``image_size`` among its ``pos_embed_list`` (one per resolution;
+    the others go to `other_position_tables`)."""
     if "pos_embed" in keys:
         return keys.take("pos_embed")
     tables = [keys.state[f"pos_embed_list.{index}"] for index in range(keys.count("pos_embed_list"))]
@@ -175,6 +172,22 @@ def position_table(keys: Keys, image_size: int, patch_size: int) -> Any:
         if table.shape[1] == tokens:
             return keys.take(f"pos_embed_list.{index}")
     raise KeyError("pos_embed")
+
+
+def table_side(table: Any, patch_size: int) -> int:
+    """The image side a position table (1, 1 + n * n, C) serves."""
+    return round((table.shape[1] - 1) ** 0.5) * patch_size
+
+
+def other_position_tables(keys: Keys, config: Any, prefix: str) -> dict[str, Any]:
+    """SuperViT's tables for the sides in ``config.position_tables`` (``vit.embeddings.position_tables.<side>``)."""
+    out = {}
+    for side in getattr(config, "position_tables", None) or []:
+        for index in range(keys.count("pos_embed_list")):
+            key = f"pos_embed_list.{index}"
+            if table_side(keys.state[key], config.patch_size) == side:
+                out[f"{prefix}.embeddings.position_tables.{side}"] = keys.take(key)
+    return out
 
 
 def map_weights(state: dict[str, Any], config: Any) -> tuple[dict[str, Any], list[str]]:
@@ -187,4 +200,5 @@ def map_weights(state: dict[str, Any], config: Any) -> tuple[dict[str, Any], lis
     out = backbone(keys, config.num_hidden_layers, prefix, table)
     out.update(heads(keys, distilled))
     out.update(method_modules(keys, config, prefix))
+    out.update(other_position_tables(keys, config, prefix))
     return {key: value.detach().float().contiguous() for key, value in out.items()}, keys.unused()

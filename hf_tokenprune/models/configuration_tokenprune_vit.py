@@ -29,6 +29,10 @@ class TokenPruneViTConfig(TokenPruneConfigMixin, BackboneConfigMixin, ViTConfig)
             What `TokenPruneViTForImageClassification` classifies: `"cls"`, the final LayerNorm's CLS token (as
             `ViTForImageClassification`), or `"mean"`, the final LayerNorm of the mean of every token the last layer
             outputs, CLS included (Token Cropr's official classifier, timm-style `fc_norm`).
+        position_tables (`list[int]`, *optional*):
+            Image sides (pixels, multiples of the patch size, other than `image_size`) that have a learned position
+            table of their own, used instead of the interpolated one with `interpolate_pos_encoding=True` (SuperViT's
+            reference model keeps one per resolution; converted SuperViT checkpoints set it).
         out_features / out_indices (`list`, *optional*):
             The layers `TokenPruneViTBackbone` returns as feature maps, as for transformers' backbones: stage names
             `"stem"` (the embeddings, index 0) and `"stage1"` ... `"stageN"` (after layer N). Default: the last.
@@ -42,10 +46,22 @@ class TokenPruneViTConfig(TokenPruneConfigMixin, BackboneConfigMixin, ViTConfig)
     attention_reuse: dict | None = None
     restore_tokens: bool = False
     classifier_pooling: str = "cls"
+    position_tables: list[int] | None = None
     _out_features: list[str] | None = None
     _out_indices: list[int] | None = None
 
     def __post_init__(self, **kwargs):
+        if self.position_tables is not None:
+            sides = self.position_tables
+            if not isinstance(sides, (list, tuple)) or any(
+                isinstance(side, bool) or not isinstance(side, int) or side < 1 or side % self.patch_size
+                for side in sides
+            ):
+                raise ValueError(
+                    f"position_tables = {sides!r} must be a list of image sides, multiples of the patch size "
+                    f"{self.patch_size}."
+                )
+            self.position_tables = sorted(set(sides))
         if self.classifier_pooling not in POOLINGS:
             raise ValueError(
                 f"classifier_pooling = {self.classifier_pooling!r} is not known; allowed: {list(POOLINGS)}."

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+from transformers import initialization as init
 from transformers.conversion_mapping import (
     get_checkpoint_conversion_mapping,
     register_checkpoint_conversion_mapping,
@@ -65,6 +66,29 @@ class TokenPruneViTImageClassifierOutput(TokenPruneImageClassifierOutput):
     of ``loss`` that comes from auxiliary objectives (already included in ``loss``)."""
 
 
+class TokenPruneViTEmbeddings(ViTEmbeddings):
+    """`ViTEmbeddings` with, optionally, a learned position table per image side (``config.position_tables``, as
+    SuperViT's reference model has one per resolution): an image of such a side, with
+    ``interpolate_pos_encoding=True``, adds its own table instead of the interpolated one."""
+
+    def __init__(self, config: TokenPruneViTConfig, use_mask_token: bool = False):
+        super().__init__(config, use_mask_token=use_mask_token)
+        sides = config.position_tables or []
+        self.position_tables = nn.ParameterDict(
+            {str(side): nn.Parameter(torch.zeros(1, (side // config.patch_size) ** 2 + 1, config.hidden_size))
+             for side in sides}
+        )  # fmt: skip
+
+    @torch.no_grad()
+    def init_tokenprune_weights(self, std: float = 0.02) -> None:
+        for table in self.position_tables.values():
+            init.trunc_normal_(table, std=std)
+
+    def interpolate_pos_encoding(self, embeddings: torch.Tensor, height: int, width: int) -> torch.Tensor:
+        table = self.position_tables[str(height)] if height == width and str(height) in self.position_tables else None
+        return table if table is not None else super().interpolate_pos_encoding(embeddings, height, width)
+
+
 class TokenPruneViTAttention(ProbedAttentionMixin, ViTAttention):
     """`ViTAttention` that can also report its CLS attention row and its head-averaged keys."""
 
@@ -112,7 +136,7 @@ class TokenPruneViTModel(TokenPruneModelMixin, TokenPruneViTPreTrainedModel, ViT
     def __init__(self, config: TokenPruneViTConfig, add_pooling_layer: bool = True, use_mask_token: bool = False):
         ViTPreTrainedModel.__init__(self, config)
         self.config = config
-        self.embeddings = ViTEmbeddings(config, use_mask_token=use_mask_token)
+        self.embeddings = TokenPruneViTEmbeddings(config, use_mask_token=use_mask_token)
         self.layers = nn.ModuleList([TokenPruneViTLayer(config, i) for i in range(config.num_hidden_layers)])
         self.layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.pooler = ViTPooler(config) if add_pooling_layer else None

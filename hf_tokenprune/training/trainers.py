@@ -187,11 +187,20 @@ class TokenPruneTrainer(Trainer):
         return {}
 
 
-def resize_images(pixel_values: torch.Tensor, size: int | tuple[int, int]) -> torch.Tensor:
-    """Bilinear, antialiased resize of a (B, C, H, W) batch to ``size`` (a side or (height, width))."""
+RESIZES = ("official", "antialiased")
+
+
+def resize_images(pixel_values: torch.Tensor, size: int | tuple[int, int], mode: str = "official") -> torch.Tensor:
+    """Bilinear resize of a (B, C, H, W) batch to ``size`` (a side or (height, width)): ``"official"`` as
+    lmbxmu/SuperViT resizes inside its model (``align_corners=True``, no antialiasing), or ``"antialiased"``
+    (``align_corners=False`` with antialiasing, kinder to small sizes)."""
+    if mode not in RESIZES:
+        raise ValueError(f"resize mode {mode!r} is not known; allowed: {list(RESIZES)}.")
     size = grid_of(size, 1)
     if tuple(pixel_values.shape[-2:]) == size:
         return pixel_values
+    if mode == "official":
+        return F.interpolate(pixel_values, size=size, mode="bilinear", align_corners=True)
     return F.interpolate(pixel_values, size=size, mode="bilinear", antialias=True, align_corners=False)
 
 
@@ -207,10 +216,12 @@ class SuperViTTrainer(TokenPruneTrainer):
     and the loss is their sum. The trained model then serves every (resolution, keep rate) pair at call time:
     ``model(resize_images(x, r), keep_rate=k, interpolate_pos_encoding=True)``.
 
-    Resolutions go through ``interpolate_pos_encoding`` (the position embeddings are resized bicubically to the
-    input's patch grid) rather than one learned table per resolution: no extra parameters, so a stock ViT/DeiT
-    checkpoint loads unchanged and the trained folder stays a plain ViT checkpoint that any ViT code can read; and
-    any size that is a multiple of the patch size works at inference, not only the trained ones.
+    Resolutions go through ``interpolate_pos_encoding``: the position embeddings are resized bicubically to the
+    input's patch grid, unless the config has a learned table for that side (``position_tables``, as the reference
+    model has one per resolution; converted SuperViT checkpoints have them). Without tables there are no extra
+    parameters, so a stock ViT/DeiT checkpoint loads unchanged, and any size that is a multiple of the patch size
+    works at inference, not only the trained ones. Images are resized as the reference does (``resize="official"``:
+    bilinear, ``align_corners=True``, no antialiasing) or with antialiasing (``resize="antialiased"``).
 
     The random choices come from a generator seeded by ``(args.seed, global_step, micro-step)``, so a run and a
     resumed run draw the same sub-networks, and every process of a distributed run draws the same ones.
@@ -220,9 +231,15 @@ class SuperViTTrainer(TokenPruneTrainer):
         resolutions: the image sides to draw from (those smaller than the model's are drawn); default the plan's
             ``resolutions``.
         distill_temperature: the KL temperature ``T``; the KL is scaled by ``T^2``.
+        resize: how the smaller images are made (`resize_images`): ``"official"`` or ``"antialiased"``.
     """
 
-    def __init__(self, *args, keep_rates=None, resolutions=None, distill_temperature: float = 1.0, **kwargs):
+    def __init__(
+        self, *args, keep_rates=None, resolutions=None, distill_temperature: float = 1.0, resize="official", **kwargs
+    ):
+        if resize not in RESIZES:
+            raise ValueError(f"SuperViTTrainer resize = {resize!r} is not known; allowed: {list(RESIZES)}.")
+        self.resize = resize
         super().__init__(*args, **kwargs)
         config = config_of(self.model)
         plan = config.token_reduction
@@ -255,7 +272,7 @@ class SuperViTTrainer(TokenPruneTrainer):
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         pixels, labels = inputs["pixel_values"], inputs["labels"]
         keep_full, resolution, keep_small = self.draw_subnetworks()
-        small = resize_images(pixels, resolution)
+        small = resize_images(pixels, resolution, self.resize)
         loss_kwargs, items = self._loss_kwargs(num_items_in_batch), self._items(num_items_in_batch)
         full = model(pixel_values=pixels, labels=labels, keep_rate=1.0, **loss_kwargs)
         pruned = model(pixel_values=pixels, keep_rate=keep_full)
