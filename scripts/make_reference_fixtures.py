@@ -468,7 +468,8 @@ INPUT_SIDES = {"supervit_07_40px": 40}
 
 
 def name_of(plan: dict) -> str:
-    return next(name for points in POINTS.values() for name, known in points if known is plan)
+    """The operating point's name (None for a plan of no fixture point, such as a training step's)."""
+    return next((name for points in POINTS.values() for name, known in points if known is plan), None)
 
 
 def official(method: str, repo: Path, plan: dict):
@@ -595,6 +596,90 @@ def make_dynamicvit_training_step(repo: Path, commit: str, seed: int = 0) -> Pat
     return path
 
 
+# One training step of the official recipe for the other learned methods, on sharpened weights: the loss terms and
+# the gradients of every parameter, in tests/fixtures/training/<name>.safetensors (plain cross-entropy: no mixup,
+# no label smoothing; no dropout or drop path).
+TRAINING_STEPS = {
+    "cropr": ("cropr_training_step", {"method": "cropr", "tokens_per_layer": 8}),  # auxiliary heads (engine.py)
+    "evo_vit": (
+        "evo_vit_training_step",
+        {"method": "evo_vit", "layers": [4, 8], "keep_rate": 0.5, "attention_momentum": 0.3, "two_heads": True},
+    ),  # fmt: skip
+    "supervit": ("supervit_training_step", {"method": "supervit", "layers": [3, 6, 9], "keep_rate": 0.7}),
+}
+# SuperViT's four sub-networks in the fixture (its get_training_sub_network draws them at random).
+SUPERVIT_STEP = {"keep_full": 0.7, "side": 40, "keep_small": 0.5}
+
+
+def official_training_loss(method: str, model, pixels: torch.Tensor, labels: torch.Tensor) -> tuple:
+    """(loss, {part: value}) of one official training step (its engine's loss), backward already run for SuperViT
+    (it steps each sub-network's loss), to be run for the others."""
+    cross_entropy = torch.nn.functional.cross_entropy
+    if method == "cropr":  # cls/engine.py: the main loss plus every auxiliary head's, unweighted
+        outputs = model(pixels)
+        parts = {"main": cross_entropy(outputs[0], labels)}
+        parts.update({f"aux_{i}": cross_entropy(out, labels) for i, out in enumerate(outputs[1:])})
+        return sum(parts.values()), parts
+    if method == "evo_vit":  # engine_deit.py: 0.5 * CE(mean-token head) + 0.5 * CE(CLS head)
+        mean_logits, cls_logits = model(pixels)
+        parts = {"mean_head": cross_entropy(mean_logits, labels), "cls_head": cross_entropy(cls_logits, labels)}
+        return 0.5 * parts["mean_head"] + 0.5 * parts["cls_head"], parts
+    # deit/engine.py super_train_one_epoch: (224, 1) CE, (224, k) KL to it, (s, 1) CE, (s, k') KL to it
+    kl, parts, side = torch.nn.KLDivLoss(reduction="batchmean"), {}, SUPERVIT_STEP["side"]
+    full_side = MODEL["image_size"]
+    subnetworks = [("full", full_side, 1), ("pruned", full_side, SUPERVIT_STEP["keep_full"]),
+                   ("small", side, 1), ("pruned_small", side, SUPERVIT_STEP["keep_small"])]  # fmt: skip
+    for index, (name, size, rate) in enumerate(subnetworks):
+        outputs = model(pixels, size, rate)
+        if index % 2 == 0:
+            loss = cross_entropy(outputs, labels)
+            teacher = torch.nn.functional.softmax(outputs.detach(), dim=1)
+        else:
+            loss = kl(torch.nn.functional.log_softmax(outputs, dim=1), teacher)
+        loss.backward()
+        parts[name] = loss.detach()
+    return None, parts
+
+
+def make_training_step(method: str, repo: Path, commit: str, seed: int = 0) -> Path:
+    """One official training step of ``method`` (`TRAINING_STEPS`) on sharpened weights."""
+    name, plan = TRAINING_STEPS[method]
+    torch.manual_seed(seed)
+    if method == "cropr":
+        model = build_cropr(repo, plan)
+        config = {**MODEL, **MODEL_OVERRIDES["cropr"], "token_reduction": {**plan, "training_heads": True}}
+    elif method == "evo_vit":
+        model = build_evo_vit(repo, plan)
+        config = {**MODEL, "token_reduction": plan}
+    else:
+        model = build_supervit(repo, SUPERVIT_STEP["side"])
+        config = {**MODEL, "token_reduction": plan, "position_tables": [SUPERVIT_STEP["side"]]}
+    sharpen(model, seed)
+    model.train()
+    pixels = inputs(seed)
+    labels = torch.arange(pixels.shape[0]) % TIMM_MODEL["num_classes"]
+    loss, parts = official_training_loss(method, model, pixels, labels)
+    if loss is not None:
+        loss.backward()
+    total = loss.detach() if loss is not None else sum(parts.values())
+    tensors = {f"weights.{key}": value for key, value in hf_weights(model.state_dict(), config).items()}
+    gradients = {key: (p.grad if p.grad is not None else torch.zeros_like(p)) for key, p in model.named_parameters()}
+    gradients = hf_weights(gradients_in_place(model, gradients), config)
+    tensors.update({f"grad.{key}": value for key, value in gradients.items()})
+    tensors["pixel_values"], tensors["labels"] = pixels.contiguous(), labels.contiguous()
+    for part, value in parts.items():
+        tensors[f"loss.{part}"] = value.detach().reshape(())
+    tensors["loss.total"] = total.reshape(())
+    metadata = {
+        "method": method, "operating_point": name, "repository": REPOSITORIES[method], "commit": commit,
+        "config": json.dumps(config), "seed": str(seed), "subnetworks": json.dumps(SUPERVIT_STEP),
+    }  # fmt: skip
+    path = FIXTURES / "training" / f"{name}.safetensors"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(path), metadata=metadata)
+    return path
+
+
 def gradients_in_place(model: torch.nn.Module, gradients: dict) -> dict:
     """The model's state with each parameter in ``gradients`` replaced by its gradient (same names and layout)."""
     return {key: gradients.get(key, value) for key, value in model.state_dict().items()}
@@ -633,6 +718,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"wrote {make_fixture(args.method, repo, name, plan, commit)}")
     if args.method == "dynamicvit":
         print(f"wrote {make_dynamicvit_training_step(repo, commit)}")
+    if args.method in TRAINING_STEPS:
+        print(f"wrote {make_training_step(args.method, repo, commit)}")
     return 0
 
 

@@ -193,3 +193,43 @@ def test_bounded_policy_gradient_changes_only_what_the_predictors_learn(tmp_path
         ours = torch.cat([g.flatten() for name, g in gradients.items() if f"layers.{layer}." in name]).norm()
         theirs = torch.cat([official[name].flatten() for name in gradients if f"layers.{layer}." in name]).norm()
         assert ours < 0.2 * theirs, (layer, ours, theirs)
+
+
+# Written by scripts/make_reference_fixtures.py from the official code: one training step of Token Cropr (main and
+# auxiliary heads), Evo-ViT (both heads) and SuperViT (its four sub-networks), with every parameter's gradient.
+OFFICIAL_STEPS = {
+    path.stem.removesuffix("_training_step"): path
+    for path in sorted(TRAINING_STEP.parent.glob("*_training_step.safetensors"))
+    if not path.stem.startswith("dynamicvit")
+}
+
+
+@pytest.mark.parametrize("method", sorted(OFFICIAL_STEPS))
+def test_training_step_is_the_official_one(tmp_path, method):
+    """The same loss and the same gradient in every parameter as one step of the official training code."""
+    from hf_tokenprune.training import SuperViTTrainer
+
+    with safe_open(str(OFFICIAL_STEPS[method]), framework="pt") as file:
+        metadata, official = file.metadata(), {key: file.get_tensor(key) for key in file.keys()}
+    model = TokenPruneViTForImageClassification(TokenPruneViTConfig(**json.loads(metadata["config"])))
+    weights = {key.removeprefix("weights."): value for key, value in official.items() if key.startswith("weights.")}
+    model.load_state_dict(weights, strict=True)
+    model.train()
+    batch = {"pixel_values": official["pixel_values"], "labels": official["labels"]}
+    if method == "supervit":  # the fixture's sub-networks instead of random ones
+        draws = json.loads(metadata["subnetworks"])
+        trainer = SuperViTTrainer(model=model, args=training_args(tmp_path), resolutions=[draws["side"]])
+        trainer.draw_subnetworks = lambda: (draws["keep_full"], draws["side"], draws["keep_small"])
+        loss = trainer.compute_loss(model, batch)
+        parts = {entry["name"]: entry["loss"] for entry in trainer.last_subnetworks}
+        for name, value in parts.items():
+            torch.testing.assert_close(torch.tensor(value), official[f"loss.{name}"], rtol=1e-5, atol=1e-6)
+    else:
+        loss = model(**batch).loss
+    loss.backward()
+    torch.testing.assert_close(loss.detach(), official["loss.total"], rtol=1e-5, atol=1e-6)
+    expected = {key.removeprefix("grad."): value for key, value in official.items() if key.startswith("grad.")}
+    for name, parameter in model.named_parameters():
+        gradient = parameter.grad if parameter.grad is not None else torch.zeros_like(parameter)
+        reference = expected[name]
+        torch.testing.assert_close(gradient, reference, rtol=1e-3, atol=1e-4 * max(1.0, reference.abs().max()))
