@@ -294,6 +294,9 @@ def _build(state, shape, plans, checkpoint, method) -> tuple[Any, list[str]]:
     with torch.no_grad():
         model.float()
     notes = {}
+    plan = config.token_reduction or {}
+    if plan.get("method") == "cropr" and not plan["training_heads"] and "cropr.0.head.head.weight" in state:
+        notes["cropr.*.head, cropr.*.cross_attn.mlp*"] = "Cropr's auxiliary heads, for training only"
     for key, why in dropped.items():  # one line per module
         notes.setdefault(key.rsplit(".", 2)[0] if key.startswith("param_") else key, why)
     return model, [f"{key}: {why}" for key, why in notes.items()]
