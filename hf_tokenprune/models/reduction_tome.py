@@ -25,6 +25,7 @@ from .token_reduction import (
     add_rows,
     check_bool,
     check_options,
+    descending_order,
     gather_tokens,
     padding_of,
     register_reduction,
@@ -170,8 +171,8 @@ def bipartite_matching(keys: torch.Tensor, r: int, num_prefix: int, padding: tor
     scores[:, : (num_prefix + 1) // 2] = -torch.inf  # (scores is a fresh product: writing into it is safe)
     scores[:, :, : num_prefix // 2] = -torch.inf
     best, best_b = scores.max(dim=-1)  # (B, N_a) each A token's best B match
-    # Sorts as topk with a constant k (it exports as a TopK with a constant K); float32 holds the indices exactly.
-    order = best.topk(best.shape[-1], dim=-1).indices  # most similar pairs first
+    # Equal similarities in position order in every runtime; float32 holds the indices exactly.
+    order = descending_order(best)  # most similar pairs first
     src = order[:, :r]
     unmerged = order[:, r:].float().topk(order.shape[1] - r, dim=-1, largest=False).values.long()  # spatial order
     dst = best_b.gather(1, src)

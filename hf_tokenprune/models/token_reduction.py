@@ -309,13 +309,25 @@ def put_rows(x: torch.Tensor, index: torch.Tensor, values: torch.Tensor) -> torc
     return x.reshape(batch * length, *rest).index_copy(0, flat_rows(index, length), flat_values).reshape(x.shape)
 
 
-def rank_patches(scores: torch.Tensor, num_keep: int, num_prefix: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Splits the non-prefix tokens by score: returns (kept, dropped) sequence indices, best first.
+def descending_order(scores: torch.Tensor) -> torch.Tensor:
+    """Indices that sort the last dimension of ``scores`` best first, equal scores in position order.
 
-    ``scores`` is (B, N_cur - num_prefix); the returned indices point into the full sequence. A ``topk`` with a
-    constant k, not a sort: a sort exports as a TopK whose k is read from the shape at run time (TensorRT refuses).
+    Every runtime then keeps the same tokens where scores tie (an untrained scorer gives many equal scores): PyTorch
+    sorts stably; an ONNX export becomes a TopK with a constant k (a sort would read its k from the shape at run
+    time, which TensorRT refuses), and ONNX's TopK puts the lower index first among equals.
     """
-    order = scores.topk(scores.shape[1], dim=1).indices + num_prefix  # (B, N_patches)
+    if torch.onnx.is_in_onnx_export():
+        return scores.topk(scores.shape[-1], dim=-1).indices
+    return torch.sort(scores, dim=-1, descending=True, stable=True).indices
+
+
+def rank_patches(scores: torch.Tensor, num_keep: int, num_prefix: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Splits the non-prefix tokens by score: returns (kept, dropped) sequence indices, best first (ties in
+    position order, `descending_order`).
+
+    ``scores`` is (B, N_cur - num_prefix); the returned indices point into the full sequence.
+    """
+    order = descending_order(scores) + num_prefix  # (B, N_patches)
     return order[:, :num_keep], order[:, num_keep:]
 
 

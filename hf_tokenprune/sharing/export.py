@@ -324,8 +324,27 @@ def _export_and_check(model, output, fmt, batch_size, size, keep_rate, dynamic_b
                 difference = (run_exported(output, fmt, pixels).float() - wrapper(pixels).float()).abs().max().item()
             report.max_abs_diff[batch] = difference
             if not difference <= atol:  # also refuses NaN
+                why = _tie_diagnosis(wrapper, pixels, atol)
                 raise ValueError(
                     f"the exported {fmt} model differs from PyTorch by {difference:.2e} at batch {batch} "
-                    f"(allowed {atol:g}); {output} was written but should not be used."
+                    f"(allowed {atol:g}); {output} was written but should not be used{why}."
                 )
     return report
+
+
+def _tie_diagnosis(wrapper: nn.Module, pixels: torch.Tensor, atol: float) -> str:
+    """Why an export can differ although every op matches: a selection decided by rounding. When PyTorch's own
+    output moves by more than ``atol`` between float32 and float64, tokens' scores tie within rounding (an untrained
+    scorer gives nearly equal scores), and another runtime, which rounds differently, keeps other tokens."""
+    import copy
+
+    with torch.no_grad():
+        exact = copy.deepcopy(wrapper).double()(pixels.double())
+        moved = (exact.float() - wrapper(pixels).float()).abs().max().item()
+    if not moved > atol:
+        return ""
+    return (
+        f": PyTorch's own output moves by {moved:.2e} between float32 and float64, so the tokens' scores tie within "
+        "rounding and the selection is decided by rounding (an untrained or random scorer does this); another "
+        "runtime rounds differently and keeps other tokens. Export trained weights, whose scores are apart"
+    )

@@ -94,6 +94,43 @@ class _Traps(torch.nn.Module):
         return x.new_zeros(x.shape[0], 3).scatter_reduce(1, groups, x, reduce="mean", include_self=False)
 
 
+TIED = dict(image_size=112, patch_size=16, hidden_size=32, num_hidden_layers=6, num_attention_heads=2,
+             intermediate_size=64, num_labels=5)  # fmt: skip
+
+
+def tied_dynamicvit(spread: float):
+    """DynamicViT whose predictors give every token the same score (``spread`` 0: exact ties, as an untrained
+    predictor nearly does) or scores ``spread`` apart."""
+    from hf_tokenprune import TokenPruneViTConfig, TokenPruneViTForImageClassification
+
+    torch.manual_seed(0)
+    config = TokenPruneViTConfig(**TIED, token_reduction={"method": "dynamicvit", "layers": [1, 3], "keep_rate": 0.6})
+    model = TokenPruneViTForImageClassification(config).eval()
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if name.endswith("predictor.classify.4.weight"):
+                parameter.mul_(spread)
+    return model
+
+
+def test_equal_scores_keep_the_same_tokens_in_pytorch_and_onnxruntime(tmp_path):
+    # Before ties went in position order, PyTorch's top-k kept other tokens than ONNX's TopK: 2.2e-2 apart.
+    from hf_tokenprune.models.token_reduction import descending_order
+
+    assert descending_order(torch.zeros(2, 9)).tolist() == [list(range(9))] * 2
+    report = export_model(tied_dynamicvit(0.0), tmp_path / "tied.onnx", batch_size=2)
+    assert max(report.max_abs_diff.values()) < 1e-5
+
+
+def test_a_selection_decided_by_rounding_is_named_when_an_export_differs():
+    from hf_tokenprune.sharing.export import _output_only_class, _tie_diagnosis
+
+    pixels = torch.randn(2, 3, 112, 112, generator=torch.Generator().manual_seed(0))
+    near_ties = _output_only_class()(tied_dynamicvit(1e-7))
+    assert "the selection is decided by rounding" in _tie_diagnosis(near_ties, pixels, 1e-4)
+    assert _tie_diagnosis(_output_only_class()(tied_dynamicvit(1e3)), pixels, 1e-4) == ""
+
+
 def test_the_audit_catches_both_traps():
     batch = ({0: torch.export.Dim("batch")},)  # as the models export: with a dynamic batch
     exported = torch.onnx.export(
