@@ -19,7 +19,6 @@ medians of the per-round ratios against stock `ViTForImageClassification` with t
 
 import argparse
 import json
-import math
 import os
 import statistics
 from typing import Any
@@ -31,6 +30,7 @@ from hf_tokenprune import TokenPruneViTConfig, TokenPruneViTForImageClassificati
 from hf_tokenprune.flops import count_flops
 from hf_tokenprune.measure.benchmark import machine_info, measure_paired
 from hf_tokenprune.measure.devices import provenance
+from hf_tokenprune.measure.onnx_runtime import token_count_bound
 from hf_tokenprune.plans import plan_label
 
 # The plans of issue 13's latency target.
@@ -40,27 +40,6 @@ DEFAULT_PLANS = [
     {"method": "skipvit", "keep_rate": 0.45},
 ]
 TINY = dict(hidden_size=32, intermediate_size=64, num_attention_heads=2, image_size=96, patch_size=8)
-
-
-def resize(hidden_states: torch.Tensor, length: int) -> torch.Tensor:
-    """The first ``length`` tokens, repeating the sequence when it is shorter (a rejoin grows it back)."""
-    copies = math.ceil(length / hidden_states.shape[1])
-    return (hidden_states if copies == 1 else hidden_states.repeat(1, copies, 1))[:, :length]
-
-
-def token_count_bound(stock: ViTForImageClassification, counts: list[tuple[int, int]]):
-    """A forward of ``stock`` whose layers see the plan's token counts: (attention tokens, MLP tokens) per layer."""
-
-    def forward(pixel_values: torch.Tensor) -> torch.Tensor:
-        hidden_states = stock.vit.embeddings(pixel_values)
-        for layer, (attention_tokens, mlp_tokens) in zip(stock.vit.layers, counts):
-            hidden_states = resize(hidden_states, attention_tokens)
-            hidden_states = hidden_states + layer.attention(layer.layernorm_before(hidden_states))[0]
-            hidden_states = resize(hidden_states, mlp_tokens)
-            hidden_states = hidden_states + layer.mlp(layer.layernorm_after(hidden_states))
-        return stock.classifier(stock.vit.layernorm(hidden_states)[:, 0])
-
-    return forward
 
 
 def build(config: ViTConfig, plans: list[dict]) -> tuple[ViTForImageClassification, dict[str, Any]]:

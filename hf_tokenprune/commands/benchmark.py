@@ -54,6 +54,13 @@ def add_parser(commands) -> None:
         "class has no training loss: DeiT with teacher, the CLIP and SigLIP towers)",
     )
     parser.add_argument("--compile", action="store_true", help="torch.compile every model")
+    parser.add_argument(
+        "--runtime",
+        default="pytorch",
+        choices=["pytorch", "onnxruntime"],
+        help="onnxruntime: export every model to ONNX and time it there against the exported stock model, beside "
+        "each ViT plan's token-count bound (CPU; modes inference,latency)",
+    )
     add_threads(parser)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output-dir", default="benchmark-results", help="where the JSON, table and PNG go")
@@ -100,7 +107,8 @@ def settings_from_args(args: Any, model_type: str = "tokenprune_vit") -> Any:
     from ..measure.benchmark import BenchmarkSettings
     from ..measure.devices import parse_device, parse_dtype
 
-    given = args.modes if args.modes is not None else default_modes(model_type)
+    onnx = getattr(args, "runtime", "pytorch") == "onnxruntime"
+    given = args.modes if args.modes is not None else "inference,latency" if onnx else default_modes(model_type)
     modes = tuple(mode.strip() for mode in given.split(",") if mode.strip())
     settings = BenchmarkSettings(
         device=parse_device(args.device),
@@ -114,6 +122,7 @@ def settings_from_args(args: Any, model_type: str = "tokenprune_vit") -> Any:
         image_size=args.image_size,
         seed=args.seed,
         progress=not args.no_progress and sys.stderr.isatty(),  # no bars in a log file
+        runtime=getattr(args, "runtime", "pytorch"),
     )
     settings.check()
     return settings

@@ -21,6 +21,8 @@ from .devices import machine_info, machine_load
 from .report import MODES, noise_of
 from .timing import Speedups, measure_paired
 
+RUNTIMES = ("pytorch", "onnxruntime")
+
 torch = LazyModule("torch")  # imported when first used: the CLI's help and bad-input errors need no torch
 
 
@@ -154,6 +156,7 @@ class BenchmarkSettings:
     learning_rate: float = 1e-5
     seed: int = 0
     progress: bool = True
+    runtime: str = "pytorch"  # or "onnxruntime": every model exported to ONNX and timed there (`onnx_runtime`)
 
     def check(self) -> None:
         unknown = sorted(set(self.modes) - set(MODES))
@@ -164,6 +167,17 @@ class BenchmarkSettings:
                 raise ValueError(f"{name} = {getattr(self, name)} must be at least 1.")
         if self.warmup < 0:
             raise ValueError(f"warmup = {self.warmup} must be at least 0.")
+        if self.runtime not in RUNTIMES:
+            raise ValueError(f"--runtime {self.runtime!r} is not known; allowed: {list(RUNTIMES)}.")
+        if self.runtime == "onnxruntime" and self.dtype != torch.float32:
+            raise ValueError(f"--runtime onnxruntime exports float32 graphs: use --dtype fp32 (got {self.dtype}).")
+        if self.runtime == "onnxruntime" and self.device.type != "cpu":
+            raise ValueError(f"--runtime onnxruntime times the CPU provider: use --device cpu (got {self.device}).")
+        if self.runtime == "onnxruntime" and ("training" in self.modes or self.compile):
+            raise ValueError(
+                "--runtime onnxruntime times exported inference graphs: use --modes inference,latency, without "
+                "--compile."
+            )
 
 
 def allow_recompiles(num_models: int) -> None:
@@ -231,9 +245,12 @@ def measure_training(stock, models, config, settings: BenchmarkSettings):
     return results
 
 
-def _row(entry: PlanEntry, config: Any, mode: str, ratios: list[float], settings, info: dict) -> dict[str, Any]:
+def _row(entry: PlanEntry, config: Any, mode: str, ratios: list[float], settings, info: dict, bound=None) -> dict:
     report = count_flops(config, image_size=settings.image_size)
     measured = statistics.median(ratios)
+    extra = {}
+    if bound is not None:  # the stock layers at the plan's token counts (onnxruntime runs of ViT)
+        extra = {"bound_speedup": statistics.median(bound), "fraction_of_bound": measured / statistics.median(bound)}
     return {
         "label": entry.label,
         "stock_class": info.get("stock_class"),
@@ -258,6 +275,8 @@ def _row(entry: PlanEntry, config: Any, mode: str, ratios: list[float], settings
         "rounds": len(ratios),
         "compile": settings.compile,
         "image_size": list(report.image_size),
+        "runtime": settings.runtime,
+        **extra,
     }
 
 
@@ -306,21 +325,46 @@ def run_benchmark(
         allow_recompiles(len(models) + 1)
     info = {**machine_info(settings.device), "load_before": load_before, "stock_class": type(stock).__name__}
     ratios: dict[str, dict[str, list[float]]] = {}
-    if "inference" in settings.modes:
-        ratios["inference"] = measure_forward(
-            stock, models, base, settings, settings.batch_size, settings.rounds, "inference"
-        )
-    if "latency" in settings.modes:
-        rounds = settings.latency_rounds or 3 * settings.rounds
-        ratios["latency"] = measure_forward(stock, models, base, settings, 1, rounds, "latency (batch 1)")
-    if "training" in settings.modes:
-        ratios["training"] = measure_training(stock, models, base, settings)
+    if settings.runtime == "onnxruntime":
+        ratios = _measure_exported(stock, models, parsed, base, settings, row)
+        info["device"] = f"{info['device']}, onnxruntime {_onnxruntime_version()}"
+    else:
+        if "inference" in settings.modes:
+            ratios["inference"] = measure_forward(
+                stock, models, base, settings, settings.batch_size, settings.rounds, "inference"
+            )
+        if "latency" in settings.modes:
+            rounds = settings.latency_rounds or 3 * settings.rounds
+            ratios["latency"] = measure_forward(stock, models, base, settings, 1, rounds, "latency (batch 1)")
+        if "training" in settings.modes:
+            ratios["training"] = measure_training(stock, models, base, settings)
     return [
-        _row(entry, config, mode, ratios[mode][entry.label], settings, info)
+        _row(
+            entry, config, mode, ratios[mode][entry.label], settings, info, ratios[mode].get(entry.label + " (bound)")
+        )
         for entry, config in parsed
         for mode in MODES
         if mode in ratios
     ]
+
+
+def _measure_exported(stock, models, parsed, base, settings, row) -> dict:
+    """The onnxruntime measurement (`onnx_runtime.measure_onnxruntime`) of the modes asked for."""
+    from .onnx_runtime import measure_onnxruntime
+
+    row.require("export")
+    counts = {
+        entry.label: count_flops(config, image_size=settings.image_size).token_counts for entry, config in parsed
+    }
+    batches = {"inference": settings.batch_size, "latency": 1}
+    wanted = {mode: batch for mode, batch in batches.items() if mode in settings.modes}
+    return measure_onnxruntime(stock.to(torch.float32), models, counts, base, settings, wanted)
+
+
+def _onnxruntime_version() -> str:
+    import onnxruntime
+
+    return onnxruntime.__version__
 
 
 def _is_parsed(plans: Any) -> bool:

@@ -115,6 +115,8 @@ def format_table(rows: list[dict[str, Any]]) -> str:
 
 def _cell(row: dict[str, Any]) -> str:
     cell = f"{row['measured_speedup']:.2f}x ({row['fraction_of_ideal']:.2f})"
+    if row.get("bound_speedup") is not None:  # onnxruntime runs: the token-count bound and the share of it reached
+        cell += f", bound {row['bound_speedup']:.2f}x ({row['fraction_of_bound']:.2f} of it)"
     return cell + (f" noisy {row['spread'][0]:.2f}-{row['spread'][1]:.2f}" if row.get("noisy") else "")
 
 
@@ -124,6 +126,8 @@ def describe_setup(rows: list[dict[str, Any]]) -> str:
     batch = next((r["batch_size"] for r in rows if r["mode"] != "latency"), row["batch_size"])
     rounds = ", ".join(f"{mode} {count}" for mode, count in {r["mode"]: r["rounds"] for r in rows}.items())
     against = f"against stock {row['stock_class']}; " if row.get("stock_class") else ""  # older rows lack it
+    if row.get("runtime") == "onnxruntime":
+        against = f"exported to ONNX, against the exported stock {row['stock_class']}; "
     others = [r["others_load"] for r in rows if r.get("others_load") is not None]
     load = f"; other processes used at most {max(others):.0%} of the CPU while timing" if others else ""
     return (

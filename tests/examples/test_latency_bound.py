@@ -12,6 +12,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "examples
 import benchmark_latency_bound as bound  # noqa: E402
 
 from hf_tokenprune.flops import count_flops  # noqa: E402
+from hf_tokenprune.measure.onnx_runtime import resize_tokens  # noqa: E402
 
 
 @pytest.mark.parametrize("plan", bound.DEFAULT_PLANS, ids=lambda plan: plan["method"])
@@ -37,8 +38,8 @@ def test_bound_runs_the_stock_layers_at_the_plans_token_counts(plan):
 
 def test_resize_grows_a_rejoined_sequence_and_cuts_a_reduced_one():
     hidden = torch.arange(3.0).reshape(1, 3, 1)
-    assert bound.resize(hidden, 2).flatten().tolist() == [0.0, 1.0]
-    assert bound.resize(hidden, 7).flatten().tolist() == [0.0, 1.0, 2.0, 0.0, 1.0, 2.0, 0.0]
+    assert resize_tokens(hidden, 2).flatten().tolist() == [0.0, 1.0]
+    assert resize_tokens(hidden, 7).flatten().tolist() == [0.0, 1.0, 2.0, 0.0, 1.0, 2.0, 0.0]
 
 
 def test_tiny_run_writes_a_well_formed_table(tmp_path):

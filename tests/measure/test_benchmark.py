@@ -206,6 +206,35 @@ def test_run_benchmark_rows():
     assert all(row["ideal_speedup"] == pytest.approx(1.0) for row in no_reduction)
 
 
+@pytest.mark.slow
+def test_onnxruntime_rows_time_exported_graphs_beside_their_bound():
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    rows = run_benchmark(
+        tiny_config(), [REDUCING_PLANS["tome"]], _settings(runtime="onnxruntime", modes=("inference", "latency"))
+    )  # stock, the plan and its bound: three exports
+    assert [row["mode"] for row in rows] == ["inference", "latency"]
+    for row in rows:
+        assert REQUIRED_KEYS <= set(row) and row["runtime"] == "onnxruntime" and "onnxruntime" in row["device"]
+        assert row["bound_speedup"] > 0 and row["fraction_of_bound"] == pytest.approx(
+            row["measured_speedup"] / row["bound_speedup"]
+        )
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (dict(modes=("training",)), "use --modes inference,latency"),
+        (dict(compile=True), "without --compile"),
+        (dict(dtype=torch.float16), "use --dtype fp32"),
+        (dict(runtime="tensorrt"), "--runtime 'tensorrt' is not known"),
+    ],
+)
+def test_onnxruntime_settings_that_cannot_run_are_refused(overrides, message):
+    with pytest.raises(ValueError, match=message):
+        _settings(runtime=overrides.pop("runtime", "onnxruntime"), **overrides).check()
+
+
 def test_training_measures_copies():
     plans = parse_plans([REDUCING_PLANS["tome"]], tiny_config())
     stock, models = build_models(tiny_config(), plans)
