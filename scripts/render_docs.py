@@ -352,6 +352,45 @@ def segmentation_speed(path: str) -> str:
 
 
 @renderer
+def onnxruntime(path: str) -> str:
+    """`hf-tokenprune benchmark --runtime onnxruntime`: per plan and batch, the measured speed-up of the exported
+    plan against the exported stock model, its token-count bound, and the share of each it reaches."""
+    result = load(path)
+    rows = result["rows"]
+    batch = next((r["batch_size"] for r in rows if r["mode"] != "latency"), 1)
+    lines = [
+        f"| plan | ideal | batch {batch}: measured (of ideal) | bound (of ideal) | measured of bound | "
+        "batch 1: measured (of ideal) | bound (of ideal) | measured of bound |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for label in dict.fromkeys(r["label"] for r in rows):
+        mine = {r["mode"]: r for r in rows if r["label"] == label}
+        cells = [label, x(next(iter(mine.values()))["ideal_speedup"])]
+        for mode in ("inference", "latency"):
+            row = mine.get(mode)
+            if row is None or row.get("bound_speedup") is None:
+                cells += [measured(row) if row else "–", "–", "–"]
+                continue
+            bound = row["bound_speedup"]
+            cells += [
+                measured(row),
+                f"{x(bound)} ({bound / row['ideal_speedup']:.2f})",
+                f"{row['fraction_of_bound']:.2f}",
+            ]
+        lines.append("| " + " | ".join(cells) + " |")
+    first = rows[0]
+    rounds = ", ".join(f"{m} {n}" for m, n in {r["mode"]: r["rounds"] for r in rows}.items())
+    note = (
+        f"\nViT-B/16 at {first['image_size'][0]} px, random weights, {first['dtype']}, exported with "
+        "`torch.onnx.export(dynamo=True)` (the plans checked against PyTorch) and run by onnxruntime's CPU provider "
+        f"with every graph optimisation, on {first['device']}; rounds: {rounds}. Measured: the median of the "
+        "per-round ratios of paired, interleaved runs against the exported stock "
+        f"`{first.get('stock_class')}`; bound: the stock layers at the plan's token counts, exported the same way.\n"
+    )
+    return "\n".join(lines) + "\n" + note + unreliable_note(rows) + "\n" + source(result, path) + "\n"
+
+
+@renderer
 def latency_bound(path: str) -> str:
     result = load(path)
     lines = [
