@@ -224,6 +224,47 @@ FAMILY_ROWS = (
         },
     ),
     Family(
+        name="dinov3_vit",
+        title="DINOv3 ViT",
+        hub_tag="dinov3",
+        model_type="tokenprune_dinov3_vit",
+        config="TokenPruneDINOv3ViTConfig",
+        config_module="configuration_tokenprune_dinov3",
+        modules=("modeling_tokenprune_dinov3",),
+        stock_config="DINOv3ViTConfig",
+        stock="DINOv3ViTModel",
+        model="TokenPruneDINOv3ViTModel",
+        output="pooler_output",
+        head_inputs=0,  # features: no classifier
+        architectures={
+            "dinov3-vitb16-512": dict(
+                hidden_size=768,
+                num_hidden_layers=12,
+                num_attention_heads=12,
+                intermediate_size=3072,
+                image_size=512,
+                patch_size=16,
+                num_register_tokens=4,
+                layerscale_value=1.0,
+            ),
+            "dinov3-vitb16-1024": dict(
+                hidden_size=768,
+                num_hidden_layers=12,
+                num_attention_heads=12,
+                intermediate_size=3072,
+                image_size=1024,
+                patch_size=16,
+                num_register_tokens=4,
+                layerscale_value=1.0,
+            ),
+        },  # fmt: skip
+        gaps={
+            "training": NO_TRAINING_LOSS,
+            "tune": VIT_ONLY.format("the tuner"),
+            "visualize": VIT_ONLY.format("visualize"),
+        },
+    ),
+    Family(
         name="clip_vision",
         title="CLIP vision tower",
         hub_tag="clip",

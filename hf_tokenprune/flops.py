@@ -93,8 +93,11 @@ def num_prefix_tokens(config: Any) -> int:
 
 
 def mlp_macs(config: Any, tokens: int) -> int:
-    """The MLP of one layer: two matrices, or three for DINOv2's SwiGLU (its hidden width as transformers sets it)."""
+    """The MLP of one layer: two matrices, or three for DINOv2's SwiGLU (its hidden width as transformers sets it)
+    and DINOv3's gated MLP."""
     width = config.hidden_size
+    if getattr(config, "use_gated_mlp", False):  # DINOv3: gate and up projections, then down
+        return 3 * tokens * width * config.intermediate_size
     if hasattr(config, "mlp_ratio"):  # DINOv2
         hidden = int(width * config.mlp_ratio)
         if config.use_swiglu_ffn:

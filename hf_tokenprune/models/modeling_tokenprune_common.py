@@ -124,6 +124,12 @@ def policy_attention(query, key, value, policy, scaling, eps=1e-6, gradient="bou
     return (weights.to(value.dtype) @ value).transpose(1, 2)
 
 
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    """The second half of the last dimension, negated, then the first (rotary embeddings)."""
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
 class ProbedAttentionMixin:
     """The forward of an attention with ``q_proj``/``k_proj``/``v_proj`` and an output projection that can also
     report its CLS attention row and its head-averaged keys.
@@ -131,7 +137,9 @@ class ProbedAttentionMixin:
     The attention still goes through the configured interface (SDPA by default); the probes are computed from the
     same q/k only when a reduction method asks for them. A ``key_policy`` (DynamicViT training) switches to the
     masked softmax of ``policy_attention``; a ``key_bias`` (ToMe's proportional attention) is added to the logits.
-    A family names its output projection, scaling and dropout when they differ from ViT's.
+    A family names its output projection, scaling and dropout when they differ from ViT's. ``position_embeddings``
+    (cos, sin), each (B, 1, N, head_dim) with one row per token in the sequence, rotate the queries and keys first
+    (rotary position embeddings: DINOv3).
     """
 
     output_projection = "o_proj"
@@ -151,6 +159,7 @@ class ProbedAttentionMixin:
         key_policy=None,
         key_bias=None,
         policy_gradient="bounded",
+        position_embeddings=None,
         **kwargs: Unpack[TransformersKwargs],
     ):
         input_shape = hidden_states.shape[:-1]
@@ -158,6 +167,9 @@ class ProbedAttentionMixin:
         query = self.q_proj(hidden_states).view(hidden_shape).transpose(1, 2)  # (B, H, N, d)
         key = self.k_proj(hidden_states).view(hidden_shape).transpose(1, 2)
         value = self.v_proj(hidden_states).view(hidden_shape).transpose(1, 2)
+        if position_embeddings is not None:
+            cos, sin = position_embeddings
+            query, key = query * cos + rotate_half(query) * sin, key * cos + rotate_half(key) * sin
 
         scaling = self.attention_scaling()
         options = {"dropout": self.attention_dropout_rate() if self.training else 0.0, "scaling": scaling}
