@@ -27,6 +27,13 @@ PARITY = (
 )
 
 
+PARITY_TIMM = (
+    "The plain timm ViT/DeiT layout is the backbone of every method's official checkpoint: hf_tokenprune's test suite "
+    "converts checkpoints written by each method's official code and checks the converted logits against the "
+    "official ones (float32, within 1e-5; tests/convert/test_convert.py)."
+)
+
+
 def convert_official_checkpoint(
     checkpoint: str | Path,
     method: str | None = None,
@@ -321,7 +328,7 @@ def _card_source(source, entry, checkpoint, where, dropped) -> dict:
         "reported_top1": entry.top1 if entry else None,
         "reported_note": entry.note if entry else "",
         "read_from": where,
-        "parity": PARITY.format(repository=source.repository),
+        "parity": PARITY_TIMM if source.method == "none" else PARITY.format(repository=source.repository),
         "not_carried": list(dropped),
     }
 
