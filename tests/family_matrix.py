@@ -108,9 +108,6 @@ FAMILIES = {
     "dinov2-registers": Family(TABLE["dinov2_with_registers"], {**DINOV2, "num_register_tokens": 3}),
     # RoPE, four registers, no classifier: the model's CLS features (pooler_output) are compared.
     "dinov3": Family(TABLE["dinov3_vit"], {"num_labels": None, "num_register_tokens": 4, "layerscale_value": 0.5}),
-    "dinov3-gated": Family(
-        TABLE["dinov3_vit"], {"num_labels": None, "num_register_tokens": 0, "use_gated_mlp": True, "key_bias": True}
-    ),
     # The giant sizes' MLP; on disk its input projection is one fused matrix.
     "dinov2-swiglu": Family(TABLE["dinov2"], {**DINOV2, "use_swiglu_ffn": True, "drop_path_rate": 0.1}),
 }

@@ -211,7 +211,9 @@ def test_onnxruntime_rows_time_exported_graphs_beside_their_bound():
     pytest.importorskip("onnxruntime")
     pytest.importorskip("onnxscript")
     rows = run_benchmark(
-        tiny_config(), [REDUCING_PLANS["tome"]], _settings(runtime="onnxruntime", modes=("inference", "latency"))
+        tiny_config(),
+        [REDUCING_PLANS["tome"]],
+        _settings(runtime="onnxruntime", warmup=0, modes=("inference", "latency")),
     )  # stock, the plan and its bound: three exports
     assert [row["mode"] for row in rows] == ["inference", "latency"]
     for row in rows:

@@ -3,9 +3,11 @@ reduction (checked against the stock layer given each kept token's angles), a me
 position, and the prefix (CLS, registers) is never rotated, dropped or merged."""
 
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 from transformers import DINOv3ViTConfig, DINOv3ViTModel
 
 from hf_tokenprune import TokenPruneDINOv3ViTConfig, TokenPruneDINOv3ViTModel
+from hf_tokenprune.flops import count_flops
 
 SMALL = dict(hidden_size=32, num_hidden_layers=4, num_attention_heads=2, intermediate_size=64, image_size=32,
              patch_size=4, num_register_tokens=4, layerscale_value=0.5)  # fmt: skip
@@ -67,3 +69,18 @@ def test_keep_all_and_a_larger_image_give_the_stock_features():
     with torch.no_grad():
         for pixels in (PIXELS, larger):
             torch.testing.assert_close(ours(pixels).last_hidden_state, stock(pixels).last_hidden_state, atol=0, rtol=0)
+
+
+def test_the_gated_mlp_without_registers_gives_the_stock_features_and_counts_its_three_matrices():
+    # The family matrix runs DINOv3 with registers and the plain MLP; the large sizes' gated MLP, key bias and no
+    # registers here.
+    settings = {**SMALL, "num_register_tokens": 0, "use_gated_mlp": True, "key_bias": True}
+    torch.manual_seed(0)
+    stock = DINOv3ViTModel(DINOv3ViTConfig(**settings)).eval()
+    ours = TokenPruneDINOv3ViTModel(TokenPruneDINOv3ViTConfig(**settings, token_reduction={"method": "tome", "r": 0}))
+    assert not ours.load_state_dict(stock.state_dict(), strict=False).missing_keys
+    ours.eval().set_attn_implementation("eager")
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        out = ours(PIXELS)
+    torch.testing.assert_close(out.last_hidden_state, stock(PIXELS).last_hidden_state, atol=1e-6, rtol=0)
+    assert count_flops(ours.config).flops == counter.get_total_flops() / PIXELS.shape[0]
