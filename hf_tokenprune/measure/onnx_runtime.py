@@ -54,15 +54,6 @@ def token_count_bound(stock: Any, counts: list[tuple[int, int]]) -> Any:
     return TokenCountBound().eval()
 
 
-def _wrap(module: Any, output: str) -> Any:
-    """``pixel_values -> output``: a TokenPrune or stock model's named output, or a bound module as it is."""
-    from ..sharing.export import _output_only_class
-
-    if type(module).__name__ == "TokenCountBound":
-        return module
-    return _output_only_class()(module, None, False, output).eval()
-
-
 def session(path: Path, threads: int) -> Any:
     """An onnxruntime CPU session with ``threads`` intra-op threads and every graph optimisation."""
     import onnxruntime
@@ -78,18 +69,18 @@ def exported_candidates(stock: Any, models: dict, counts: dict, config: Any, set
     """name -> callable(pixel_values) running the exported model in onnxruntime: ``stock``, every plan, and for a
     ViT every plan's token-count bound."""
     from ..families import family_of
-    from ..sharing.export import _export, _require, export_model, quiet_exporter
+    from ..sharing.export import _export, _output_only_class, _require, export_model, quiet_exporter
 
     _require("onnx", "onnxscript", "onnxruntime")
     output = family_of(config.model_type).output
     size = settings.image_size or config.image_size
     example = torch.randn(2, config.num_channels, size, size)
     threads = torch.get_num_threads()
-    modules = {"stock": stock}
+    modules = {"stock": _output_only_class()(stock, None, False, output).eval()}  # pixel_values -> the output
     for label, model in models.items():
         modules[label] = model
         if counts.get(label) is not None and hasattr(stock, "vit"):
-            modules[label + BOUND] = token_count_bound(stock, counts[label])
+            modules[label + BOUND] = token_count_bound(stock, counts[label])  # a module of the same signature
     candidates = {}
     for index, (name, module) in enumerate(modules.items()):
         path = folder / f"model-{index}.onnx"
@@ -97,7 +88,7 @@ def exported_candidates(stock: Any, models: dict, counts: dict, config: Any, set
             export_model(module, path, fmt="onnx", batch_size=2, image_size=settings.image_size)
         else:
             with quiet_exporter(), torch.no_grad():
-                _export(_wrap(module, output), example, "onnx", path, dynamic=True)
+                _export(module, example, "onnx", path, dynamic=True)
         run = session(path, threads)
         candidates[name] = lambda pixels, run=run: run.run(None, {"pixel_values": pixels.numpy()})
     return candidates

@@ -305,6 +305,24 @@ class TokenPruneLayerMixin:
         return torch.cat([prefix, patches], dim=1), state.with_mine(REUSE, (prefix, patches))
 
 
+class LayerScaleLayerMixin:
+    """The branches of a layer with layer scale (DINOv2, DINOv3): ``norm1``, attention, ``layer_scale1``; drop path
+    and the residual; ``norm2``, MLP, ``layer_scale2``. The reused branch is the attention's output after layer
+    scale."""
+
+    attention_parts = ("norm1", "attention", "layer_scale1")
+
+    def attention_branch(self, hidden_states, attention_mask, **options):
+        attention_output, _, probe = self.attention(self.norm1(hidden_states), attention_mask, **options)
+        return self.layer_scale1(attention_output), probe
+
+    def add_branch(self, branch, residual):
+        return self.drop_path(branch) + residual
+
+    def mlp_branch(self, hidden_states):
+        return self.layer_scale2(self.mlp(self.norm2(hidden_states)))
+
+
 def check_pixel_values(pixel_values, config, interpolate_pos_encoding):
     """Clear errors for inputs that would otherwise fail deep inside with a shape error."""
     if pixel_values is None:

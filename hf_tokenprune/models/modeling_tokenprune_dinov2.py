@@ -40,6 +40,7 @@ from transformers.utils.output_capturing import capture_outputs
 
 from .configuration_tokenprune_dinov2 import TokenPruneDinov2Config, TokenPruneDinov2WithRegistersConfig
 from .modeling_tokenprune_common import (
+    LayerScaleLayerMixin,
     ProbedAttentionMixin,
     TokenPruneClassifierMixin,
     TokenPruneImageClassifierOutput,
@@ -62,11 +63,9 @@ class TokenPruneDinov2Attention(ProbedAttentionMixin, Dinov2Attention):
     """`Dinov2Attention` that can also report its CLS attention row and its head-averaged keys."""
 
 
-class TokenPruneDinov2Layer(TokenPruneLayerMixin, Dinov2Layer):
+class TokenPruneDinov2Layer(LayerScaleLayerMixin, TokenPruneLayerMixin, Dinov2Layer):
     """`Dinov2Layer` that runs its plan's hooks and can reuse attention (`TokenPruneLayerMixin`); the reused
     branch is the attention's output after layer scale."""
-
-    attention_parts = ("norm1", "attention", "layer_scale1")
 
     def __init__(self, config, layer_idx: int):
         super(Dinov2Layer, self).__init__()
@@ -79,16 +78,6 @@ class TokenPruneDinov2Layer(TokenPruneLayerMixin, Dinov2Layer):
         self.mlp = Dinov2SwiGLUFFN(config) if config.use_swiglu_ffn else Dinov2MLP(config)
         self.layer_scale2 = Dinov2LayerScale(config)
         self.build_token_reduction(config, layer_idx)
-
-    def attention_branch(self, hidden_states, attention_mask, **options):
-        attention_output, _, probe = self.attention(self.norm1(hidden_states), attention_mask, **options)
-        return self.layer_scale1(attention_output), probe
-
-    def add_branch(self, branch, residual):
-        return self.drop_path(branch) + residual
-
-    def mlp_branch(self, hidden_states):
-        return self.layer_scale2(self.mlp(self.norm2(hidden_states)))
 
 
 class TokenPruneDinov2Encoder(nn.Module):

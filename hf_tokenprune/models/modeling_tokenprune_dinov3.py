@@ -33,6 +33,7 @@ from transformers.utils.output_capturing import capture_outputs
 
 from .configuration_tokenprune_dinov3 import TokenPruneDINOv3ViTConfig
 from .modeling_tokenprune_common import (
+    LayerScaleLayerMixin,
     ProbedAttentionMixin,
     TokenPruneLayerMixin,
     TokenPruneModelMixin,
@@ -42,15 +43,20 @@ from .modeling_tokenprune_common import (
 from .token_reduction import restore_full_length
 
 
-def token_rotation(position_embeddings, positions: torch.Tensor, num_prefix: int):
+def rotation_table(position_embeddings, num_prefix: int):
+    """The stock (cos, sin) rows (num_patches, head_dim) behind ``num_prefix + 1`` identity rows: row 0 for a made-up
+    token, rows 1..P for the prefix, row ``i + 1`` for embedding index ``i``. Built once per forward."""
+    cos, sin = position_embeddings
+    identity_cos, zeros = cos.new_ones(num_prefix + 1, cos.shape[-1]), sin.new_zeros(num_prefix + 1, sin.shape[-1])
+    return torch.cat([identity_cos, cos]), torch.cat([zeros, sin])
+
+
+def token_rotation(table, positions: torch.Tensor):
     """(cos, sin), each (B, 1, N, head_dim): the rotary angles of the patch each token of the sequence holds
     (``positions``: embedding indices, the prefix first, -1 for a made-up token), identity for the prefix and
     made-up tokens."""
-    cos, sin = position_embeddings  # (num_patches, head_dim): the stock rows, in patch order
-    identity_cos, zeros = cos.new_ones(num_prefix + 1, cos.shape[-1]), sin.new_zeros(num_prefix + 1, sin.shape[-1])
-    table_cos, table_sin = torch.cat([identity_cos, cos]), torch.cat([zeros, sin])  # row 0: made-up; 1..P: prefix
-    index = positions + 1  # -1 (made up) -> row 0, embedding index i -> row i + 1
-    return table_cos[index].unsqueeze(1), table_sin[index].unsqueeze(1)
+    index = positions + 1
+    return table[0][index].unsqueeze(1), table[1][index].unsqueeze(1)
 
 
 class TokenPruneDINOv3ViTAttention(ProbedAttentionMixin, DINOv3ViTAttention):
@@ -61,11 +67,9 @@ class TokenPruneDINOv3ViTAttention(ProbedAttentionMixin, DINOv3ViTAttention):
         return self.dropout
 
 
-class TokenPruneDINOv3ViTLayer(TokenPruneLayerMixin, DINOv3ViTLayer):
+class TokenPruneDINOv3ViTLayer(LayerScaleLayerMixin, TokenPruneLayerMixin, DINOv3ViTLayer):
     """`DINOv3ViTLayer` that runs its plan's hooks and can reuse attention (`TokenPruneLayerMixin`); it rotates
     each token's query and key by the angles of the patch the token holds."""
-
-    attention_parts = ("norm1", "attention", "layer_scale1")
 
     def __init__(self, config, layer_idx: int):
         super(DINOv3ViTLayer, self).__init__()
@@ -80,18 +84,8 @@ class TokenPruneDINOv3ViTLayer(TokenPruneLayerMixin, DINOv3ViTLayer):
         self.build_token_reduction(config, layer_idx)
 
     def _attend(self, hidden_states, attention_mask, state, reduction, position_embeddings=None, **kwargs):
-        rotation = token_rotation(position_embeddings, state.positions, state.num_prefix)
+        rotation = token_rotation(position_embeddings, state.positions)  # a `rotation_table`
         return super()._attend(hidden_states, attention_mask, state, reduction, position_embeddings=rotation, **kwargs)
-
-    def attention_branch(self, hidden_states, attention_mask, **options):
-        attention_output, _, probe = self.attention(self.norm1(hidden_states), attention_mask, **options)
-        return self.layer_scale1(attention_output), probe
-
-    def add_branch(self, branch, residual):
-        return self.drop_path(branch) + residual
-
-    def mlp_branch(self, hidden_states):
-        return self.layer_scale2(self.mlp(self.norm2(hidden_states)))
 
 
 class TokenPruneDINOv3ViTEncoder(nn.Module):
@@ -132,10 +126,10 @@ class TokenPruneDINOv3ViTEncoding(TokenPruneModelMixin):
             pixel_values, True, attention_mask, keep_rate, disable_plans
         )
         hidden_states = self.embeddings(pixel_values, bool_masked_pos=bool_masked_pos)
-        position_embeddings = self.rope_embeddings(pixel_values)
+        table = rotation_table(self.rope_embeddings(pixel_values), self.config.num_prefix_tokens)
         hidden_states, state, traces, states = self.run_layers(
             self.model.layer, hidden_states, grid, plan, reuse, attention_mask,
-            position_embeddings=position_embeddings, **kwargs,
+            position_embeddings=table, **kwargs,
         )  # fmt: skip
         return hidden_states, state, traces, states, grid
 
@@ -203,8 +197,7 @@ class TokenPruneDINOv3ViTBackbone(TokenPruneDINOv3ViTEncoding, BackboneMixin, To
         disable_plans (`bool`, *optional*): runs the same weights as the stock backbone.
         """
         kwargs.pop("output_hidden_states", None)
-        stages = self._stages(pixel_values, keep_rate, disable_plans, **kwargs)
-        hidden_states, states, grid, attentions = stages
+        hidden_states, states, grid, attentions = self._stages(pixel_values, keep_rate, disable_plans, **kwargs)
         batch, prefix = pixel_values.shape[0], self.config.num_prefix_tokens
         feature_maps, last = [], len(self.stage_names) - 1
         for index, (name, hidden, state) in enumerate(zip(self.stage_names, hidden_states, (None, *states))):
