@@ -10,6 +10,7 @@ On the CPU the counter does not see the fused SDPA kernel either, so a cross-che
 The ideal speed-up of a plan is the stock model's FLOPs over the plan's.
 """
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -108,8 +109,18 @@ def mlp_macs(config: Any, tokens: int) -> int:
 
 
 def _embedding_macs(config: Any, num_patches: int) -> int:
-    patch = grid_of(config.patch_size, 1)
-    return num_patches * config.num_channels * patch[0] * patch[1] * config.hidden_size
+    volume = getattr(config, "patch_volume", None)  # ours; a stock ViT config: channels x patch area
+    if volume is None:
+        patch = grid_of(config.patch_size, 1)
+        volume = config.num_channels * patch[0] * patch[1]
+    return num_patches * volume * config.hidden_size
+
+
+def num_patches_for(config: Any, image_size: Any) -> int:
+    """Patch tokens of an input of ``image_size`` (height, width): rows x columns, times the tubelets in time of a
+    video family (its config's ``patch_grid_for``)."""
+    grid_for = getattr(config, "patch_grid_for", None)
+    return math.prod(grid_for(image_size) if grid_for is not None else grid_of(image_size, config.patch_size))
 
 
 def _head_macs(config: Any) -> int:
@@ -132,10 +143,10 @@ def plan_token_counts(config: Any, plan: dict | None, num_patches: int, keep_rat
 
 def stock_macs(config: Any, image_size: Any = None) -> int:
     """MACs per image of the same model with no reduction and no reuse."""
-    rows, columns = grid_of(image_size if image_size is not None else config.image_size, config.patch_size)
-    tokens = rows * columns + num_prefix_tokens(config)
+    patches = num_patches_for(config, image_size if image_size is not None else config.image_size)
+    tokens = patches + num_prefix_tokens(config)
     per_layer = attention_macs(config, tokens) + mlp_macs(config, tokens)
-    return _embedding_macs(config, rows * columns) + config.num_hidden_layers * per_layer + _head_macs(config)
+    return _embedding_macs(config, patches) + config.num_hidden_layers * per_layer + _head_macs(config)
 
 
 def count_flops(
@@ -156,11 +167,11 @@ def count_flops(
     image = check_image_size(config, image_size)
     if keep_rate is not None:
         check_keep_rate(keep_rate, "keep_rate")
-    rows, columns = grid_of(image, config.patch_size)
+    patches = num_patches_for(config, image)
     plan = getattr(config, "token_reduction", None)
     method = get_reduction_class(plan["method"]) if plan else None
     if token_counts is None:
-        token_counts = plan_token_counts(config, plan, rows * columns, keep_rate)
+        token_counts = plan_token_counts(config, plan, patches, keep_rate)
     extras = method.extra_macs(plan, config, token_counts) if method else [0] * len(token_counts)
     reuse = getattr(config, "attention_reuse", None)
     reused = set(reuse["layers"]) if reuse else set()
@@ -173,7 +184,7 @@ def count_flops(
         layers.append(LayerFlops(a, m, attention, mlp_macs(config, m), extra))
     return FlopsReport(
         layers=layers,
-        embedding_macs=_embedding_macs(config, rows * columns),
+        embedding_macs=_embedding_macs(config, patches),
         head_macs=_head_macs(config),
         stock_macs=stock_macs(config, image),
         image_size=image,

@@ -87,6 +87,12 @@ class Family:
     def settings(self) -> dict:
         return {key: value for key, value in {**TINY, **self.overrides}.items() if value is not None}
 
+    @property
+    def pixels(self) -> torch.Tensor:
+        """Two inputs of the family's shape (images, or clips of frames), the same for every test."""
+        shape = self.config(**self.settings()).input_shape()
+        return torch.randn(2, *shape, generator=torch.Generator().manual_seed(1))
+
 
 DINOV2 = dict(intermediate_size=None, mlp_ratio=3, layerscale_value=0.5)  # DINOv2 sizes its MLP by mlp_ratio
 CLIP_VISION = dict(num_labels=None, projection_dim=24)
@@ -108,6 +114,8 @@ FAMILIES = {
     "dinov2-registers": Family(TABLE["dinov2_with_registers"], {**DINOV2, "num_register_tokens": 3}),
     # RoPE, four registers, no classifier: the model's CLS features (pooler_output) are compared.
     "dinov3": Family(TABLE["dinov3_vit"], {"num_labels": None, "num_register_tokens": 4, "layerscale_value": 0.5}),
+    # Video: no CLS token, 8 frames of 16 px in tubelets of 2 x 4 x 4: a grid of 4 x 4 x 4, the images' 64 tokens.
+    "videomae": Family(TABLE["videomae"], {"image_size": 16, "num_frames": 8, "tubelet_size": 2}),
     # The giant sizes' MLP; on disk its input projection is one fused matrix.
     "dinov2-swiglu": Family(TABLE["dinov2"], {**DINOV2, "use_swiglu_ffn": True, "drop_path_rate": 0.1}),
 }
@@ -122,7 +130,12 @@ EXCLUDED = {
     "clip": "the full CLIP model takes text as well as images: tests/models/test_families.py tests it apart",
     "siglip2_vision": "NaFlex inputs (patches, padding, grids): tests/models/test_siglip2.py",
 }
-PIXELS = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+PIXELS = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))  # the image families' inputs
+
+
+def pixels_of(name: str) -> torch.Tensor:
+    """The inputs of a case of the matrix (`PIXELS` for an image family)."""
+    return FAMILIES[name].pixels
 
 
 def stock_models(tmp_path_factory, families=FAMILIES):

@@ -74,7 +74,7 @@ def exported_candidates(stock: Any, models: dict, counts: dict, config: Any, set
     _require("onnx", "onnxscript", "onnxruntime")
     output = family_of(config.model_type).output
     size = settings.image_size or config.image_size
-    example = torch.randn(2, config.num_channels, size, size)
+    example = torch.randn(2, *config.input_shape(size))
     threads = torch.get_num_threads()
     modules = {"stock": _output_only_class()(stock, None, False, output).eval()}  # pixel_values -> the output
     for label, model in models.items():
@@ -103,7 +103,7 @@ def measure_onnxruntime(stock, models, counts, config, settings, batch_sizes: di
         size = settings.image_size or config.image_size
         generator = torch.Generator().manual_seed(settings.seed)
         for mode, batch in batch_sizes.items():
-            pixels = torch.randn(batch, config.num_channels, size, size, generator=generator)
+            pixels = torch.randn(batch, *config.input_shape(size), generator=generator)
             rounds = settings.rounds if mode == "inference" else settings.latency_rounds or 3 * settings.rounds
             stats = measure_paired(candidates, pixels, rounds=rounds, warmup=settings.warmup,
                                    progress=settings.progress, desc=f"onnxruntime {mode} (batch {batch})")  # fmt: skip

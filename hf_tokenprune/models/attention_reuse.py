@@ -200,12 +200,13 @@ class SkipAtPhi(AttentionReuse):
         init.zeros_(self.reduce.bias)
         init.zeros_(self.gate.conv.weight)
 
-    def forward(self, previous: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
-        """(B, N, d) previous attention output of the patch tokens -> (B, N, d) this layer's."""
+    def forward(self, previous: torch.Tensor, grid: tuple[int, ...]) -> torch.Tensor:
+        """(B, N, d) previous attention output of the patch tokens -> (B, N, d) this layer's. On a video grid
+        (time, rows, columns) the convolution runs on each time slice, 2-D as in the paper; the gate pools the clip."""
         batch, length, _ = previous.shape
         hidden = self.activation(self.expand(previous))  # (B, N, 2d)
-        # The token layout is already channels-last: view it as (B, 2d, rows, cols) without a copy.
-        spatial = hidden.view(batch, grid[0], grid[1], -1).permute(0, 3, 1, 2)
+        # The token layout is already channels-last: view it as (B [x time], 2d, rows, cols) without a copy.
+        spatial = hidden.view(-1, grid[-2], grid[-1], hidden.shape[-1]).permute(0, 3, 1, 2)
         weight = self.depthwise.weight.contiguous(memory_format=torch.channels_last)
         spatial = nn.functional.conv2d(
             spatial, weight, self.depthwise.bias, padding=self.depthwise.padding, groups=self.depthwise.groups

@@ -8,6 +8,7 @@ remote-code island.
 """
 
 import copy
+import math
 from typing import Any
 
 from .attention_reuse import check_attention_reuse
@@ -75,14 +76,29 @@ class TokenPruneConfigMixin:
         """Leading tokens that no method drops or merges (CLS and its kind)."""
         return 1
 
+    def patch_grid_for(self, image_size: Any = None) -> tuple[int, ...]:
+        """The grid of patch tokens for inputs of ``image_size`` (the config's by default): (rows, columns), or
+        (time, rows, columns) for a video family."""
+        return grid_of(self.image_size if image_size is None else image_size, self.patch_size)
+
     @property
-    def patch_grid(self) -> tuple[int, int]:
-        return grid_of(self.image_size, self.patch_size)
+    def patch_grid(self) -> tuple[int, ...]:
+        return self.patch_grid_for()
 
     @property
     def num_patches(self) -> int:
-        rows, columns = self.patch_grid
-        return rows * columns
+        return math.prod(self.patch_grid)
+
+    def input_shape(self, image_size: Any = None) -> tuple[int, ...]:
+        """The shape of one input, without the batch: (channels, height, width); (frames, channels, height, width)
+        for a video family."""
+        return (self.num_channels, *grid_of(self.image_size if image_size is None else image_size, 1))
+
+    @property
+    def patch_volume(self) -> int:
+        """Input values one patch token embeds (channels x patch height x width; x frames for a tubelet)."""
+        height, width = grid_of(self.patch_size, 1)
+        return self.num_channels * height * width
 
     def _checked_plan(self, key: str, value: Any) -> Any:
         if key == "restore_tokens":
@@ -134,13 +150,13 @@ class TokenPruneConfigMixin:
 
         The methods count one prefix token (CLS); another prefix count shifts every count by the difference, since
         prefix tokens are never dropped or merged."""
-        rows, columns = grid_of(image_size, self.patch_size) if image_size is not None else self.patch_grid
+        patches = math.prod(self.patch_grid_for(image_size) if image_size is not None else self.patch_grid)
         shift = self.num_prefix_tokens - 1
         if self.token_reduction is None:
-            counts = [(rows * columns + 1, rows * columns + 1)] * self.num_hidden_layers
+            counts = [(patches + 1, patches + 1)] * self.num_hidden_layers
         else:
             method = get_reduction_class(self.token_reduction["method"])
-            counts = method.token_counts(self.token_reduction, self.num_hidden_layers, rows * columns, keep_rate)
+            counts = method.token_counts(self.token_reduction, self.num_hidden_layers, patches, keep_rate)
         return [(a + shift, m + shift) for a, m in counts]
 
 

@@ -10,6 +10,7 @@ names of its stock classes. Part of the remote-code island: only torch, transfor
 
 import copy
 import inspect
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -88,6 +89,17 @@ def passed_through(outputs, output_class) -> dict:
     carries, as keyword arguments for it."""
     names = output_class.__dataclass_fields__  # (not dataclasses.fields: torch.compile cannot trace it)
     return {name: getattr(outputs, name) for name in PASSED_THROUGH if name in names}
+
+
+def mean_of_tokens(x, state) -> torch.Tensor:
+    """The average token of ``x`` (B, N, C) as the stock model's average pooling sees it: a merged token counts for
+    every embedding token it holds (``state.sizes``, ToMe's rule), a token a masked-training policy dropped counts for
+    none (``state.key_policy``); a full-length restored sequence is averaged as it is."""
+    weights = None if state is None else state.sizes if state.sizes is not None else state.key_policy
+    if weights is None or weights.shape[1] != x.shape[1]:
+        return x.mean(dim=1)
+    weights = weights.reshape(x.shape[0], x.shape[1], 1).to(x.dtype)
+    return (x * weights).sum(dim=1) / weights.sum(dim=1)
 
 
 def cls_attention_row(query, key, attention_mask, scaling):
@@ -348,7 +360,7 @@ def check_pixel_values(pixel_values, config, interpolate_pos_encoding):
     return rows, columns
 
 
-def check_mask_fits(plan, reuse, num_layers: int, grid: tuple[int, int]) -> None:
+def check_mask_fits(plan, reuse, num_layers: int, grid: tuple[int, ...]) -> None:
     """An attention mask describes the input sequence: it is refused, in one line, when the plans in force change
     that sequence for this input (a reduction that removes or merges tokens, or attention reuse); a keep-all plan
     or none leaves its meaning intact."""
@@ -356,8 +368,9 @@ def check_mask_fits(plan, reuse, num_layers: int, grid: tuple[int, int]) -> None
         raise ValueError("attention_mask cannot be combined with attention_reuse: reused layers compute no attention.")
     if plan is None:
         return
-    full = grid[0] * grid[1] + 1
-    counts = get_reduction_class(plan["method"]).token_counts(plan, num_layers, grid[0] * grid[1])
+    patches = math.prod(grid)
+    counts = get_reduction_class(plan["method"]).token_counts(plan, num_layers, patches)
+    full = patches + 1
     if any(count != full for layer in counts for count in layer):
         raise ValueError(
             f"attention_mask cannot be combined with token_reduction ({plan['method']}) as it runs on this input: "
@@ -652,6 +665,7 @@ __all__ = [
     "TokenPrunePreTrainedMixin",
     "check_pixel_values",
     "cls_attention_row",
+    "mean_of_tokens",
     "plan_in_force",
     "policy_attention",
 ]

@@ -199,7 +199,7 @@ class TokenState:
     num_prefix: int = 1  # leading tokens (CLS) never dropped or merged
     plan: dict | None = None  # the plan in force for this call: the config's, with a runtime keep rate applied
     reuse: dict | None = None  # the attention-reuse plan in force
-    grid: tuple[int, int] = (0, 0)  # patch grid (rows, columns) of this input
+    grid: tuple[int, ...] = (0, 0)  # patch grid (rows, columns) of this input; (time, rows, columns) for video
     padding: torch.Tensor | None = None  # (B, T) True at padding slots of the embedding sequence (SigLIP 2 NaFlex)
     parked: tuple = ()  # ((values (B, M, C), positions (B, M)), ...) tokens on the identity path
     # Merged tokens (read by the helpers that keep, restore and pad tokens, and by the attention):
@@ -224,7 +224,7 @@ class TokenState:
 
     @property
     def num_embedding_tokens(self) -> int:
-        return self.grid[0] * self.grid[1] + self.num_prefix
+        return math.prod(self.grid) + self.num_prefix
 
     def replace(self, **changes) -> "TokenState":
         return dataclasses.replace(self, **changes)

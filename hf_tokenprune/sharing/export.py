@@ -218,7 +218,7 @@ def _is_reducing_scatter(node: Any) -> bool:
 def _example(model: nn.Module, batch: int, size: tuple[int, int], seed: int = 0) -> torch.Tensor:
     generator = torch.Generator().manual_seed(seed)
     dtype = model.dtype
-    return torch.randn(batch, model.config.num_channels, *size, generator=generator).to(dtype)
+    return torch.randn(batch, *model.config.input_shape(size), generator=generator).to(dtype)
 
 
 @contextlib.contextmanager

@@ -36,6 +36,7 @@ TASKS = {
     "classification": ("image classification", "image-classification", "AutoModelForImageClassification"),
     "zero-shot": ("zero-shot image classification", "zero-shot-image-classification", "AutoModel"),
     "features": ("image features", "image-feature-extraction", "AutoModel"),
+    "video": ("video classification", "video-classification", "AutoModelForVideoClassification"),
 }
 # Never uploaded: pickles (Trainer's training_args.bin, optimizer states); weights travel as safetensors only.
 PICKLE_PATTERNS = ["*.bin", "*.pt", "*.pth", "*.pkl", "*.pickle", "*.ckpt"]
@@ -267,6 +268,7 @@ def describe(model_or_config: Any) -> dict[str, str]:
         name = (getattr(config, "architectures", None) or ["TokenPruneViTForImageClassification"])[0]
     stock = name.removeprefix("TokenPrune")
     kind = "classification" if "ForImageClassification" in stock else "zero-shot" if stock == "CLIPModel" else None
+    kind = "video" if "ForVideoClassification" in stock else kind
     task, pipeline_tag, auto_class = TASKS[kind or "features"]
     return {"family": family, "family_tag": family_tag, "stock_class": stock, "task": task,
             "pipeline_tag": pipeline_tag, "auto_class": auto_class}  # fmt: skip
@@ -324,11 +326,15 @@ def _layer_rows(config: Any, report: Any) -> list[dict]:
 def _summary(config: Any, report: Any, info: dict) -> str:
     methods = " and ".join(f"**`{plan['method']}`** ({role.lower()})" for role, plan in _plans(config)) or "no plan"
     vision = _vision(config)
-    classes = f", {config.num_labels} classes" if info["pipeline_tag"] == "image-classification" else ""
+    classes = (
+        f", {config.num_labels} classes"
+        if info["pipeline_tag"] in ("image-classification", "video-classification")
+        else ""
+    )
     return (
         f"A {info['family']} model for {info['task']} (a `{info['stock_class']}` with {vision.num_hidden_layers} "
         f"layers, width {vision.hidden_size}{classes}) that runs {methods} with the `hf-tokenprune` "
-        f"package: {report.gflops:.4g} GFLOPs per image of the vision tower "
+        f"package: {report.gflops:.4g} GFLOPs per {_input_name(config).rpartition(' ')[2]} of the vision tower "
         f"instead of {report.stock_gflops:.4g}, an ideal speed-up of {report.ideal_speedup:.2f}x."
     )
 
@@ -351,12 +357,14 @@ def _runtime_snippet(config: Any, info: dict) -> str:
     return f"Amounts that may change on the loaded model ({runtime}):\n\n```python\n" + "\n".join(lines) + "\n```"
 
 
-def _image_size(config: Any) -> str:
+def _input_name(config: Any) -> str:
+    """One input as the card names it: ``224x224 image``, ``16-frame 224x224 clip``, ``256-slot NaFlex image``."""
     vision = _vision(config)
     if vision.model_type == "tokenprune_siglip2_vision_model":  # NaFlex: patch slots, each image its own grid
-        return f"{vision.num_patches}-slot NaFlex"
-    size = vision.image_size
-    return f"{size[0]}x{size[1]}" if isinstance(size, (list, tuple)) else f"{size}x{size}"
+        return f"{vision.num_patches}-slot NaFlex image"
+    shape = vision.input_shape()
+    size = f"{shape[-2]}x{shape[-1]}"
+    return f"{shape[0]}-frame {size} clip" if len(shape) == 4 else f"{size} image"
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -561,7 +569,8 @@ def _body_context(config: Any, info: dict, accuracy: dict | None, revision: str 
         "papers": _paper_rows(config),
         "plan_intro": "The plan as stored in `config.json` (with its defaults filled in):",
         "plan_options": _plan_options(config),
-        "image_size": _image_size(config),
+        "input_name": _input_name(config),
+        "unit": "clip" if info["pipeline_tag"].startswith("video") else "image",
         "num_patches": report.layers[0].attention_tokens - _num_prefix(config),
         "layers": _layer_rows(config, report),
         "flops": {

@@ -24,6 +24,7 @@ from family_matrix import (
     fits,
     ours,
     output_of,
+    pixels_of,
     save_classifier,
     save_text_and_image_processors,
     stock_models,
@@ -83,8 +84,8 @@ def test_stock_checkpoint_loads_with_no_missing_or_unexpected_keys(stock, name, 
     assert set(info["missing_keys"]) == new_parameters
     assert not info["unexpected_keys"] and not info["mismatched_keys"]
     with torch.no_grad():
-        full = output_of(name, model.eval()(PIXELS, disable_plans=True))
-        torch.testing.assert_close(full, output_of(name, stock_model(PIXELS)), atol=1e-5, rtol=0)
+        full = output_of(name, model.eval()(pixels_of(name), disable_plans=True))
+        torch.testing.assert_close(full, output_of(name, stock_model(pixels_of(name))), atol=1e-5, rtol=0)
 
 
 @pytest.mark.parametrize("restore", [False, True])
@@ -93,8 +94,10 @@ def test_keep_all_reproduces_the_stock_family(stock, name, method, restore):
     stock_model, _ = stock(name)
     model = ours(name, stock_model, token_reduction=KEEP_ALL_PLANS[method], restore_tokens=restore)
     with torch.no_grad():
-        outputs = model(PIXELS)
-        torch.testing.assert_close(output_of(name, outputs), output_of(name, stock_model(PIXELS)), atol=1e-5, rtol=0)
+        outputs = model(pixels_of(name))
+        torch.testing.assert_close(
+            output_of(name, outputs), output_of(name, stock_model(pixels_of(name))), atol=1e-5, rtol=0
+        )
     tokens = 64 + FAMILIES[name].num_prefix
     assert all(a == m == tokens for a, m in outputs.token_counts)
 
@@ -104,7 +107,7 @@ def test_token_counts_are_static_and_prefix_tokens_stay_first(stock, name, plan)
     stock_model, _ = stock(name)
     model = ours(name, stock_model, token_reduction=ALL_REDUCING[plan])
     with torch.no_grad():
-        outputs = model(PIXELS)
+        outputs = model(pixels_of(name))
     assert list(outputs.token_counts) == model.config.token_counts()
     prefix = FAMILIES[name].num_prefix
     for (_, mlp_tokens), positions in zip(outputs.token_counts, outputs.token_positions):
@@ -124,7 +127,7 @@ def test_save_and_load_round_trip(tmp_path, stock, name, method):
     assert not info["missing_keys"] and not info["unexpected_keys"]
     with torch.no_grad():
         torch.testing.assert_close(
-            output_of(name, loaded.eval()(PIXELS)), output_of(name, model(PIXELS)), atol=0, rtol=0
+            output_of(name, loaded.eval()(pixels_of(name))), output_of(name, model(pixels_of(name))), atol=0, rtol=0
         )
     auto_map = json.loads((tmp_path / "config.json").read_text())["auto_map"]
     assert auto_map[family.auto].endswith(family.model.__name__)
@@ -148,8 +151,8 @@ def test_count_flops_matches_the_counter(stock, name, method):
     model = ours(name, stock_model, token_reduction=REDUCING_PLANS.get(method))
     model.set_attn_implementation("eager")
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        outputs = model(PIXELS)
-    counted = counter.get_total_flops() / PIXELS.shape[0]
+        outputs = model(pixels_of(name))
+    counted = counter.get_total_flops() / pixels_of(name).shape[0]
     report = count_flops(model.config)
     assert report.flops == pytest.approx(counted, rel=0.03 if method != "none" else 1e-6)
     assert report.token_counts == [tuple(c) for c in outputs.token_counts]
@@ -165,9 +168,9 @@ def test_attention_reuse_runs_and_disables(tmp_path, stock, name, plan):
     stock_model, _ = stock(name)
     model = ours(name, stock_model, **REUSE_PLANS[plan])
     with torch.no_grad():
-        outputs = model(PIXELS)
-        full = output_of(name, model(PIXELS, disable_plans=True))
-    torch.testing.assert_close(full, output_of(name, stock_model(PIXELS)), atol=1e-5, rtol=0)
+        outputs = model(pixels_of(name))
+        full = output_of(name, model(pixels_of(name), disable_plans=True))
+    torch.testing.assert_close(full, output_of(name, stock_model(pixels_of(name))), atol=1e-5, rtol=0)
     assert list(outputs.token_counts) == model.config.token_counts()
     assert count_flops(model.config).ideal_speedup > 1.0
     assert model.drop_training_modules()
@@ -175,7 +178,9 @@ def test_attention_reuse_runs_and_disables(tmp_path, stock, name, plan):
     loaded, info = FAMILIES[name].model.from_pretrained(tmp_path, output_loading_info=True)
     assert not info["missing_keys"] and not info["unexpected_keys"]
     with torch.no_grad():
-        torch.testing.assert_close(output_of(name, loaded.eval()(PIXELS)), output_of(name, outputs), atol=0, rtol=0)
+        torch.testing.assert_close(
+            output_of(name, loaded.eval()(pixels_of(name))), output_of(name, outputs), atol=0, rtol=0
+        )
 
 
 @pytest.mark.parametrize("name", sorted(FAMILIES))
@@ -186,8 +191,8 @@ def test_hidden_states_and_attentions_are_recorded_as_stock(stock, name):
         each.set_attn_implementation("eager")
     try:
         with torch.no_grad():
-            outputs = model(PIXELS, output_hidden_states=True, output_attentions=True)
-            expected = stock_model(PIXELS, output_hidden_states=True, output_attentions=True)
+            outputs = model(pixels_of(name), output_hidden_states=True, output_attentions=True)
+            expected = stock_model(pixels_of(name), output_hidden_states=True, output_attentions=True)
     finally:
         stock_model.set_attn_implementation("sdpa")
     assert len(outputs.hidden_states) == len(expected.hidden_states) == TINY["num_hidden_layers"] + 1
@@ -248,7 +253,7 @@ def test_remote_code_loads_in_a_clean_offline_process(tmp_path, stock, clip_fold
         stock_model, _ = stock(name)
         for method in (m for m in ("tome", "evit", "dynamicvit") if fits(name, REDUCING_PLANS[m])):
             model = ours(name, stock_model, token_reduction=REDUCING_PLANS[method])
-            save(tmp_path / f"{name}-{method}", model, family.auto, family.output, {"pixel_values": PIXELS})
+            save(tmp_path / f"{name}-{method}", model, family.auto, family.output, {"pixel_values": pixels_of(name)})
             if name in PIPELINE_CLASSIFIERS and method == "tome":  # with labels and a processor: the pipeline runs
                 save_classifier(tmp_path / f"{name}-{method}", model)
                 classify = pipeline("image-classification", model=str(tmp_path / f"{name}-{method}"))
@@ -294,9 +299,9 @@ def test_compiles_with_fullgraph(stock, name, method):
     stock_model, _ = stock(name)
     model = ours(name, stock_model, token_reduction=REDUCING_PLANS[method])
     with torch.no_grad():
-        expected = output_of(name, model(PIXELS))
+        expected = output_of(name, model(pixels_of(name)))
         compiled = torch.compile(model, fullgraph=True, backend="aot_eager")  # one full graph (test_compile.py)
-        torch.testing.assert_close(output_of(name, compiled(PIXELS)), expected, atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(output_of(name, compiled(pixels_of(name))), expected, atol=1e-5, rtol=1e-4)
 
 
 @pytest.mark.parametrize("name", ["deit", "dinov2-registers", "clip"])
@@ -633,8 +638,8 @@ def test_the_configs_output_flags_are_honoured_as_by_the_stock_class(stock, name
     stock_model.config.output_hidden_states = True
     try:
         with torch.no_grad():
-            ours_out, stock_out = model(PIXELS), stock_model(PIXELS)
-            quiet = model(PIXELS, output_hidden_states=False)
+            ours_out, stock_out = model(pixels_of(name)), stock_model(pixels_of(name))
+            quiet = model(pixels_of(name), output_hidden_states=False)
     finally:
         stock_model.config.output_hidden_states = False
     assert stock_out.hidden_states is not None and len(ours_out.hidden_states) == len(stock_out.hidden_states)

@@ -466,6 +466,8 @@ FAMILY_CARDS = {
     "clip": ("CLIP vision tower", "CLIPVisionModel", "image-feature-extraction", "openai/clip-vit-base-patch16"),
     "siglip": ("SigLIP vision tower", "SiglipVisionModel", "image-feature-extraction",
                "google/siglip-base-patch16-224"),
+    "videomae": ("VideoMAE", "VideoMAEForVideoClassification", "video-classification",
+                 "MCG-NJU/videomae-base-finetuned-kinetics"),
 }  # fmt: skip
 
 
