@@ -228,3 +228,110 @@ def load_digit_segmentation(seed: int = 0, canvas_size: int = 64, **kwargs: Any)
         maps = [Image.fromarray(mask, mode="L") for mask in masks]
         splits[name] = datasets.Dataset.from_dict({"image": pictures, "label": maps}, features=features)
     return datasets.DatasetDict(splits)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Video: the same real digits, moving
+# ----------------------------------------------------------------------------------------------------------------
+
+DIRECTIONS = ["right", "left", "down", "up"]  # the label of a clip: where its moving digit goes
+_MOVES = {"right": (0, 1), "left": (0, -1), "down": (1, 0), "up": (-1, 0)}
+
+
+def render_clip(
+    digit: np.ndarray,
+    still: np.ndarray,
+    others: np.ndarray,
+    direction: str,
+    rng: np.random.Generator,
+    canvas_size: int = 48,
+    num_frames: int = 8,
+    speed: int = 3,
+    scale: int = 2,
+    clutter: int = 6,
+    noise: float = 0.03,
+) -> np.ndarray:
+    """One clip (num_frames, canvas_size, canvas_size) in [0, 1]: ``digit`` moves ``speed`` pixels a frame in
+    ``direction`` while ``still``, another digit as bright, stays put, over faint static clutter; each frame has
+    its own noise. No single frame tells the direction, nor which of the two digits moves."""
+    background = np.zeros((canvas_size, canvas_size), dtype=np.float32)
+    for other in others[:clutter]:
+        crop = np.kron(other[rng.integers(0, 4) :, rng.integers(0, 4) :][:4, :4] / 16.0, np.ones((2, 2)))
+        top, left = rng.integers(0, canvas_size - crop.shape[0], size=2)
+        _place(background, crop.astype(np.float32), top, left, weight=rng.uniform(0.25, 0.5))
+    big, fixed = (np.kron(d / 16.0, np.ones((scale, scale))).astype(np.float32) for d in (digit, still))
+    side, travel = big.shape[0], speed * (num_frames - 1)
+    _place(background, fixed, *rng.integers(0, canvas_size - side + 1, size=2), weight=1.0)
+    step = np.array(_MOVES[direction])
+    low = np.maximum(0, -step * travel)
+    start = low + rng.integers(0, canvas_size - side - travel + 1, size=2)
+    frames = []
+    for t in range(num_frames):
+        frame = background.copy()
+        top, left = start + step * speed * t
+        _place(frame, big, int(top), int(left), weight=1.0)
+        frame += rng.normal(0.0, noise, frame.shape).astype(np.float32)
+        frames.append(np.clip(frame, 0.0, 1.0))
+    return np.stack(frames)
+
+
+def moving_digits_arrays(
+    seed: int = 0,
+    canvas_size: int = 48,
+    num_frames: int = 8,
+    copies: int = 1,
+    validation_fraction: float = 0.2,
+    speed: int = 3,
+    scale: int = 2,
+    **render: Any,
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """``{"train": (clips, labels), "validation": (clips, labels)}``; clips are (N, frames, H, W) floats in
+    [0, 1], labels index `DIRECTIONS`. Digits are split before rendering (no digit in both splits); each is rendered
+    ``copies`` times, each time in a direction drawn at random, next to a still digit drawn from the same split."""
+    if isinstance(copies, bool) or not isinstance(copies, int) or copies < 1:
+        raise ValueError(f"copies = {copies!r} must be a positive integer (renderings of each digit).")
+    if isinstance(num_frames, bool) or not isinstance(num_frames, int) or num_frames < 2:
+        raise ValueError(f"num_frames = {num_frames!r} must be an integer >= 2 (motion needs two frames).")
+    room = canvas_size - 8 * scale - speed * (num_frames - 1)
+    if scale < 1 or speed < 1 or room < 0:
+        raise ValueError(
+            f"canvas_size = {canvas_size} cannot hold an 8 x {scale} px digit moving {speed} px a frame for "
+            f"{num_frames} frames; allowed: canvas_size >= {8 * scale + speed * (num_frames - 1)}."
+        )
+    images, _, rng, splits = _digit_splits(seed, validation_fraction)
+    out = {}
+    for name, indices in splits.items():
+        clips, targets = [], []
+        for _ in range(copies):
+            for index in indices:
+                label = int(rng.integers(len(DIRECTIONS)))
+                still = images[rng.choice(indices)]
+                others = images[rng.choice(len(images), size=8, replace=False)]
+                clip = render_clip(
+                    images[index], still, others, DIRECTIONS[label], rng, canvas_size=canvas_size,
+                    num_frames=num_frames, speed=speed, scale=scale, **render,
+                )  # fmt: skip
+                clips.append(clip)
+                targets.append(label)
+        out[name] = (np.stack(clips), np.asarray(targets))
+    return out
+
+
+def load_moving_digits(seed: int = 0, canvas_size: int = 48, num_frames: int = 8, copies: int = 1, **kwargs: Any):
+    """The moving digits as a `datasets.DatasetDict` with ``train`` and ``validation`` splits.
+
+    Columns: ``video`` (a list of ``num_frames`` RGB PIL frames, ``canvas_size`` square) and ``label`` (a ClassLabel
+    with the names of `DIRECTIONS`). Needs the ``train`` extra (datasets, scikit-learn); no download.
+    """
+    import datasets
+    from PIL import Image
+
+    arrays = moving_digits_arrays(seed=seed, canvas_size=canvas_size, num_frames=num_frames, copies=copies, **kwargs)
+    features = datasets.Features(
+        {"video": datasets.Sequence(datasets.Image()), "label": datasets.ClassLabel(names=DIRECTIONS)}
+    )
+    splits = {}
+    for name, (clips, labels) in arrays.items():
+        videos = [[Image.fromarray((f * 255).astype(np.uint8)).convert("RGB") for f in clip] for clip in clips]
+        splits[name] = datasets.Dataset.from_dict({"video": videos, "label": labels.tolist()}, features=features)
+    return datasets.DatasetDict(splits)

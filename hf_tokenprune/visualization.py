@@ -25,7 +25,9 @@ __all__ = [
     "plot_speedups",
     "preprocess",
     "render_token_maps",
+    "render_video_tokens",
     "token_maps",
+    "video_token_maps",
 ]
 
 SAMPLES = ("china", "flower")  # the photographs scikit-learn ships
@@ -200,7 +202,8 @@ def paint(image: np.ndarray, layer_map: dict[str, Any], tint: float = 0.5) -> np
     gone = np.where(stripes, STRIPE, image * DIM)
     out = np.where(alive > 0, image, gone)
     if layer_map["groups"] is not None:
-        colours = _group_colours(layer_map["groups"], layer_map.get("keys"))
+        colours = layer_map.get("colours")  # given: colours of groups that span several pictures (video)
+        colours = _group_colours(layer_map["groups"], layer_map.get("keys")) if colours is None else colours
         colours = np.repeat(np.repeat(colours, block[0], axis=0), block[1], axis=1)[:height, :width]
         merged = ~np.isnan(colours[..., :1])
         out = np.where(merged, (1.0 - tint) * out + tint * np.nan_to_num(colours), out)
@@ -462,3 +465,81 @@ def _grouped(points: list[dict[str, Any]]) -> dict[tuple[str, str], list[dict[st
     for point in points:
         groups.setdefault((point["method"], point["setting"]), []).append(point)
     return groups
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Video
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def video_token_maps(outputs: Any, index: int = 0) -> list[dict[str, Any]]:
+    """Per layer, which tubelets are alive and, for merging methods, which token holds each: as `token_maps`, on
+    the (time, rows, columns) grid of a video output (no prefix token)."""
+    grid = tuple(outputs.patch_grid)
+    size = math.prod(grid)
+    maps = []
+    for layer, positions in enumerate(outputs.token_positions):
+        positions = positions[index].detach().cpu()
+        alive = torch.zeros(size, dtype=torch.bool)
+        alive[positions[positions >= 0]] = True
+        owner = outputs.token_owner[layer] if outputs.token_owner is not None else None
+        groups = None
+        if owner is not None:
+            groups = owner[index].detach().cpu().reshape(grid).numpy()
+            alive[:] = True
+        maps.append({"alive": alive.reshape(grid).numpy(), "groups": groups, "made_up": int((positions < 0).sum()),
+                     "counts": tuple(outputs.token_counts[layer])})  # fmt: skip
+    return maps
+
+
+VIDEO_LEGEND = (
+    "one column per tubelet slot in time (its first frame shown); dimmed and striped: tubelet no longer in the "
+    "sequence; coloured: tubelets merged into one token, across space and time (a group keeps its colour)"
+)
+
+
+def render_video_tokens(
+    frames: np.ndarray, outputs: Any, path: str, tubelet_size: int = 2, title: str = "", index: int = 0
+) -> str:
+    """A PNG: the clip (first frame of each tubelet slot), then the tubelets alive after each layer where the
+    tokens change, one row per layer.
+
+    Args:
+        frames: (frames, H, W, 3) or (frames, H, W) floats in [0, 1].
+        outputs: a TokenPruneVideoMAE output of the clip (``token_positions``, ``token_owner``, ``patch_grid``).
+        tubelet_size: frames per tubelet (the config's).
+    """
+    import textwrap
+
+    plt = _pyplot()
+    frames = np.asarray(frames, dtype=np.float32)
+    frames = np.repeat(frames[..., None], 3, axis=-1) if frames.ndim == 3 else frames
+    maps = follow_groups(video_token_maps(outputs, index))
+    shown = layers_to_show(maps, "changes") or [len(maps) - 1]
+    slots = maps[0]["alive"].shape[0]
+    rows = [("clip", None)] + [(f"after layer {i}: {maps[i]['counts'][1]} tokens", maps[i]) for i in shown]
+    figure, axes = plt.subplots(len(rows), slots, figsize=(1.9 * slots, 2.1 * len(rows) + 0.8), squeeze=False,
+                                dpi=110, layout="constrained")  # fmt: skip
+    for row, (name, layer_map) in enumerate(rows):
+        colours = None
+        if layer_map is not None and layer_map["groups"] is not None:
+            colours = _group_colours(layer_map["groups"], layer_map.get("keys"))  # groups span time slots
+        for slot in range(slots):
+            image = frames[slot * tubelet_size]
+            if layer_map is not None:
+                sliced = {"alive": layer_map["alive"][slot], "groups": None if colours is None else True,
+                          "colours": None if colours is None else colours[slot]}  # fmt: skip
+                image = paint(image, sliced)
+            axis = axes[row, slot]
+            axis.imshow(image, interpolation="nearest")
+            axis.set_xticks([])
+            axis.set_yticks([])
+            if row == 0:
+                axis.set_title(f"frames {slot * tubelet_size}-{(slot + 1) * tubelet_size - 1}", fontsize=8)
+        axes[row, 0].set_ylabel(textwrap.fill(name, 18), fontsize=8)
+    if title:
+        figure.suptitle(title, fontsize=10)
+    figure.supxlabel(textwrap.fill(VIDEO_LEGEND, width=30 * slots), fontsize=8)
+    figure.savefig(path)
+    plt.close(figure)
+    return path
