@@ -3,8 +3,9 @@
 it with the same weights without the plan and with stock `VideoMAEForVideoClassification`.
 
 The data needs no download (`hf_tokenprune.data.load_moving_digits`): clips of 8 frames, 48 px, in which one of
-scikit-learn's real handwritten digits moves right, left, down or up next to a still digit over faint clutter; the
-label is the direction, which no single frame shows. The model sees 8 frames in tubelets of 2 x 8 x 8: a grid of
+scikit-learn's real handwritten digits moves right, left, down or up next to a still digit of another class over
+faint clutter; the label is the class of the digit that moves (``--label direction``: where it goes), which no single
+frame shows. The model sees 8 frames in tubelets of 2 x 8 x 8: a grid of
 4 x 6 x 6 = 144 tokens and no CLS token.
 
     python examples/run_video_classification.py                        # ToMe, trained with the plan in force
@@ -60,9 +61,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--compare_methods", action="store_true", help="train without a plan, then fine-tune each method"
     )
-    parser.add_argument("--epochs", type=float, default=12.0, help="training epochs from scratch")
-    parser.add_argument("--finetune_epochs", type=float, default=3.0, help="fine-tuning epochs per method")
-    parser.add_argument("--copies", type=int, default=2, help="renderings of each training digit")
+    parser.add_argument("--epochs", type=float, default=10.0, help="training epochs from scratch")
+    parser.add_argument("--finetune_epochs", type=float, default=2.0, help="fine-tuning epochs per method")
+    parser.add_argument("--copies", type=int, default=4, help="renderings of each training digit")
+    parser.add_argument("--label", choices=["digit", "direction"], default="digit", help="what a clip's label says")
     parser.add_argument("--batch_size", type=int, default=32)
     parser.add_argument("--learning_rate", type=float, default=1e-3)
     parser.add_argument("--seed", type=int, default=0)
@@ -89,7 +91,7 @@ def load_data(args) -> Any:
     from hf_tokenprune.data import load_moving_digits
 
     dataset = load_moving_digits(seed=args.seed, canvas_size=MODEL["image_size"], num_frames=MODEL["num_frames"],
-                                 copies=args.copies)  # fmt: skip
+                                 copies=args.copies, label=args.label)  # fmt: skip
 
     def transform(batch):
         clips = [np.stack([np.asarray(frame, dtype=np.float32) for frame in video]) for video in batch["video"]]
@@ -127,10 +129,8 @@ def predict(model, dataset, batch_size: int, **forward: Any) -> tuple[torch.Tens
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def build_model(plan: dict | None, reuse: dict | None = None, weights: dict | None = None):
-    from hf_tokenprune.data import DIRECTIONS
-
-    labels = dict(id2label=dict(enumerate(DIRECTIONS)), label2id={d: i for i, d in enumerate(DIRECTIONS)})
+def build_model(names: list[str], plan: dict | None, reuse: dict | None = None, weights: dict | None = None):
+    labels = dict(id2label=dict(enumerate(names)), label2id={name: i for i, name in enumerate(names)})
     config = TokenPruneVideoMAEConfig(**MODEL, **labels, token_reduction=plan, attention_reuse=reuse)
     model = TokenPruneVideoMAEForVideoClassification(config)
     if weights is not None:
@@ -242,7 +242,7 @@ def draw(model, dataset, path: str) -> str:
 
 def one_plan(args, dataset) -> dict[str, Any]:
     """Trains with the plan, then compares the plan, the plan off and stock VideoMAE on the validation clips."""
-    model = build_model(args.plan)
+    model = build_model(dataset["train"].features["label"].names, args.plan)
     training = train(model, dataset, args, args.epochs, args.output_dir)
     rows = {
         "plan": describe(model, dataset["validation"], args),
@@ -263,7 +263,8 @@ def one_plan(args, dataset) -> dict[str, Any]:
 def compare_methods(args, dataset) -> dict[str, Any]:
     """The accuracy row: one model trained without a plan, then each method (and the unreduced control) fine-tuned
     from it for the same epochs with the same recipe."""
-    base = build_model(None)
+    names = dataset["train"].features["label"].names
+    base = build_model(names, None)
     training = train(base, dataset, args, args.epochs, args.output_dir)
     weights = {k: v.clone() for k, v in base.state_dict().items()}
     rows, models = {}, {}
@@ -271,7 +272,7 @@ def compare_methods(args, dataset) -> dict[str, Any]:
     runs += [(n, None, r) for n, r in COMPARED_REUSE.items()]
     for name, plan, reuse in runs:
         set_seed(args.seed)
-        model = build_model(plan, reuse, weights)
+        model = build_model(names, plan, reuse, weights)
         tuned = train(model, dataset, args, args.finetune_epochs, os.path.join(args.output_dir, name))
         rows[name] = {"plan": plan, "attention_reuse": reuse, **tuned, **describe(model, dataset["validation"], args)}
         models[name] = model
@@ -295,7 +296,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     results = compare_methods(args, dataset) if args.compare_methods else one_plan(args, dataset)
     results.update(
         model=MODEL,
-        data={"name": "moving digits", "train": len(dataset["train"]), "validation": len(dataset["validation"])},
+        data={
+            "name": "moving digits",
+            "label": args.label,
+            "train": len(dataset["train"]),
+            "validation": len(dataset["validation"]),
+        },  # fmt: skip
         epochs=args.epochs,
         batch_size=args.batch_size,
         learning_rate=args.learning_rate,

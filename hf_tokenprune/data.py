@@ -234,7 +234,8 @@ def load_digit_segmentation(seed: int = 0, canvas_size: int = 64, **kwargs: Any)
 # Video: the same real digits, moving
 # ----------------------------------------------------------------------------------------------------------------
 
-DIRECTIONS = ["right", "left", "down", "up"]  # the label of a clip: where its moving digit goes
+DIRECTIONS = ["right", "left", "down", "up"]  # where a clip's moving digit goes
+MOVING_LABELS = {"digit": CLASS_NAMES, "direction": DIRECTIONS}  # what a clip's label says, and its class names
 _MOVES = {"right": (0, 1), "left": (0, -1), "down": (1, 0), "up": (-1, 0)}
 
 
@@ -283,11 +284,17 @@ def moving_digits_arrays(
     validation_fraction: float = 0.2,
     speed: int = 3,
     scale: int = 2,
+    label: str = "digit",
     **render: Any,
 ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """``{"train": (clips, labels), "validation": (clips, labels)}``; clips are (N, frames, H, W) floats in
-    [0, 1], labels index `DIRECTIONS`. Digits are split before rendering (no digit in both splits); each is rendered
-    ``copies`` times, each time in a direction drawn at random, next to a still digit drawn from the same split."""
+    [0, 1]. Digits are split before rendering (no digit in both splits); each is rendered ``copies`` times, each time
+    moving in a direction drawn at random, next to a still digit of another class from the same split.
+
+    ``label``: ``"digit"`` (the class of the digit that moves: the clip holds two digits, and only the motion tells
+    which one is meant) or ``"direction"`` (an index of `DIRECTIONS`)."""
+    if label not in MOVING_LABELS:
+        raise ValueError(f"label = {label!r} is not allowed; allowed: {sorted(MOVING_LABELS)}.")
     if isinstance(copies, bool) or not isinstance(copies, int) or copies < 1:
         raise ValueError(f"copies = {copies!r} must be a positive integer (renderings of each digit).")
     if isinstance(num_frames, bool) or not isinstance(num_frames, int) or num_frames < 2:
@@ -298,37 +305,43 @@ def moving_digits_arrays(
             f"canvas_size = {canvas_size} cannot hold an 8 x {scale} px digit moving {speed} px a frame for "
             f"{num_frames} frames; allowed: canvas_size >= {8 * scale + speed * (num_frames - 1)}."
         )
-    images, _, rng, splits = _digit_splits(seed, validation_fraction)
+    images, digits, rng, splits = _digit_splits(seed, validation_fraction)
     out = {}
     for name, indices in splits.items():
         clips, targets = [], []
         for _ in range(copies):
             for index in indices:
-                label = int(rng.integers(len(DIRECTIONS)))
-                still = images[rng.choice(indices)]
+                direction = int(rng.integers(len(DIRECTIONS)))
+                others_of_split = indices[digits[indices] != digits[index]]
+                still = images[rng.choice(others_of_split)]
                 others = images[rng.choice(len(images), size=8, replace=False)]
                 clip = render_clip(
-                    images[index], still, others, DIRECTIONS[label], rng, canvas_size=canvas_size,
+                    images[index], still, others, DIRECTIONS[direction], rng, canvas_size=canvas_size,
                     num_frames=num_frames, speed=speed, scale=scale, **render,
                 )  # fmt: skip
                 clips.append(clip)
-                targets.append(label)
+                targets.append(int(digits[index]) if label == "digit" else direction)
         out[name] = (np.stack(clips), np.asarray(targets))
     return out
 
 
-def load_moving_digits(seed: int = 0, canvas_size: int = 48, num_frames: int = 8, copies: int = 1, **kwargs: Any):
+def load_moving_digits(
+    seed: int = 0, canvas_size: int = 48, num_frames: int = 8, copies: int = 1, label: str = "digit", **kwargs: Any
+):
     """The moving digits as a `datasets.DatasetDict` with ``train`` and ``validation`` splits.
 
-    Columns: ``video`` (a list of ``num_frames`` RGB PIL frames, ``canvas_size`` square) and ``label`` (a ClassLabel
-    with the names of `DIRECTIONS`). Needs the ``train`` extra (datasets, scikit-learn); no download.
+    Columns: ``video`` (a list of ``num_frames`` RGB PIL frames, ``canvas_size`` square) and ``label`` (a ClassLabel:
+    the digits "0" to "9" for ``label="digit"``, the names of `DIRECTIONS` for ``"direction"``). Needs the ``train``
+    extra (datasets, scikit-learn); no download.
     """
     import datasets
     from PIL import Image
 
-    arrays = moving_digits_arrays(seed=seed, canvas_size=canvas_size, num_frames=num_frames, copies=copies, **kwargs)
+    arrays = moving_digits_arrays(
+        seed=seed, canvas_size=canvas_size, num_frames=num_frames, copies=copies, label=label, **kwargs
+    )
     features = datasets.Features(
-        {"video": datasets.Sequence(datasets.Image()), "label": datasets.ClassLabel(names=DIRECTIONS)}
+        {"video": datasets.Sequence(datasets.Image()), "label": datasets.ClassLabel(names=MOVING_LABELS[label])}
     )
     splits = {}
     for name, (clips, labels) in arrays.items():

@@ -66,6 +66,8 @@ def with_source(lines: list[str], note: str, result: dict, path: str) -> str:
 
 
 def rows_of(result: dict) -> list[dict]:
+    if isinstance(result.get("rows"), dict):  # rows by name (examples/run_video_classification.py)
+        return list(result["rows"].values())
     if isinstance(result.get("rows"), list):
         return result["rows"]
     return [row for part in result.get("results", []) for row in part.get("rows", [])]
@@ -290,6 +292,42 @@ def accuracy(path: str) -> str:
             lines.append("| " + " | ".join([method, point, x(any_row["ideal_speedup"]), measured(any_row),
                                             *accuracy_cells(run)]) + " |")  # fmt: skip
     return "\n".join(lines) + "\n" + accuracy_setup(result, path)
+
+
+@renderer
+def video_accuracy(path: str) -> str:
+    """The video comparison: each method fine-tuned from one model, its accuracy against the unreduced one."""
+    from hf_tokenprune import TokenPruneVideoMAEConfig
+    from hf_tokenprune.plans import plan_label
+
+    result = load(path)
+    lines = ["| method | plan | tokens into the MLP, per layer | accuracy | Δ | ideal | measured |",
+             "|---|---|---|---:|---:|---:|---:|"]  # fmt: skip
+    base = result["rows"]["no reduction"]["accuracy"]
+    for name, row in result["rows"].items():
+        label = plan_label(row["plan"], row["attention_reuse"]) if row["plan"] or row["attention_reuse"] else "–"
+        config = TokenPruneVideoMAEConfig(**result["model"], token_reduction=row["plan"])
+        counts = " ".join(str(mlp) for _, mlp in config.token_counts())
+        speed = {"measured_speedup": row["speedup"], "ideal_speedup": row["ideal_speedup"], **row,
+                 "spread": row["speedup_range"]}  # fmt: skip
+        change = f"{100 * (row['accuracy'] - base):+.2f}"
+        lines.append(f"| {name} | {label} | {counts} | {row['accuracy']:.2%} | {change} | {x(row['ideal_speedup'])} | "
+                     f"{measured(speed)} |")  # fmt: skip
+    model, data = result["model"], result["data"]
+    note = (
+        f"\n{data['train']} training and {data['validation']} validation clips of {model['num_frames']} frames of "
+        f"{model['image_size']} px; a VideoMAE of {model['num_hidden_layers']} layers, width {model['hidden_size']}, "
+        f"tubelets {model['tubelet_size']} x {model['patch_size']} x {model['patch_size']} "
+        f"({model['num_frames'] // model['tubelet_size']} x {(model['image_size'] // model['patch_size']) ** 2} = "
+        f"{model['num_frames'] // model['tubelet_size'] * (model['image_size'] // model['patch_size']) ** 2} tokens), "
+        f"trained from scratch without a plan for {result['epochs']:g} epochs, then each row fine-tuned from those "
+        f"weights for {result['finetune_epochs']:g} epochs with the same recipe (the first row without a plan). "
+        "Measured: against stock `VideoMAEForVideoClassification` with the same weights, a batch of "
+        f"{result['batch_size']} clips, paired and interleaved (median of the rounds; the fraction of the ideal in "
+        "brackets)." + unreliable_note([{"label": n, **r, "measured_speedup": r["speedup"],
+                                         "spread": r["speedup_range"]} for n, r in result["rows"].items()])
+    )  # fmt: skip
+    return with_source(lines, note, result, path)
 
 
 @renderer
