@@ -23,6 +23,7 @@ import json
 import os
 import statistics
 import sys
+import tempfile
 import time
 from typing import Any
 
@@ -273,7 +274,8 @@ def compare_methods(args, dataset) -> dict[str, Any]:
     for name, plan, reuse in runs:
         set_seed(args.seed)
         model = build_model(names, plan, reuse, weights)
-        tuned = train(model, dataset, args, args.finetune_epochs, os.path.join(args.output_dir, name))
+        with tempfile.TemporaryDirectory() as scratch:  # the Trainer's folder: nothing of it is kept
+            tuned = train(model, dataset, args, args.finetune_epochs, scratch)
         rows[name] = {"plan": plan, "attention_reuse": reuse, **tuned, **describe(model, dataset["validation"], args)}
         models[name] = model
         print(f"{name}: {rows[name]['accuracy']:.2%} at {rows[name]['ideal_speedup']:.2f}x ideal", flush=True)

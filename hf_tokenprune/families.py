@@ -289,7 +289,7 @@ FAMILY_ROWS = (
         },
         gaps={
             "tune": VIT_ONLY.format("the tuner"),
-            "visualize": "visualize draws images; draw_video_tokens (hf_tokenprune.visualization) draws clips",
+            "visualize": "visualize draws images; render_video_tokens (hf_tokenprune.visualization) draws clips",
             "dense": "no video dense class",
         },
     ),

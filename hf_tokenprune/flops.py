@@ -224,11 +224,13 @@ def format_report(report: FlopsReport) -> str:
     for index, layer in enumerate(report.layers):
         lines.append(f"{index:>5} {layer.attention_tokens:>11} {layer.mlp_tokens:>10} {2 * layer.macs / scale:>8.4g}")
     lines.append(
-        f"total {report.flops / scale:.4g} {unit} per image (stock {2 * report.stock_macs / scale:.4g}); "
+        f"total {report.flops / scale:.4g} {unit} per input, an image or a clip (stock "
+        f"{2 * report.stock_macs / scale:.4g}); "
         f"ideal speed-up {report.ideal_speedup:.2f}x"
     )
     lines.append(
-        "tokens include CLS and made-up tokens (e.g. EViT's fused token), as outputs.token_counts counts them; "
+        "tokens include prefix tokens (CLS, registers) and made-up tokens (e.g. EViT's fused token), as "
+        "outputs.token_counts counts them; "
         "the kept-token picture shows the same counts"
     )
     return "\n".join(lines)

