@@ -66,6 +66,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--finetune_epochs", type=float, default=2.0, help="fine-tuning epochs per method")
     parser.add_argument("--copies", type=int, default=4, help="renderings of each training digit")
     parser.add_argument("--label", choices=["digit", "direction"], default="digit", help="what a clip's label says")
+    parser.add_argument("--max_digits", type=int, default=None, help="digits per split, for a quick run")
     parser.add_argument("--batch_size", type=int, default=32)
     parser.add_argument("--learning_rate", type=float, default=1e-3)
     parser.add_argument("--seed", type=int, default=0)
@@ -76,8 +77,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if plan is not None:  # a plan that does not fit VideoMAE is refused here, in one line, before any data is made
         TokenPruneVideoMAEConfig(**MODEL, token_reduction=plan)
     args.plan = plan
-    for name in ("epochs", "finetune_epochs", "copies", "batch_size", "benchmark_rounds"):
-        if getattr(args, name) <= 0:
+    for name in ("epochs", "finetune_epochs", "copies", "batch_size", "benchmark_rounds", "max_digits"):
+        if getattr(args, name) is not None and getattr(args, name) <= 0:
             parser.error(f"--{name} must be positive; got {getattr(args, name)}.")
     return args
 
@@ -92,7 +93,7 @@ def load_data(args) -> Any:
     from hf_tokenprune.data import load_moving_digits
 
     dataset = load_moving_digits(seed=args.seed, canvas_size=MODEL["image_size"], num_frames=MODEL["num_frames"],
-                                 copies=args.copies, label=args.label)  # fmt: skip
+                                 copies=args.copies, label=args.label, limit=args.max_digits)  # fmt: skip
 
     def transform(batch):
         clips = [np.stack([np.asarray(frame, dtype=np.float32) for frame in video]) for video in batch["video"]]

@@ -285,6 +285,7 @@ def moving_digits_arrays(
     speed: int = 3,
     scale: int = 2,
     label: str = "digit",
+    limit: int | None = None,
     **render: Any,
 ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """``{"train": (clips, labels), "validation": (clips, labels)}``; clips are (N, frames, H, W) floats in
@@ -292,7 +293,8 @@ def moving_digits_arrays(
     moving in a direction drawn at random, next to a still digit of another class from the same split.
 
     ``label``: ``"digit"`` (the class of the digit that moves: the clip holds two digits, and only the motion tells
-    which one is meant) or ``"direction"`` (an index of `DIRECTIONS`)."""
+    which one is meant) or ``"direction"`` (an index of `DIRECTIONS`). ``limit``: at most this many digits of each
+    split (a quick run)."""
     if label not in MOVING_LABELS:
         raise ValueError(f"label = {label!r} is not allowed; allowed: {sorted(MOVING_LABELS)}.")
     if isinstance(copies, bool) or not isinstance(copies, int) or copies < 1:
@@ -305,7 +307,10 @@ def moving_digits_arrays(
             f"canvas_size = {canvas_size} cannot hold an 8 x {scale} px digit moving {speed} px a frame for "
             f"{num_frames} frames; allowed: canvas_size >= {8 * scale + speed * (num_frames - 1)}."
         )
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise ValueError(f"limit = {limit!r} must be a positive integer (digits per split) or None.")
     images, digits, rng, splits = _digit_splits(seed, validation_fraction)
+    splits = {name: indices[:limit] for name, indices in splits.items()}
     out = {}
     for name, indices in splits.items():
         clips, targets = [], []

@@ -331,6 +331,32 @@ def video_accuracy(path: str) -> str:
 
 
 @renderer
+def video_example(path: str) -> str:
+    """The video example's default run: the plan it trained with, the same weights without it."""
+    result = load(path)
+    from hf_tokenprune.plans import plan_label
+
+    lines = ["| model | accuracy | GFLOPs per clip | ideal | measured against stock VideoMAE |",
+             "|---|---:|---:|---:|---:|"]  # fmt: skip
+    for name, row in result["rows"].items():
+        label = plan_label(result["plan"], None) if name == "plan" else "the same weights, plan off"
+        speed = "1.00x (the stock cost)"
+        if "speedup" in row:
+            speed = measured({"measured_speedup": row["speedup"], "ideal_speedup": row["ideal_speedup"], **row,
+                              "spread": row["speedup_range"]})  # fmt: skip
+        lines.append(
+            f"| {label} | {row['accuracy']:.2%} | {row['gflops']:.3f} | {x(row['ideal_speedup'])} | {speed} |"
+        )
+    data = result["data"]
+    note = (
+        f"\nTrained from scratch with the plan for {result['epochs']:g} epochs ({data['train']} clips), evaluated on "
+        f"{data['validation']} validation clips; measured on a batch of {result['batch_size']} clips, paired and "
+        "interleaved (median of the rounds; the fraction of the ideal in brackets).\n"
+    )
+    return with_source(lines, note, result, path)
+
+
+@renderer
 def accuracy_headline(path: str, target: str = "1.5") -> str:
     """Per method, the operating point nearest ``target`` ideal speed-up, fine-tuned."""
     result = load(path)

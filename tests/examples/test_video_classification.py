@@ -11,7 +11,7 @@ from transformers import AutoModelForVideoClassification
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "examples"))
 
-FAST = ["--epochs", "0.2", "--finetune_epochs", "0.1", "--copies", "1", "--benchmark_rounds", "2"]
+FAST = ["--epochs", "1", "--finetune_epochs", "1", "--copies", "1", "--max_digits", "48", "--benchmark_rounds", "2"]
 
 
 @pytest.mark.slow
