@@ -199,7 +199,8 @@ def _prepare(model: torch.nn.Module, settings: BenchmarkSettings) -> torch.nn.Mo
 def _input(settings: BenchmarkSettings, config: Any, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
     size = settings.image_size or config.image_size
     generator = torch.Generator().manual_seed(settings.seed)
-    pixels = torch.randn(batch_size, *config.input_shape(size), generator=generator)
+    shape = config.input_shape(size) if hasattr(config, "input_shape") else (config.num_channels, size, size)  # stock
+    pixels = torch.randn(batch_size, *shape, generator=generator)
     labels = torch.randint(0, max(config.num_labels, 1), (batch_size,), generator=generator)
     return pixels.to(settings.device, settings.dtype), labels.to(settings.device)
 

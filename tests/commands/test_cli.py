@@ -72,7 +72,7 @@ def test_plan_prints_readable_units_for_a_tiny_model(capsys):
     plan = json.dumps({"method": "tome", "r": 4})
     assert main(["plan", "--arch", "vit-tiny-patch16-224", "--image-size", "32", "--token-reduction", plan]) == 0
     printed = capsys.readouterr().out
-    assert "MFLOPs" in printed and " 0.000 " not in printed and "include CLS" in printed
+    assert "MFLOPs" in printed and " 0.000 " not in printed and "include prefix tokens (CLS" in printed
 
 
 def test_both_option_spellings_give_the_same_result(capsys):
