@@ -334,7 +334,7 @@ def _summary(config: Any, report: Any, info: dict) -> str:
     return (
         f"A {info['family']} model for {info['task']} (a `{info['stock_class']}` with {vision.num_hidden_layers} "
         f"layers, width {vision.hidden_size}{classes}) that runs {methods} with the `hf-tokenprune` "
-        f"package: {report.gflops:.4g} GFLOPs per {_input_name(config).rpartition(' ')[2]} of the vision tower "
+        f"package: {report.gflops:.4g} GFLOPs per {_unit(config)} of the vision tower "
         f"instead of {report.stock_gflops:.4g}, an ideal speed-up of {report.ideal_speedup:.2f}x."
     )
 
@@ -365,6 +365,11 @@ def _input_name(config: Any) -> str:
     shape = vision.input_shape()
     size = f"{shape[-2]}x{shape[-1]}"
     return f"{shape[0]}-frame {size} clip" if len(shape) == 4 else f"{size} image"
+
+
+def _unit(config: Any) -> str:
+    """What one input is: ``image`` or ``clip``."""
+    return _input_name(config).rpartition(" ")[2]
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -570,7 +575,7 @@ def _body_context(config: Any, info: dict, accuracy: dict | None, revision: str 
         "plan_intro": "The plan as stored in `config.json` (with its defaults filled in):",
         "plan_options": _plan_options(config),
         "input_name": _input_name(config),
-        "unit": "clip" if info["pipeline_tag"].startswith("video") else "image",
+        "unit": _unit(config),
         "num_patches": report.layers[0].attention_tokens - _num_prefix(config),
         "layers": _layer_rows(config, report),
         "flops": {
