@@ -28,7 +28,8 @@ class TokenPruneViTConfig(TokenPruneConfigMixin, BackboneConfigMixin, ViTConfig)
         classifier_pooling (`str`, *optional*, defaults to `"cls"`):
             What `TokenPruneViTForImageClassification` classifies: `"cls"`, the final LayerNorm's CLS token (as
             `ViTForImageClassification`), or `"mean"`, the final LayerNorm of the mean of every token the last layer
-            outputs, CLS included (Token Cropr's official classifier, timm-style `fc_norm`).
+            outputs, CLS included (Token Cropr's official classifier, timm-style `fc_norm`); a token ToMe merged counts
+            for every patch it holds, so the mean is the one over the restored sequence.
         position_tables (`list[int]`, *optional*):
             Image sides (pixels, multiples of the patch size, other than `image_size`) that have a learned position
             table of their own, used instead of the interpolated one with `interpolate_pos_encoding=True` (SuperViT's

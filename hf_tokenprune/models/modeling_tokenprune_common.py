@@ -91,15 +91,16 @@ def passed_through(outputs, output_class) -> dict:
     return {name: getattr(outputs, name) for name in PASSED_THROUGH if name in names}
 
 
-def mean_of_tokens(x, state) -> torch.Tensor:
-    """The average token of ``x`` (B, N, C) as the stock model's average pooling sees it: a merged token counts for
-    every embedding token it holds (``state.sizes``, ToMe's rule), a token a masked-training policy dropped counts for
-    none (``state.key_policy``); a full-length restored sequence is averaged as it is."""
+def mean_of_tokens(x, state, start: int = 0) -> torch.Tensor:
+    """The average of the tokens of ``x`` (B, N, C) from ``start`` on (past the prefix tokens, for a head that
+    averages the patches), as the stock model's average pooling sees it: a merged token counts for every embedding
+    token it holds (``state.sizes``, ToMe's rule), a token a masked-training policy dropped counts for none
+    (``state.key_policy``); a full-length restored sequence is averaged as it is."""
     weights = None if state is None else state.sizes if state.sizes is not None else state.key_policy
     if weights is None or weights.shape[1] != x.shape[1]:
-        return x.mean(dim=1)
-    weights = weights.reshape(x.shape[0], x.shape[1], 1).to(x.dtype)
-    return (x * weights).sum(dim=1) / weights.sum(dim=1)
+        return x[:, start:].mean(dim=1)
+    weights = weights.reshape(x.shape[0], x.shape[1], 1)[:, start:].to(x.dtype)
+    return (x[:, start:] * weights).sum(dim=1) / weights.sum(dim=1)
 
 
 def cls_attention_row(query, key, attention_mask, scaling):

@@ -48,6 +48,7 @@ from .modeling_tokenprune_common import (
     TokenPruneModelMixin,
     TokenPruneModelOutput,
     TokenPrunePreTrainedMixin,
+    mean_of_tokens,
     passed_through,
 )
 
@@ -152,7 +153,8 @@ class TokenPruneDinov2Model(TokenPruneModelMixin, TokenPruneDinov2PreTrainedMode
 
 class TokenPruneDinov2ClassifierMixin(TokenPruneClassifierMixin):
     """The stock head on CLS next to the mean of the tokens after the prefix (the patches left by the plan, and
-    a method's made-up tokens such as EViT's fused one); the output carries the token bookkeeping."""
+    a method's made-up tokens such as EViT's fused one; a token ToMe merged counts for every patch it holds); the
+    output carries the token bookkeeping."""
 
     def forward(
         self,
@@ -167,7 +169,7 @@ class TokenPruneDinov2ClassifierMixin(TokenPruneClassifierMixin):
             pixel_values, attention_mask=attention_mask, keep_rate=keep_rate, disable_plans=disable_plans, **kwargs
         )
         tokens = outputs.last_hidden_state
-        patch_mean = tokens[:, self.config.num_prefix_tokens :].mean(dim=1)
+        patch_mean = mean_of_tokens(tokens, outputs.layer_states[-1], start=self.config.num_prefix_tokens)
         logits = self.classifier(torch.cat([tokens[:, 0], patch_mean], dim=1))  # (B, labels)
         loss = aux_loss = None
         if labels is not None:

@@ -42,6 +42,7 @@ from .modeling_tokenprune_common import (
     TokenPrunePreTrainedMixin,
     check_pixel_values,  # noqa: F401  (re-exported: the tools import these from here)
     cls_attention_row,  # noqa: F401
+    mean_of_tokens,
     passed_through,
     plan_in_force,  # noqa: F401
     policy_attention,  # noqa: F401
@@ -233,7 +234,7 @@ class TokenPruneViTForImageClassification(
             logits, loss = self._two_heads(outputs.hidden_states[-1], labels, **kwargs)
         else:
             pooled = (
-                self.vit.layernorm(outputs.hidden_states[-1].mean(dim=1))
+                self.vit.layernorm(mean_of_tokens(outputs.hidden_states[-1], outputs.layer_states[-1]))
                 if mean_pooled
                 else outputs.last_hidden_state[:, 0, :]
             )

@@ -102,6 +102,27 @@ def test_keep_all_reproduces_the_stock_family(stock, name, method, restore):
     assert all(a == m == tokens for a, m in outputs.token_counts)
 
 
+# The heads that average the final tokens: DINOv2's patch mean beside CLS, VideoMAE's mean (ViT's mean pooling reads
+# the last layer before its final norm, unrestored either way: tests/models/test_methods.py tests it).
+AVERAGING_HEADS = {"dinov2": {}, "dinov2-registers": {}, "videomae": {}}
+
+
+@pytest.mark.parametrize("name", sorted(AVERAGING_HEADS))
+def test_an_averaging_head_counts_each_merged_token_for_the_tokens_it_holds(stock, name):
+    """ToMe's rule for average pooling (its MAE patch): the head on the merged sequence equals the head on the
+    restored one, where each merged token is copied to every embedding token it holds."""
+    stock_model, _ = stock(name)
+    plan = {"method": "tome", "r": 8}
+    merged, restored = (
+        ours(name, stock_model, token_reduction=plan, restore_tokens=restore, **AVERAGING_HEADS[name])
+        for restore in (False, True)
+    )
+    with torch.no_grad():
+        out, full = merged(pixels_of(name)), restored(pixels_of(name))
+    assert out.token_counts[-1][1] == 64 + FAMILIES[name].num_prefix - 8 * merged.config.num_hidden_layers
+    torch.testing.assert_close(out.logits, full.logits, atol=1e-5, rtol=0)
+
+
 @pytest.mark.parametrize(("name", "plan"), cases(ALL_REDUCING))
 def test_token_counts_are_static_and_prefix_tokens_stay_first(stock, name, plan):
     stock_model, _ = stock(name)

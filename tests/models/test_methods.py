@@ -161,6 +161,24 @@ def test_restore_tokens_copies_merged_tokens_to_every_source(stock_model, pixels
     assert groups.sum() == 65 and groups.max() > 1
 
 
+def test_mean_pooling_counts_each_merged_token_for_the_patches_it_holds(stock_model, pixels):
+    """``classifier_pooling="mean"`` under ToMe: the final norm of the plain mean of the last layer's output restored
+    to full length (each merged token copied to every patch it holds), not the plain mean of the merged tokens."""
+    from hf_tokenprune.models.token_reduction import restore_full_length
+
+    model = pruned_model(stock_model, token_reduction={"method": "tome", "r": 8}, classifier_pooling="mean")
+    with torch.no_grad():
+        out = model(pixels)
+        inner = model.vit(pixels, output_hidden_states=True)
+        last, state = inner.hidden_states[-1], inner.layer_states[-1]
+        restored = restore_full_length(last, state)
+        expected = model.classifier(model.vit.layernorm(restored.mean(dim=1)))
+        plain = model.classifier(model.vit.layernorm(last.mean(dim=1)))
+    assert last.shape[1] == 65 - 4 * 8 and restored.shape[1] == 65
+    torch.testing.assert_close(out.logits, expected, atol=1e-5, rtol=0)
+    assert (plain - out.logits).abs().max() > 1e-4
+
+
 def test_evit_keeps_the_tokens_the_cls_token_attends_to_most(stock_model, pixels):
     plan = {"method": "evit", "layers": [2], "keep_rate": 0.25, "fuse": True}
     model = pruned_model(stock_model, token_reduction=plan)
