@@ -167,22 +167,26 @@ class OthersLoad:
         return self
 
 
-def code_version() -> str:
-    """The commit of this hf_tokenprune checkout (``git describe --always --dirty``), or the package version where
-    it is not a git checkout."""
+def code_version(root=None) -> str:
+    """The commit of this hf_tokenprune checkout (or of ``root``), with ``-dirty`` where tracked files outside
+    ``docs/`` differ from it (saved results and rendered pages, which a measurement writes there, do not make the code
+    dirty), or the package version where it is not a git checkout."""
     import subprocess
     from pathlib import Path
 
     from .. import __version__
 
-    root = Path(__file__).resolve().parents[2]
+    root = Path(__file__).resolve().parents[2] if root is None else Path(root)
     if (root / ".git").exists():
+        git = ["git", "-C", str(root)]
         try:
-            done = subprocess.run(
-                ["git", "-C", str(root), "describe", "--always", "--dirty"], capture_output=True, text=True, timeout=10
-            )
-            if done.returncode == 0 and done.stdout.strip():
-                return done.stdout.strip()
+            head = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10)
+            changed = subprocess.run(
+                [*git, "status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)docs"],
+                capture_output=True, text=True, timeout=10,
+            )  # fmt: skip
+            if head.returncode == 0 and head.stdout.strip() and changed.returncode == 0:
+                return head.stdout.strip() + ("-dirty" if changed.stdout.strip() else "")
         except (OSError, subprocess.SubprocessError):
             pass
     return f"hf_tokenprune {__version__}"

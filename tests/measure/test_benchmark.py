@@ -258,6 +258,31 @@ def test_write_results(tmp_path):
     assert open(paths["png"], "rb").read(8) == PNG_MAGIC
 
 
+def test_saved_results_name_the_commit_and_only_code_changes_make_it_dirty(tmp_path):
+    """A measurement writes its results under docs/ of the checkout it runs from: that must not mark its own commit
+    dirty; a change to the code must."""
+    import subprocess
+
+    from hf_tokenprune.measure.devices import code_version
+
+    def git(*args):
+        subprocess.run(["git", "-C", str(tmp_path), *args], check=True, capture_output=True)
+
+    (tmp_path / "docs" / "results").mkdir(parents=True)
+    (tmp_path / "hf_tokenprune").mkdir()
+    (tmp_path / "docs" / "results" / "speed.json").write_text("{}")
+    (tmp_path / "hf_tokenprune" / "code.py").write_text("A = 1\n")
+    git("init", "-q")
+    git("add", "-A")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "start")
+    head = subprocess.run(["git", "-C", str(tmp_path), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    assert code_version(tmp_path) == head.stdout.strip()
+    (tmp_path / "docs" / "results" / "speed.json").write_text('{"speed": 2}')
+    assert code_version(tmp_path) == head.stdout.strip()
+    (tmp_path / "hf_tokenprune" / "code.py").write_text("A = 2\n")
+    assert code_version(tmp_path) == head.stdout.strip() + "-dirty"
+
+
 def test_compact_counts():
     assert compact_counts([[197, 197]] * 3 + [[197, 138], [138, 138]]) == "197x3 138x2"
 
