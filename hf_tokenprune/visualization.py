@@ -27,7 +27,6 @@ __all__ = [
     "render_token_maps",
     "render_video_tokens",
     "token_maps",
-    "video_token_maps",
 ]
 
 SAMPLES = ("china", "flower")  # the photographs scikit-learn ships
@@ -99,32 +98,34 @@ def preprocess(image: Any, config: Any, size: Any = None) -> tuple[torch.Tensor,
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def token_maps(outputs: Any, index: int = 0) -> list[dict[str, Any]]:
+def token_maps(outputs: Any, index: int = 0, num_prefix: int = 1) -> list[dict[str, Any]]:
     """Per layer, which patches are alive in the MLP sequence and, for merging methods, which token holds each.
 
     Args:
-        outputs: a TokenPruneViT output (``token_positions``, ``token_owner``, ``patch_grid``, ``token_counts``).
+        outputs: a TokenPrune output (``token_positions``, ``token_owner``, ``patch_grid``, ``token_counts``).
         index: the image in the batch.
+        num_prefix: tokens before the patches (1: ViT's CLS; 0: a video family's tubelets).
 
     Returns:
-        One dict per layer: ``alive`` (rows, cols) bool, ``groups`` (rows, cols) int token index or None,
-        ``made_up`` (tokens at no patch, e.g. EViT's fused token) and ``counts`` (attention, MLP tokens).
+        One dict per layer: ``alive`` bool and ``groups`` int token index or None, each on the patch grid ((rows,
+        cols), or (time, rows, cols) for a video), ``made_up`` (tokens at no patch, e.g. EViT's fused token) and
+        ``counts`` (attention, MLP tokens).
     """
-    rows, columns = outputs.patch_grid
+    grid = tuple(outputs.patch_grid)
     maps = []
     for layer, positions in enumerate(outputs.token_positions):
         positions = positions[index].detach().cpu()
-        alive = torch.zeros(rows * columns, dtype=torch.bool)
-        patches = positions[positions > 0] - 1  # 0 is CLS, -1 a made-up token
+        alive = torch.zeros(math.prod(grid), dtype=torch.bool)
+        patches = positions[positions >= num_prefix] - num_prefix  # below: a prefix token, -1 a made-up one
         alive[patches] = True
         owner = outputs.token_owner[layer] if outputs.token_owner is not None else None
         groups = None
         if owner is not None:
-            groups = owner[index, 1:].detach().cpu().reshape(rows, columns).numpy()
+            groups = owner[index, num_prefix:].detach().cpu().reshape(grid).numpy()
             alive[:] = True  # a merged patch lives on inside its group's token
         maps.append(
             {
-                "alive": alive.reshape(rows, columns).numpy(),
+                "alive": alive.reshape(grid).numpy(),
                 "groups": groups,
                 "made_up": int((positions < 0).sum()),
                 "counts": tuple(outputs.token_counts[layer]),
@@ -472,26 +473,6 @@ def _grouped(points: list[dict[str, Any]]) -> dict[tuple[str, str], list[dict[st
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def video_token_maps(outputs: Any, index: int = 0) -> list[dict[str, Any]]:
-    """Per layer, which tubelets are alive and, for merging methods, which token holds each: as `token_maps`, on
-    the (time, rows, columns) grid of a video output (no prefix token)."""
-    grid = tuple(outputs.patch_grid)
-    size = math.prod(grid)
-    maps = []
-    for layer, positions in enumerate(outputs.token_positions):
-        positions = positions[index].detach().cpu()
-        alive = torch.zeros(size, dtype=torch.bool)
-        alive[positions[positions >= 0]] = True
-        owner = outputs.token_owner[layer] if outputs.token_owner is not None else None
-        groups = None
-        if owner is not None:
-            groups = owner[index].detach().cpu().reshape(grid).numpy()
-            alive[:] = True
-        maps.append({"alive": alive.reshape(grid).numpy(), "groups": groups, "made_up": int((positions < 0).sum()),
-                     "counts": tuple(outputs.token_counts[layer])})  # fmt: skip
-    return maps
-
-
 VIDEO_LEGEND = (
     "one column per tubelet slot in time (its first frame shown); dimmed and striped: tubelet no longer in the "
     "sequence; coloured: tubelets merged into one token, across space and time (a group keeps its colour)"
@@ -514,7 +495,7 @@ def render_video_tokens(
     plt = _pyplot()
     frames = np.asarray(frames, dtype=np.float32)
     frames = np.repeat(frames[..., None], 3, axis=-1) if frames.ndim == 3 else frames
-    maps = follow_groups(video_token_maps(outputs, index))
+    maps = follow_groups(token_maps(outputs, index, num_prefix=0))
     shown = layers_to_show(maps, "changes") or [len(maps) - 1]
     slots = maps[0]["alive"].shape[0]
     rows = [("clip", None)] + [(f"after layer {i}: {maps[i]['counts'][1]} tokens", maps[i]) for i in shown]

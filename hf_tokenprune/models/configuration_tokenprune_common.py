@@ -150,7 +150,7 @@ class TokenPruneConfigMixin:
 
         The methods count one prefix token (CLS); another prefix count shifts every count by the difference, since
         prefix tokens are never dropped or merged."""
-        patches = math.prod(self.patch_grid_for(image_size) if image_size is not None else self.patch_grid)
+        patches = math.prod(self.patch_grid_for(image_size))
         shift = self.num_prefix_tokens - 1
         if self.token_reduction is None:
             counts = [(patches + 1, patches + 1)] * self.num_hidden_layers

@@ -4,7 +4,6 @@
 from transformers import VideoMAEConfig
 
 from .configuration_tokenprune_common import TokenPruneConfigMixin
-from .token_reduction import grid_of
 
 
 class TokenPruneVideoMAEConfig(TokenPruneConfigMixin, VideoMAEConfig):
@@ -29,8 +28,7 @@ class TokenPruneVideoMAEConfig(TokenPruneConfigMixin, VideoMAEConfig):
 
     def patch_grid_for(self, image_size=None) -> tuple[int, int, int]:
         """(time, rows, columns) of tubelets for clips of ``num_frames`` frames of ``image_size``."""
-        rows, columns = grid_of(self.image_size if image_size is None else image_size, self.patch_size)
-        return self.num_frames // self.tubelet_size, rows, columns
+        return (self.num_frames // self.tubelet_size, *super().patch_grid_for(image_size))
 
     def input_shape(self, image_size=None) -> tuple[int, int, int, int]:
         return (self.num_frames, *super().input_shape(image_size))

@@ -361,18 +361,22 @@ def check_pixel_values(pixel_values, config, interpolate_pos_encoding):
     return rows, columns
 
 
+def keeps_every_token(plan, num_layers: int, num_patches: int, keep_rate: float | None = None) -> bool:
+    """Whether ``plan`` (with ``keep_rate``, if given) leaves the sequence of ``num_patches`` patch tokens whole, in
+    place, in every layer: no plan, or a keep-all one."""
+    if plan is None:
+        return True
+    counts = get_reduction_class(plan["method"]).token_counts(plan, num_layers, num_patches, keep_rate)
+    return all(count == num_patches + 1 for layer in counts for count in layer)  # the methods count one prefix
+
+
 def check_mask_fits(plan, reuse, num_layers: int, grid: tuple[int, ...]) -> None:
     """An attention mask describes the input sequence: it is refused, in one line, when the plans in force change
     that sequence for this input (a reduction that removes or merges tokens, or attention reuse); a keep-all plan
     or none leaves its meaning intact."""
     if reuse is not None:
         raise ValueError("attention_mask cannot be combined with attention_reuse: reused layers compute no attention.")
-    if plan is None:
-        return
-    patches = math.prod(grid)
-    counts = get_reduction_class(plan["method"]).token_counts(plan, num_layers, patches)
-    full = patches + 1
-    if any(count != full for layer in counts for count in layer):
+    if not keeps_every_token(plan, num_layers, math.prod(grid)):
         raise ValueError(
             f"attention_mask cannot be combined with token_reduction ({plan['method']}) as it runs on this input: "
             "the sequence changes length, so the mask would no longer match it; use a keep-all plan or "
@@ -666,6 +670,7 @@ __all__ = [
     "TokenPrunePreTrainedMixin",
     "check_pixel_values",
     "cls_attention_row",
+    "keeps_every_token",
     "mean_of_tokens",
     "plan_in_force",
     "policy_attention",

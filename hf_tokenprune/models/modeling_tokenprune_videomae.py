@@ -38,6 +38,7 @@ from .modeling_tokenprune_common import (
     TokenPruneModelMixin,
     TokenPruneModelOutput,
     TokenPrunePreTrainedMixin,
+    keeps_every_token,
     mean_of_tokens,
     passed_through,
 )
@@ -236,8 +237,8 @@ class TokenPruneVideoMAEForVideoClassification(
             Runs every layer in full, as the stock VideoMAE with the same weights.
         """
         if self.fc_norm is None and not disable_plans:
-            full = self.config.num_patches
-            if any(count != full for layer in self.config.token_counts(keep_rate) for count in layer):
+            config = self.config
+            if not keeps_every_token(config.token_reduction, config.num_hidden_layers, config.num_patches, keep_rate):
                 raise ValueError(
                     "use_mean_pooling=False classifies the first token of the sequence, which this plan moves or "
                     "removes; use a classifier with use_mean_pooling=True, or disable_plans=True."

@@ -193,12 +193,12 @@ def test_moving_digits_move_in_the_labelled_direction():
 
 @pytest.mark.parametrize("plan", [{"method": "tome", "r": 12}, {"method": "dynamicvit", "keep_rate": 0.5}])
 def test_the_picture_shows_the_tubelets_of_each_layer(tmp_path, plan):
-    from hf_tokenprune.visualization import render_video_tokens, video_token_maps
+    from hf_tokenprune.visualization import render_video_tokens, token_maps
 
     _, ours = stock_and_ours(token_reduction=plan)
     with torch.no_grad():
         outputs = ours(CLIPS[:1])
-    maps = video_token_maps(outputs)
+    maps = token_maps(outputs, num_prefix=0)
     for layer_map, (_, mlp) in zip(maps, outputs.token_counts):
         assert layer_map["alive"].shape == (4, 4, 4)
         if layer_map["groups"] is None:  # pruning: the live tubelets are the tokens
